@@ -1,1 +1,31 @@
-"""yardarm kit."""
+"""yardarm_kit: the one place that wires settings, telemetry, HTTP and messaging."""
+
+from yardarm_kit.deadline import TIMEOUT_HEADER
+from yardarm_kit.flags import Flags
+from yardarm_kit.httpclient import (
+    HttpClient,
+    HttpResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from yardarm_kit.metrics import Metrics
+from yardarm_kit.problem import Problem
+from yardarm_kit.service import Service
+from yardarm_kit.settings import ServiceSettings
+from yardarm_kit.validation import parse_json
+
+__all__ = [
+    "TIMEOUT_HEADER",
+    "Flags",
+    "HttpClient",
+    "HttpResponse",
+    "Metrics",
+    "Problem",
+    "Service",
+    "ServiceSettings",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "parse_json",
+]

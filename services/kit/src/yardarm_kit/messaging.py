@@ -1,0 +1,224 @@
+"""NATS JetStream with trace context in headers, so async hops stay in one trace.
+
+Streams: COMMANDS (`cmd.>`), EVENTS (`evt.>`), DLQ (`dlq.>`). Every message is an
+`Envelope`; its `id` is the `Nats-Msg-Id`, so JetStream drops republished duplicates and
+consumers' inboxes catch the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import BaseModel, Field, ValidationError
+
+SCHEMA_HEADER = "yardarm-schema"
+STREAMS: dict[str, list[str]] = {"COMMANDS": ["cmd.>"], "EVENTS": ["evt.>"], "DLQ": ["dlq.>"]}
+DUPLICATE_WINDOW_S = 120.0
+
+log = logging.getLogger("yardarm.messaging")
+
+
+class Envelope(BaseModel):
+    """The body of every command and event."""
+
+    type: str = Field(min_length=1)
+    id: str = Field(min_length=1)
+    saga_id: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+Handler = Callable[[Envelope, Msg], Awaitable[None]]
+
+
+async def connect(url: str, name: str, timeout: float = 10.0) -> tuple[NATS, JetStreamContext]:
+    """Connect with reconnects forever; fail fast (bounded) if the first connect cannot."""
+    nc = await nats.connect(
+        url,
+        name=name,
+        connect_timeout=2,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+    )
+    return nc, nc.jetstream(timeout=timeout)
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the streams if missing; safe when several processes race to do it."""
+    for name, subjects in STREAMS.items():
+        config = StreamConfig(
+            name=name,
+            subjects=subjects,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+        try:
+            await js.stream_info(name)
+            continue
+        except NotFoundError:
+            pass
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.stream_info(name)  # another process created it meanwhile
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, for storing beside an outbox row."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    envelope: Envelope,
+    *,
+    traceparent: str | None = None,
+    schema: int = 1,
+) -> None:
+    """Publish in a PRODUCER span; the stored traceparent (if any) is the parent."""
+    tracer = trace.get_tracer("yardarm.messaging")
+    parent = propagate.extract({"traceparent": traceparent}) if traceparent else None
+    with tracer.start_as_current_span(
+        f"{subject} publish",
+        context=parent,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.message.id": envelope.id,
+            "messaging.message.conversation_id": envelope.saga_id,
+        },
+    ):
+        headers: dict[str, str] = {"Nats-Msg-Id": envelope.id, SCHEMA_HEADER: str(schema)}
+        propagate.inject(headers)
+        await js.publish(subject, envelope.model_dump_json().encode(), headers=headers)
+
+
+class PullConsumer:
+    """A durable pull consumer whose handler runs in a CONSUMER span of the sender's trace.
+
+    Success acks; an exception naks with a delay (redelivered up to `max_deliver`); a
+    body that is not an Envelope can never succeed, so it is terminated.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        tracer: trace.Tracer,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        handler: Handler,
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 5,
+        batch: int = 32,
+        nak_delay_s: float = 1.0,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self._js = js
+        self._tracer = tracer
+        self.stream = stream
+        self.durable = durable
+        self.filter_subject = filter_subject
+        self._handler = handler
+        self._ack_wait_s = ack_wait_s
+        self._max_deliver = max_deliver
+        self._batch = batch
+        self._nak_delay_s = nak_delay_s
+        self._log = log or globals()["log"]
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Create (or bind to) the durable consumer and start fetching."""
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait_s,
+            max_deliver=self._max_deliver,
+            max_ack_pending=max(self._batch * 4, 256),
+        )
+        sub = await self._js.pull_subscribe(
+            self.filter_subject, durable=self.durable, stream=self.stream, config=config
+        )
+        self._task = asyncio.create_task(self._loop(sub), name=f"consumer:{self.durable}")
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop fetching; in-flight messages finish (bounded), the rest are redelivered."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=grace_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+
+    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await sub.fetch(self._batch, timeout=1.0)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except Exception as exc:  # connection loss: back off and keep going
+                if self._stopping.is_set():
+                    break
+                self._log.warning("fetch from %s failed: %r", self.durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            await asyncio.gather(*(self._process(m) for m in messages))
+
+    async def _process(self, msg: Msg) -> None:
+        headers = dict(msg.headers or {})
+        ctx = propagate.extract(headers)
+        with self._tracer.start_as_current_span(
+            f"{msg.subject} process",
+            context=ctx,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self.durable,
+                "messaging.message.id": headers.get("Nats-Msg-Id", ""),
+            },
+        ) as span:
+            try:
+                envelope = Envelope.model_validate_json(msg.data)
+            except ValidationError as exc:
+                span.set_status(Status(StatusCode.ERROR, "invalid envelope"))
+                self._log.error(
+                    "terminating invalid message on %s: %s", msg.subject, exc.errors()[:3]
+                )
+                await msg.term()
+                return
+            span.set_attribute("messaging.message.conversation_id", envelope.saga_id)
+            try:
+                await self._handler(envelope, msg)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self._log.exception("handler failed for %s (%s); will redeliver",
+                                    envelope.id, msg.subject)  # fmt: skip
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._nak_delay_s)
+                return
+            await msg.ack()

@@ -1,0 +1,118 @@
+"""Prometheus metrics that always carry the service identity labels.
+
+Every series gets `service`, `version`, `track` and `instance`, so canary queries need no
+joins; histograms attach the current trace id as an exemplar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from yardarm_kit.settings import ServiceSettings
+from yardarm_kit.telemetry import current_trace_ids
+
+BASE_LABELS = ("service", "version", "track", "instance")
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class LabeledCounter:
+    """A counter whose base labels are filled in for you."""
+
+    def __init__(self, metric: Counter, base: dict[str, str]) -> None:
+        self._metric = metric
+        self._base = base
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        self._metric.labels(**self._base, **labels).inc(amount)
+
+
+class LabeledGauge:
+    """A gauge whose base labels are filled in for you."""
+
+    def __init__(self, metric: Gauge, base: dict[str, str]) -> None:
+        self._metric = metric
+        self._base = base
+
+    def set(self, value: float, **labels: str) -> None:
+        self._metric.labels(**self._base, **labels).set(value)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        self._metric.labels(**self._base, **labels).inc(amount)
+
+    def dec(self, amount: float = 1.0, **labels: str) -> None:
+        self._metric.labels(**self._base, **labels).dec(amount)
+
+
+class LabeledHistogram:
+    """A histogram whose observations carry the current trace id as an exemplar."""
+
+    def __init__(self, metric: Histogram, base: dict[str, str]) -> None:
+        self._metric = metric
+        self._base = base
+
+    def observe(self, value: float, **labels: str) -> None:
+        trace_id, _ = current_trace_ids()
+        exemplar = {"trace_id": trace_id} if trace_id else None
+        self._metric.labels(**self._base, **labels).observe(value, exemplar=exemplar)
+
+
+class Metrics:
+    """The metric registry of one service process."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.registry = CollectorRegistry()
+        self._base = {
+            "service": settings.service,
+            "version": settings.version,
+            "track": settings.track,
+            "instance": settings.instance,
+        }
+        self.http_server_duration = self.histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            ("http_route", "http_request_method", "http_response_status_code"),
+        )
+        self.http_client_duration = self.histogram(
+            "http_client_request_duration_seconds",
+            "Duration of HTTP client requests to upstreams.",
+            ("upstream", "http_request_method", "http_response_status_code"),
+        )
+
+    def counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> LabeledCounter:
+        metric = Counter(name, doc, (*BASE_LABELS, *labelnames), registry=self.registry)
+        return LabeledCounter(metric, self._base)
+
+    def gauge(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> LabeledGauge:
+        metric = Gauge(name, doc, (*BASE_LABELS, *labelnames), registry=self.registry)
+        return LabeledGauge(metric, self._base)
+
+    def histogram(
+        self,
+        name: str,
+        doc: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] | None = None,
+    ) -> LabeledHistogram:
+        metric = Histogram(
+            name,
+            doc,
+            (*BASE_LABELS, *labelnames),
+            registry=self.registry,
+            buckets=tuple(buckets or LATENCY_BUCKETS),
+        )
+        return LabeledHistogram(metric, self._base)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """Body and content type: OpenMetrics (with exemplars) when the scraper asks."""
+        if "application/openmetrics-text" in accept:
+            return openmetrics_latest(self.registry), OPENMETRICS_CONTENT_TYPE  # type: ignore[no-untyped-call]
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

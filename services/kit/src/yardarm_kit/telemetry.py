@@ -1,0 +1,124 @@
+"""Traces: an OTel tracer provider that always writes OTLP/JSON lines locally.
+
+Each process appends to `<state>/telemetry/<instance>.jsonl`: one
+`ExportTraceServiceRequest` per line, ids in lowercase hex as the OTLP/JSON spec says
+(protobuf's JSON writes bytes as base64). `yardarm trace` reads these files, so the local
+target needs no collector. OTLP/HTTP export is added when the standard
+`OTEL_EXPORTER_OTLP_ENDPOINT` variable is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from yardarm_kit.settings import ServiceSettings
+
+ROTATE_BYTES = 20 * 1024 * 1024
+KEEP_ROTATED = 3
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _hex_ids(node: Any) -> Any:
+    """Rewrite base64 trace/span ids to hex throughout an OTLP/JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _ID_FIELDS and isinstance(value, str) and value:
+                node[key] = base64.b64decode(value).hex()
+            else:
+                _hex_ids(value)
+    elif isinstance(node, list):
+        for item in node:
+            _hex_ids(item)
+    return node
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends each batch as one OTLP/JSON line; rotates the file by size."""
+
+    def __init__(self, path: Path, rotate_bytes: int = ROTATE_BYTES) -> None:
+        self._path = path
+        self._rotate_bytes = rotate_bytes
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        document = _hex_ids(MessageToDict(encode_spans(spans)))
+        line = json.dumps(document, separators=(",", ":")) + "\n"
+        with self._lock:
+            try:
+                if self._path.exists() and self._path.stat().st_size > self._rotate_bytes:
+                    self._rotate()
+                with self._path.open("a", encoding="utf-8") as handle:
+                    handle.write(line)
+            except OSError:
+                return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def _rotate(self) -> None:
+        for index in range(KEEP_ROTATED, 0, -1):
+            older = self._path.with_name(f"{self._path.name}.{index}")
+            newer = (
+                self._path.with_name(f"{self._path.name}.{index - 1}") if index > 1 else self._path
+            )
+            if newer.exists():
+                os.replace(newer, older)
+
+    def shutdown(self) -> None:
+        return None
+
+
+def resource_for(settings: ServiceSettings) -> Resource:
+    """The resource attributes canary analysis and trace views rely on."""
+    return Resource.create(
+        {
+            "service.name": settings.service,
+            "service.version": settings.version,
+            "service.instance.id": settings.instance,
+            "deployment.environment": settings.environment,
+            "yardarm.track": settings.track,
+        }
+    )
+
+
+def setup_tracing(settings: ServiceSettings) -> TracerProvider:
+    """A tracer provider for this process, also installed as the global one."""
+    provider = TracerProvider(resource=resource_for(settings))
+    path = settings.state_dir / "telemetry" / f"{settings.instance}.jsonl"
+    provider.add_span_processor(
+        BatchSpanProcessor(JsonLinesSpanExporter(path), schedule_delay_millis=500)
+    )
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    propagate.set_global_textmap(
+        CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    )
+    return provider
+
+
+def current_trace_ids() -> tuple[str | None, str | None]:
+    """(trace_id, span_id) of the current span as hex, or (None, None)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None, None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"

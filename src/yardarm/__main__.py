@@ -1,0 +1,5 @@
+"""`python -m yardarm` runs the CLI."""
+
+from yardarm.cli import main
+
+main()

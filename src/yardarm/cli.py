@@ -1,0 +1,307 @@
+"""`yardarm`: run, inspect and stop the stack from any shell in the project directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from yardarm import tracing_view
+from yardarm.catalog import seed_catalog
+from yardarm.local import control
+from yardarm.topology import Topology, TopologyError, load_topology, urls, validate_file
+
+app = typer.Typer(
+    help="Deploy and observe the yardarm service stack.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home", help="State directory (default: .yardarm in the project, or $YARDARM_HOME)."
+    ),
+]
+
+
+def _home(home: Path | None) -> Path:
+    return home if home is not None else control.default_home()
+
+
+def _fail(message: str, hint: str | None = None) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    if hint:
+        err.print(f"[dim]{hint}[/]")
+    return typer.Exit(code=1)
+
+
+def _load(config: Path | None, base_port: int | None) -> Topology:
+    try:
+        return load_topology(config, base_port)
+    except TopologyError as exc:
+        raise _fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
+
+
+@app.command()
+def up(
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return once ready; leave the stack running.")
+    ] = False,
+    base_port: Annotated[
+        int | None,
+        typer.Option("--base-port", help="Gateway port; every other port derives from it."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Topology overrides (default: ./yardarm.yaml)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
+    home: HomeOption = None,
+) -> None:
+    """Start NATS, Postgres and the four services, wait until ready, seed the demo catalog."""
+    state_home = _home(home)
+    topology = _load(config, base_port)
+    if control.is_running(state_home):
+        raise _fail(
+            f"a stack is already running from {state_home}",
+            "see it with `yardarm status`, stop it with `yardarm down`",
+        )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_progress(statuses: list[control.InstanceStatus]) -> None:
+            ready = [s for s in statuses if s.state == "ready"]
+            waiting = [s.name for s in statuses if s.state != "ready"]
+            label = f"starting {waiting[0]}" if waiting else "ready"
+            progress.update(task, total=len(statuses), completed=len(ready), description=label)
+
+        try:
+            control.start_stack(state_home, topology, on_progress=on_progress, timeout=timeout)
+        except control.StackStartError as exc:
+            raise _fail(str(exc), f"logs: `yardarm logs` (files in {state_home / 'logs'})") from exc
+        progress.update(task, description="seeding the demo catalog")
+        service_urls = urls(topology)
+        try:
+            created = seed_catalog(service_urls["datastore"])
+        except (httpx.HTTPError, RuntimeError) as exc:
+            control.stop_stack(state_home)
+            raise _fail(
+                f"could not seed the catalog: {exc}", "see `yardarm logs datastore`"
+            ) from exc
+    console.print(f"[bold green]yardarm is up[/] (state in {state_home}, {created} SKUs seeded)")
+    _print_urls(service_urls)
+    if detach:
+        console.print("stop it with [bold]uv run yardarm down[/]")
+        return
+    console.print("[dim]Ctrl-C stops the stack.[/]")
+    try:
+        with Live(_status_table(state_home), console=console, refresh_per_second=1) as live:
+            while control.is_running(state_home):
+                time.sleep(1.0)
+                live.update(_status_table(state_home))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping...")
+        control.stop_stack(state_home)
+        console.print("[bold]stopped[/] (data kept; `yardarm down --purge` deletes it)")
+
+
+def _print_urls(service_urls: dict[str, str]) -> None:
+    table = Table(show_header=False, box=None)
+    for name, url in service_urls.items():
+        table.add_row(f"[cyan]{name}[/]", url)
+    console.print(table)
+
+
+@app.command()
+def down(
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete all state and data.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Stop every process of the stack (data is kept unless --purge)."""
+    state_home = _home(home)
+    was_running = control.is_running(state_home)
+    control.stop_stack(state_home, purge=purge)
+    if purge:
+        console.print(f"stopped; deleted {state_home}")
+    elif was_running:
+        console.print("stopped (data kept; `yardarm down --purge` deletes it)")
+    else:
+        console.print("nothing was running")
+
+
+def _status_table(home: Path) -> Table:
+    table = Table("service", "instance", "pid", "port", "state", "restarts", "version", "track")
+    colours = {"ready": "green", "starting": "yellow", "restarting": "yellow"}
+    for s in control.read_status(home):
+        colour = colours.get(s.state, "red")
+        table.add_row(
+            s.service,
+            s.name,
+            str(s.pid or "-"),
+            str(s.port or "-"),
+            f"[{colour}]{s.state}[/]",
+            str(s.restarts),
+            s.version,
+            s.track,
+        )
+    return table
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per instance.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Show every instance: pid, port, state, restarts, version, track."""
+    state_home = _home(home)
+    statuses = control.read_status(state_home)
+    if as_json:
+        rows = [
+            {
+                "service": s.service,
+                "instance": s.name,
+                "pid": s.pid,
+                "port": s.port,
+                "state": s.state,
+                "restarts": s.restarts,
+                "version": s.version,
+                "track": s.track,
+            }
+            for s in statuses
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not statuses:
+        console.print("no stack here; start one with [bold]uv run yardarm up[/]")
+        raise typer.Exit(code=1)
+    console.print(_status_table(state_home))
+
+
+@app.command()
+def logs(
+    service: Annotated[str | None, typer.Argument(help="Service or instance name.")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines per instance.")] = 50,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Print the JSON logs of one service (or all), newest last."""
+    state_home = _home(home)
+    log_dir = state_home / "logs"
+    files = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
+    if service:
+        files = [f for f in files if f.stem == service or f.stem.rsplit("-", 1)[0] == service]
+    if not files:
+        raise _fail(
+            f"no logs for {service or 'any service'} in {log_dir}",
+            "is the stack started (`yardarm status`)? service names: gateway, orders, "
+            "fulfillment, datastore, nats, postgres",
+        )
+    for path in files:
+        for line in path.read_text(errors="replace").splitlines()[-lines:]:
+            typer.echo(f"{path.stem} | {line}")
+    if not follow:
+        return
+    offsets = {p: p.stat().st_size for p in files}
+    try:
+        while True:
+            time.sleep(0.5)
+            for path in files:
+                size = path.stat().st_size
+                if size < offsets[path]:
+                    offsets[path] = 0
+                if size > offsets[path]:
+                    with path.open(errors="replace") as handle:
+                        handle.seek(offsets[path])
+                        for line in handle.read().splitlines():
+                            typer.echo(f"{path.stem} | {line}")
+                    offsets[path] = size
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def trace(
+    ref: Annotated[str, typer.Argument(help="A trace id (32 hex digits) or an order id.")],
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for spans still being flushed.")
+    ] = 3.0,
+    home: HomeOption = None,
+) -> None:
+    """Print one trace as a span tree, from the local telemetry files."""
+    state_home = _home(home)
+    deadline = time.monotonic() + wait
+    trace_id = tracing_view.find_trace_id(state_home, ref) or _trace_id_from_order(state_home, ref)
+    if trace_id is None:
+        raise _fail(
+            f"no trace found for {ref!r} in {state_home / 'telemetry'}",
+            "pass a trace id or an order id from this stack",
+        )
+    roots = tracing_view.load_trace(state_home, trace_id)
+    while not roots and time.monotonic() < deadline:
+        time.sleep(0.25)
+        roots = tracing_view.load_trace(state_home, trace_id)
+    if not roots:
+        raise _fail(f"trace {trace_id} has no spans yet in {state_home / 'telemetry'}")
+    console.print(tracing_view.render(trace_id, roots))
+    services = sorted(tracing_view.services_in(roots))
+    console.print(f"[dim]services: {', '.join(services)}[/]")
+
+
+def _trace_id_from_order(home: Path, order_id: str) -> str | None:
+    """Ask the running stack which trace an order belongs to."""
+    gateway = control.gateway_url(home)
+    if gateway is None:
+        return None
+    try:
+        response = httpx.get(f"{gateway}/api/orders/{order_id}", timeout=5.0)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    trace_id = response.json().get("trace_id")
+    return str(trace_id) if trace_id else None
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="The topology file to check.")] = Path(
+        "yardarm.yaml"
+    ),
+) -> None:
+    """Check a yardarm.yaml and print every error with where it is."""
+    if not config.exists():
+        raise _fail(f"{config} does not exist", "the defaults apply when there is no yardarm.yaml")
+    errors = validate_file(config)
+    if errors:
+        for message in errors:
+            err.print(f"[red]{config}:[/] {message}")
+        raise typer.Exit(code=1)
+    console.print(f"[green]{config} is valid[/]")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Local runtime: runs the stack as supervised processes on this machine."""

@@ -1,0 +1,113 @@
+"""Shared fixtures: real NATS and real Postgres servers, started once per test session.
+
+They use the same launchers as `yardarm up`, so the tests exercise the servers users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from yardarm.local import infra
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Block until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real nats-server with JetStream for the whole test session."""
+    port = free_port()
+    store = tmp_path_factory.mktemp("nats")
+    cmd = infra.nats_command(port=port, monitor_port=free_port(), store_dir=store)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def postgres_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real Postgres cluster for the whole test session; returns its port."""
+    data_dir = Path(tmp_path_factory.mktemp("pg")) / "data"
+    run_as = infra.prepare_postgres(data_dir)
+    port = free_port()
+    log = open(data_dir.parent / "postgres.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        infra.postgres_command(data_dir=data_dir, port=port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        user=run_as.uid,
+        group=run_as.gid,
+        cwd=data_dir,
+    )
+    try:
+        wait_for_port(port)
+        deadline = time.monotonic() + 30
+        while True:  # accepting TCP is not yet accepting queries
+            try:
+                asyncio.run(_ping(port))
+                break
+            except (OSError, asyncpg.PostgresError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield port
+    finally:
+        _stop(proc)
+        log.close()
+
+
+async def _ping(port: int) -> None:
+    conn = await asyncpg.connect(infra.postgres_dsn(port))
+    await conn.close()
+
+
+@pytest.fixture
+async def pg_database(postgres_port: int) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; yields its DSN and drops it afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await infra.create_databases(postgres_port, [name])
+    try:
+        yield infra.postgres_dsn(postgres_port, name)
+    finally:
+        conn = await asyncpg.connect(infra.postgres_dsn(postgres_port))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
