@@ -1,0 +1,259 @@
+"""What the CLI calls: start a supervisor for a home, watch it, stop it, read its state."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from yardarm.local.state import (
+    InstanceStatus,
+    StackState,
+    log_dir,
+    log_tail,
+    read_state,
+    state_path,
+)
+from yardarm.topology import InstanceSpec, Topology, project_dir
+
+__all__ = [
+    "InstanceStatus",
+    "StackStartError",
+    "default_home",
+    "gateway_url",
+    "is_running",
+    "read_status",
+    "start_plan",
+    "start_stack",
+    "stop_stack",
+]
+
+POLL_S = 0.2
+ProgressCallback = Callable[[list[InstanceStatus]], None]
+
+
+class StackStartError(RuntimeError):
+    """The stack did not come up; the message names the instance and quotes its log."""
+
+
+def default_home() -> Path:
+    """$YARDARM_HOME, else `.yardarm` in the project directory."""
+    env = os.environ.get("YARDARM_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return project_dir() / ".yardarm"
+
+
+def _lock_held(home: Path) -> bool:
+    path = home / "supervisor.lock"
+    if not path.is_file():
+        return False
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie (reaps our own exited children on the way)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def is_running(home: Path) -> bool:
+    """A supervisor is alive for this home and holds its lock."""
+    state = read_state(home)
+    if state is None or state.supervisor_pid is None:
+        return False
+    return _alive(state.supervisor_pid) and _lock_held(home)
+
+
+def read_status(home: Path) -> list[InstanceStatus]:
+    """Every instance as last recorded (empty when there is no stack here)."""
+    state = read_state(home)
+    return list(state.instances) if state else []
+
+
+def gateway_url(home: Path) -> str | None:
+    """The running gateway's base URL, if a stack is running here."""
+    if not is_running(home):
+        return None
+    for status in read_status(home):
+        if status.service == "gateway" and status.port:
+            return f"http://127.0.0.1:{status.port}"
+    return None
+
+
+def _spawn_supervisor(home: Path, extra_args: list[str]) -> subprocess.Popen[bytes]:
+    home.mkdir(parents=True, exist_ok=True)
+    log_dir(home).mkdir(exist_ok=True)
+    state_path(home).unlink(missing_ok=True)
+    with (home / "supervisor.log").open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "yardarm.local.supervisor", "--home", str(home), *extra_args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _describe_failure(home: Path, state: StackState | None) -> str:
+    if state is not None and state.error:
+        return state.error
+    waiting = [s for s in (state.instances if state else []) if s.state != "ready"]
+    tail = log_tail(home / "supervisor.log")
+    parts = []
+    if waiting:
+        first = waiting[0]
+        parts.append(f"{first.name} is {first.state}")
+        instance_tail = log_tail(log_dir(home) / f"{first.name}.log")
+        if instance_tail:
+            parts.append(f"last lines of its log:\n{instance_tail}")
+    if tail:
+        parts.append(f"supervisor log:\n{tail}")
+    return "; ".join(parts) or "the supervisor exited without recording why"
+
+
+def _wait_running(
+    home: Path,
+    proc: subprocess.Popen[bytes],
+    on_progress: ProgressCallback | None,
+    timeout: float,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_state(home)
+        if state is not None and on_progress is not None:
+            on_progress(list(state.instances))
+        if state is not None and state.status == "running":
+            return
+        if state is not None and state.status == "failed":
+            message = _describe_failure(home, state)
+            stop_stack(home)
+            raise StackStartError(f"the stack failed to start: {message}")
+        if proc.poll() is not None:
+            state = read_state(home)
+            message = _describe_failure(home, state)
+            stop_stack(home)
+            raise StackStartError(
+                f"the supervisor exited (code {proc.returncode}) before the stack was ready: "
+                f"{message}"
+            )
+        if time.monotonic() > deadline:
+            message = _describe_failure(home, state)
+            stop_stack(home)
+            raise StackStartError(f"the stack was not ready after {timeout:g}s: {message}")
+        time.sleep(POLL_S)
+
+
+def start_stack(
+    home: Path,
+    topology: Topology,
+    on_progress: ProgressCallback | None = None,
+    timeout: float = 120.0,
+) -> None:
+    """Start a supervisor for the topology and return once every instance is ready."""
+    home = home.resolve()
+    if is_running(home):
+        raise StackStartError(f"a stack is already running from {home}")
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = home / ".topology.json.tmp"
+    tmp.write_text(topology.model_dump_json(indent=2))
+    os.replace(tmp, home / "topology.json")
+    proc = _spawn_supervisor(home, [])
+    _wait_running(home, proc, on_progress, timeout)
+
+
+def start_plan(
+    home: Path,
+    specs: list[InstanceSpec],
+    *,
+    on_progress: ProgressCallback | None = None,
+    timeout: float = 120.0,
+    ready_timeout: float | None = None,
+) -> None:
+    """Supervise an explicit list of instances (the runtime without a topology)."""
+    from yardarm.local.supervisor import Plan
+
+    home = home.resolve()
+    if is_running(home):
+        raise StackStartError(f"a stack is already running from {home}")
+    home.mkdir(parents=True, exist_ok=True)
+    plan_file = home / "plan.json"
+    plan_file.write_text(Plan(instances=specs).model_dump_json(indent=2))
+    args = ["--plan", str(plan_file)]
+    if ready_timeout is not None:
+        args += ["--ready-timeout", str(ready_timeout)]
+    proc = _spawn_supervisor(home, args)
+    _wait_running(home, proc, on_progress, timeout)
+
+
+def _recorded_process(pid: int, since: float | None) -> psutil.Process | None:
+    """The process we recorded, unless its pid now belongs to something newer."""
+    try:
+        proc = psutil.Process(pid)
+        if since is not None and proc.create_time() > since + 1.0:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return proc
+
+
+def _kill_leftovers(state: StackState) -> None:
+    """The supervisor is gone: kill the process groups of children it left running."""
+    for status in reversed(state.instances):
+        if status.pid is None:
+            continue
+        proc = _recorded_process(status.pid, status.started_at)
+        if proc is None:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(status.pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            proc.wait(timeout=10)
+
+
+def stop_stack(home: Path, purge: bool = False, timeout: float = 60.0) -> None:
+    """Stop the supervisor (it stops its children) and whatever it left behind."""
+    home = home.resolve()
+    state = read_state(home)
+    pid = state.supervisor_pid if state else None
+    if pid is not None:
+        supervisor = _recorded_process(pid, state.started_at if state else None)
+        if supervisor is not None and _lock_held(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+            if _alive(pid):
+                # PR_SET_PDEATHSIG takes its children down with it.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                end = time.monotonic() + 10
+                while _alive(pid) and time.monotonic() < end:
+                    time.sleep(POLL_S)
+    state = read_state(home)
+    if state is not None:
+        _kill_leftovers(state)
+    if purge and home.exists():
+        shutil.rmtree(home)

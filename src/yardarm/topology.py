@@ -1,0 +1,459 @@
+"""What the stack is made of: services, replicas, ports, flags, rendered into instances.
+
+Defaults live in code; an optional `yardarm.yaml` overrides them. Every port derives from
+one base port (see docs/architecture.md, "Ports") so stacks can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from yardarm.local import infra
+
+Track = Literal["stable", "canary", "baseline", "blue", "green"]
+ReadinessKind = Literal["http", "tcp", "postgres"]
+
+CONFIG_FILE = "yardarm.yaml"
+SERVICE_DATABASES = ["orders", "fulfillment"]
+GATEWAY_ROUTES = [
+    {"prefix": "/api/orders", "upstream": "orders"},
+    {"prefix": "/api/stock", "upstream": "orders"},
+    {"prefix": "/api/kv", "upstream": "datastore"},
+]
+
+
+class TopologyError(ValueError):
+    """The topology file cannot be used; the message says where and why."""
+
+
+class ServiceSpec(BaseModel):
+    """How many copies of one service to run, and which release they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(default=1, ge=1, le=9)
+    version: str = Field(default="0.1.0", min_length=1)
+    track: Track = "stable"
+
+
+class DatastoreSpec(ServiceSpec):
+    """The datastore is one node: its write-ahead log is not replicated across processes."""
+
+    @field_validator("replicas")
+    @classmethod
+    def _single_node(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"must be 1 (got {value}): the datastore runs as a single node, because "
+                "its write-ahead log is not replicated between processes"
+            )
+        return value
+
+
+class GatewaySpec(ServiceSpec):
+    """One gateway: it owns the stack's single entry port (the base port)."""
+
+    @field_validator("replicas")
+    @classmethod
+    def _single_entry(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"must be 1 (got {value}): the gateway is the stack's single entry point "
+                "and listens on the base port"
+            )
+        return value
+
+
+class Services(BaseModel):
+    """The four services of the stack."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datastore: DatastoreSpec = Field(default_factory=DatastoreSpec)
+    orders: ServiceSpec = Field(default_factory=lambda: ServiceSpec(replicas=2))
+    fulfillment: ServiceSpec = Field(default_factory=ServiceSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+
+
+def default_flags() -> dict[str, Any]:
+    """The generic fault flags, defined and off (flagd format)."""
+    return {
+        "fault.error-rate": {
+            "state": "ENABLED",
+            "variants": {"off": 0.0, "low": 0.1, "high": 0.5, "all": 1.0},
+            "defaultVariant": "off",
+        },
+        "fault.latency-ms": {
+            "state": "ENABLED",
+            "variants": {"off": 0, "small": 100, "large": 1000},
+            "defaultVariant": "off",
+        },
+    }
+
+
+class Topology(BaseModel):
+    """The whole stack: everything the runtime needs to start it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_port: int = Field(default=8080, ge=1024, le=65000)
+    environment: str = Field(default="local", min_length=1)
+    services: Services = Field(default_factory=Services)
+    flags: dict[str, Any] = Field(default_factory=default_flags)
+
+    # Port plan (docs/architecture.md, "Ports").
+    @property
+    def gateway_port(self) -> int:
+        return self.base_port
+
+    @property
+    def admin_port(self) -> int:
+        return self.base_port + 1
+
+    def datastore_port(self, index: int) -> int:
+        return self.base_port + 10 + index
+
+    def orders_port(self, index: int) -> int:
+        return self.base_port + 20 + index
+
+    def fulfillment_port(self, index: int) -> int:
+        return self.base_port + 30 + index
+
+    @property
+    def nats_port(self) -> int:
+        return self.base_port + 40
+
+    @property
+    def nats_monitor_port(self) -> int:
+        return self.base_port + 41
+
+    @property
+    def postgres_port(self) -> int:
+        return self.base_port + 42
+
+
+class InstanceSpec(BaseModel):
+    """One process the supervisor runs: how to start it and how to tell it is ready."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    service: str
+    command: list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    port: int
+    readiness: ReadinessKind
+    readiness_url: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    version: str = "0.1.0"
+    track: str = "stable"
+    run_as_uid: int | None = None
+    run_as_gid: int | None = None
+    cwd: str | None = None
+    stop_signal: int = 15
+    databases: list[str] = Field(default_factory=list)
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def project_dir(start: Path | None = None) -> Path:
+    """Nearest parent holding yardarm.yaml or yardarm's own pyproject.toml, else cwd."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in [here, *here.parents]:
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+        pyproject = candidate / "pyproject.toml"
+        if pyproject.is_file() and _is_yardarm_pyproject(pyproject):
+            return candidate
+    return here
+
+
+def _is_yardarm_pyproject(path: Path) -> bool:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return bool(data.get("project", {}).get("name") == "yardarm")
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in the document to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    child = (*path, str(key.value))
+                    lines[child] = key.start_mark.line + 1
+                    walk(value, child)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as 'must be >= 1 (got 0)' style text."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    got = error.get("input")
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']} (got {got!r})"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']} (got {got!r})"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {got!r})"
+    return f"{error['msg'][0].lower()}{error['msg'][1:]} (got {got!r})"
+
+
+def _parse(text: str) -> tuple[Topology | None, list[str]]:
+    """Parse and validate a document; returns the topology or every error found."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        return None, [f"YAML syntax error at {where}{problem}"]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, [f"the document must be a mapping of keys (got {type(data).__name__})"]
+    try:
+        return Topology.model_validate(data), []
+    except ValidationError as exc:
+        lines = _yaml_lines(text)
+        messages = []
+        for error in exc.errors():
+            path = tuple(str(part) for part in error["loc"])
+            text_path = ".".join(path) or "(document)"
+            line = lines.get(path)
+            suffix = f" (line {line})" if line else ""
+            messages.append(f"{text_path}: {_describe(error)}{suffix}")
+        return None, messages
+
+
+def validate_file(path: Path) -> list[str]:
+    """Every problem in a topology file, each with its key path (empty: the file is valid)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        return [f"cannot read {path}: {exc.strerror}"]
+    return _parse(text)[1]
+
+
+def load_topology(path: Path | None = None, base_port_override: int | None = None) -> Topology:
+    """Defaults, then the file (./yardarm.yaml when path is None and it exists), then flags."""
+    if path is None:
+        found = project_dir() / CONFIG_FILE
+        path = found if found.is_file() else None
+    topology = Topology()
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise TopologyError(f"cannot read {path}: {exc.strerror}") from exc
+        parsed, errors = _parse(text)
+        if parsed is None:
+            raise TopologyError(f"{path}: " + "; ".join(errors))
+        topology = parsed
+    if base_port_override is not None:
+        try:
+            topology = Topology.model_validate(
+                {**topology.model_dump(), "base_port": base_port_override}
+            )
+        except ValidationError as exc:
+            got = base_port_override
+            raise TopologyError(f"--base-port: must be between 1024 and 65000 (got {got})") from exc
+    return topology
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+def urls(topology: Topology) -> dict[str, str]:
+    """Where each part of the stack answers (first replica for replicated services)."""
+    host = "http://127.0.0.1"
+    return {
+        "gateway": f"{host}:{topology.gateway_port}",
+        "admin": f"{host}:{topology.admin_port}",
+        "datastore": f"{host}:{topology.datastore_port(0)}",
+        "orders": f"{host}:{topology.orders_port(0)}",
+        "fulfillment": f"{host}:{topology.fulfillment_port(0)}",
+        "nats": f"nats://127.0.0.1:{topology.nats_port}",
+        "postgres": infra.postgres_dsn(topology.postgres_port),
+    }
+
+
+def admin_token(home: Path) -> str:
+    """The gateway admin token: generated once per home, readable only by its owner."""
+    path = home / "admin-token"
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            return token
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    path.chmod(0o600)
+    return token
+
+
+def flags_file(home: Path) -> Path:
+    """Where the runtime renders the topology's flags."""
+    return home / "flags.json"
+
+
+def write_flags(topology: Topology, home: Path) -> Path:
+    """Render the flags in flagd's file format (atomically, services watch the file)."""
+    path = flags_file(home)
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"flags": topology.flags}, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
+    """Every process of the stack, in dependency order (a dependency comes first)."""
+    home = home.resolve()
+    data = home / "data"
+    pg_data = data / "postgres"
+    nats_url = f"nats://127.0.0.1:{topology.nats_port}"
+    svc = topology.services
+    datastore_urls = [
+        f"http://127.0.0.1:{topology.datastore_port(i)}" for i in range(svc.datastore.replicas)
+    ]
+    orders_urls = [
+        f"http://127.0.0.1:{topology.orders_port(i)}" for i in range(svc.orders.replicas)
+    ]
+    run_as = infra.postgres_run_as()
+    specs = [
+        InstanceSpec(
+            name="nats",
+            service="nats",
+            command=infra.nats_command(
+                port=topology.nats_port,
+                monitor_port=topology.nats_monitor_port,
+                store_dir=data / "nats",
+            ),
+            port=topology.nats_port,
+            readiness="tcp",
+        ),
+        InstanceSpec(
+            name="postgres",
+            service="postgres",
+            command=infra.postgres_command(data_dir=pg_data, port=topology.postgres_port),
+            port=topology.postgres_port,
+            readiness="postgres",
+            run_as_uid=run_as.uid,
+            run_as_gid=run_as.gid,
+            cwd=str(pg_data),
+            stop_signal=2,  # SIGINT: Postgres "fast" shutdown, no waiting for clients
+            databases=SERVICE_DATABASES,
+        ),
+    ]
+
+    def service(name: str, spec: ServiceSpec, index: int, port: int, **extra: str) -> InstanceSpec:
+        prefix = f"YARDARM_{name.upper()}_"
+        env = {
+            "INSTANCE": f"{name}-{index}",
+            "VERSION": spec.version,
+            "TRACK": spec.track,
+            "ENVIRONMENT": topology.environment,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "STATE_DIR": str(home),
+            "FLAGS_FILE": str(flags_file(home)),
+            "LOG_LEVEL": "INFO",
+            **extra,
+        }
+        depends = {
+            "datastore": [],
+            "orders": ["nats", "postgres", "datastore-0"],
+            "fulfillment": ["nats", "postgres"],
+            "gateway": [f"orders-{i}" for i in range(svc.orders.replicas)] + ["datastore-0"],
+        }[name]
+        return InstanceSpec(
+            name=f"{name}-{index}",
+            service=name,
+            command=[sys.executable, "-m", f"yardarm_{name}"],
+            env={prefix + key: value for key, value in env.items()},
+            port=port,
+            readiness="http",
+            readiness_url=f"http://127.0.0.1:{port}/readyz",
+            depends_on=depends,
+            version=spec.version,
+            track=spec.track,
+        )
+
+    for i in range(svc.datastore.replicas):
+        specs.append(
+            service(
+                "datastore",
+                svc.datastore,
+                i,
+                topology.datastore_port(i),
+                DATA_DIR=str(data / f"datastore-{i}"),
+            )
+        )
+    for i in range(svc.orders.replicas):
+        specs.append(
+            service(
+                "orders",
+                svc.orders,
+                i,
+                topology.orders_port(i),
+                DATABASE_URL=infra.postgres_dsn(topology.postgres_port, "orders"),
+                NATS_URL=nats_url,
+                DATASTORE_URLS=json.dumps(datastore_urls),
+            )
+        )
+    for i in range(svc.fulfillment.replicas):
+        specs.append(
+            service(
+                "fulfillment",
+                svc.fulfillment,
+                i,
+                topology.fulfillment_port(i),
+                DATABASE_URL=infra.postgres_dsn(topology.postgres_port, "fulfillment"),
+                NATS_URL=nats_url,
+            )
+        )
+    upstreams = {"orders": orders_urls, "datastore": datastore_urls}
+    for i in range(svc.gateway.replicas):
+        specs.append(
+            service(
+                "gateway",
+                svc.gateway,
+                i,
+                topology.gateway_port,
+                ROUTES=json.dumps(GATEWAY_ROUTES),
+                UPSTREAMS=json.dumps(upstreams),
+                ADMIN_PORT=str(topology.admin_port),
+                ADMIN_TOKEN=admin_token(home),
+            )
+        )
+    return specs

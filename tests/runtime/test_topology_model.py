@@ -1,0 +1,186 @@
+"""The topology: defaults, port plan, yardarm.yaml overrides, precise validation errors."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from yardarm.topology import (
+    Topology,
+    TopologyError,
+    instances,
+    load_topology,
+    urls,
+    validate_file,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "yardarm.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_port_plan() -> None:
+    topology = Topology()
+    assert topology.base_port == 8080
+    assert topology.environment == "local"
+    replicas = {
+        name: getattr(topology.services, name).replicas
+        for name in ("datastore", "orders", "fulfillment", "gateway")
+    }
+    assert replicas == {"datastore": 1, "orders": 2, "fulfillment": 1, "gateway": 1}
+    assert topology.services.orders.version == "0.1.0"
+    assert topology.services.orders.track == "stable"
+    for flag in ("fault.error-rate", "fault.latency-ms"):
+        assert topology.flags[flag]["state"] == "ENABLED"
+        assert topology.flags[flag]["defaultVariant"] == "off"
+    assert topology.flags["fault.error-rate"]["variants"]["off"] == 0.0
+    assert topology.flags["fault.latency-ms"]["variants"]["off"] == 0
+
+    found = urls(Topology(base_port=9000))
+    assert found["gateway"] == "http://127.0.0.1:9000"
+    assert found["admin"] == "http://127.0.0.1:9001"
+    assert found["datastore"] == "http://127.0.0.1:9010"
+    assert found["orders"] == "http://127.0.0.1:9020"
+    assert found["fulfillment"] == "http://127.0.0.1:9030"
+    assert found["nats"] == "nats://127.0.0.1:9040"
+    assert found["postgres"].endswith("@127.0.0.1:9042/postgres")
+
+
+def test_yaml_overrides_defaults_and_base_port_flag_wins(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "base_port: 12000\nservices:\n  orders:\n    replicas: 3\n    track: canary\n",
+    )
+    topology = load_topology(path, None)
+    assert topology.base_port == 12000
+    assert topology.services.orders.replicas == 3
+    assert topology.services.orders.track == "canary"
+    assert topology.services.fulfillment.replicas == 1
+    assert load_topology(path, 13000).base_port == 13000
+
+
+def test_missing_default_file_means_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_topology(None, None) == Topology()
+    write(tmp_path, "base_port: 15000\n")
+    assert load_topology(None, None).base_port == 15000
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "services:\n  orders:\n    replicas: 0\n",
+            "services.orders.replicas: must be >= 1 (got 0) (line 3)",
+        ),
+        (
+            "services:\n  orders:\n    replicas: 10\n",
+            "services.orders.replicas: must be <= 9 (got 10) (line 3)",
+        ),
+        ("base_port: 80\n", "base_port: must be >= 1024 (got 80) (line 1)"),
+        ("base_port: 65001\n", "base_port: must be <= 65000 (got 65001) (line 1)"),
+        ("services:\n  payments: {}\n", "services.payments: unknown key (line 2)"),
+        ("colour: blue\n", "colour: unknown key (line 1)"),
+    ],
+)
+def test_validation_messages(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    assert validate_file(path) == [expected]
+    with pytest.raises(TopologyError, match=r"must be|unknown key"):
+        load_topology(path, None)
+
+
+def test_datastore_replicas_error_says_why(tmp_path: Path) -> None:
+    errors = validate_file(write(tmp_path, "services:\n  datastore:\n    replicas: 3\n"))
+    assert len(errors) == 1
+    assert errors[0].startswith("services.datastore.replicas: must be 1 (got 3)")
+    assert "single node" in errors[0]
+
+
+def test_every_error_is_reported(tmp_path: Path) -> None:
+    text = "base_port: 1\nservices:\n  orders:\n    replicas: 0\n    track: purple\n"
+    errors = validate_file(write(tmp_path, text))
+    assert len(errors) == 3
+    assert any(e.startswith("services.orders.track: must be one of") for e in errors)
+
+
+def test_yaml_syntax_error_has_line_number(tmp_path: Path) -> None:
+    errors = validate_file(write(tmp_path, "services:\n  orders: [1, 2\nbase_port: 3\n"))
+    assert len(errors) == 1
+    assert errors[0].startswith("YAML syntax error at line 3")
+    with pytest.raises(TopologyError, match="YAML syntax error"):
+        load_topology(tmp_path / "yardarm.yaml", None)
+
+
+def test_bad_base_port_override_is_a_topology_error() -> None:
+    with pytest.raises(TopologyError, match="--base-port"):
+        load_topology(None, 99)
+
+
+def test_instances_are_in_dependency_order_with_consistent_env(tmp_path: Path) -> None:
+    topology = Topology(base_port=14000)
+    specs = instances(topology, tmp_path)
+    names = [s.name for s in specs]
+    assert names == [
+        "nats",
+        "postgres",
+        "datastore-0",
+        "orders-0",
+        "orders-1",
+        "fulfillment-0",
+        "gateway-0",
+    ]
+    seen: set[str] = set()
+    for spec in specs:
+        assert set(spec.depends_on) <= seen, spec.name
+        seen.add(spec.name)
+    by_name = {s.name: s for s in specs}
+    assert by_name["nats"].port == 14040 and by_name["nats"].readiness == "tcp"
+    assert by_name["postgres"].port == 14042 and by_name["postgres"].readiness == "postgres"
+
+    orders = by_name["orders-1"].env
+    assert orders["YARDARM_ORDERS_INSTANCE"] == "orders-1"
+    assert orders["YARDARM_ORDERS_PORT"] == "14021"
+    assert orders["YARDARM_ORDERS_HOST"] == "127.0.0.1"
+    assert orders["YARDARM_ORDERS_DATABASE_URL"].endswith("@127.0.0.1:14042/orders")
+    assert orders["YARDARM_ORDERS_NATS_URL"] == "nats://127.0.0.1:14040"
+    assert json.loads(orders["YARDARM_ORDERS_DATASTORE_URLS"]) == ["http://127.0.0.1:14010"]
+    assert orders["YARDARM_ORDERS_FLAGS_FILE"] == str(tmp_path.resolve() / "flags.json")
+    assert orders["YARDARM_ORDERS_STATE_DIR"] == str(tmp_path.resolve())
+    assert by_name["orders-1"].readiness_url == "http://127.0.0.1:14021/readyz"
+
+    fulfillment = by_name["fulfillment-0"].env
+    assert fulfillment["YARDARM_FULFILLMENT_DATABASE_URL"].endswith(":14042/fulfillment")
+    assert fulfillment["YARDARM_FULFILLMENT_NATS_URL"] == "nats://127.0.0.1:14040"
+
+    datastore = by_name["datastore-0"].env
+    assert datastore["YARDARM_DATASTORE_PORT"] == "14010"
+    assert datastore["YARDARM_DATASTORE_DATA_DIR"] == str(
+        tmp_path.resolve() / "data" / "datastore-0"
+    )
+
+    gateway = by_name["gateway-0"].env
+    assert gateway["YARDARM_GATEWAY_PORT"] == "14000"
+    assert gateway["YARDARM_GATEWAY_ADMIN_PORT"] == "14001"
+    assert json.loads(gateway["YARDARM_GATEWAY_UPSTREAMS"]) == {
+        "orders": ["http://127.0.0.1:14020", "http://127.0.0.1:14021"],
+        "datastore": ["http://127.0.0.1:14010"],
+    }
+    prefixes = {r["prefix"]: r["upstream"] for r in json.loads(gateway["YARDARM_GATEWAY_ROUTES"])}
+    assert prefixes == {"/api/orders": "orders", "/api/stock": "orders", "/api/kv": "datastore"}
+    assert set(by_name["gateway-0"].depends_on) >= {"orders-0", "orders-1", "datastore-0"}
+
+
+def test_admin_token_is_private_and_stable(tmp_path: Path) -> None:
+    first = instances(Topology(), tmp_path)[-1].env["YARDARM_GATEWAY_ADMIN_TOKEN"]
+    again = instances(Topology(), tmp_path)[-1].env["YARDARM_GATEWAY_ADMIN_TOKEN"]
+    assert first == again and len(first) >= 24
+    mode = stat.S_IMODE((tmp_path / "admin-token").stat().st_mode)
+    assert mode == 0o600
