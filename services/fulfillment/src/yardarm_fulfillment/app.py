@@ -1,0 +1,117 @@
+"""The fulfillment process: two JetStream consumers (payments, shipping), the reply
+outbox relay and read-only ledger views, on the kit's `Service`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from yardarm_kit import Service
+from yardarm_kit.messaging import PullConsumer, connect, ensure_streams
+from yardarm_kit.metrics import LabeledCounter
+
+from yardarm_fulfillment import ledger_api
+from yardarm_fulfillment.command_consumer import CommandConsumer
+from yardarm_fulfillment.commands import CommandTable
+from yardarm_fulfillment.database import create_pool
+from yardarm_fulfillment.metrics import FulfillmentMetrics
+from yardarm_fulfillment.outbox import OutboxRelay
+from yardarm_fulfillment.payments import Payments
+from yardarm_fulfillment.schema import migrate
+from yardarm_fulfillment.settings import FulfillmentSettings
+from yardarm_fulfillment.shipping import Shipping
+
+COMMANDS_STREAM = "COMMANDS"
+
+
+class Fulfillment:
+    """One fulfillment instance; `service.run()` (or `start()`/`stop()`) drives it."""
+
+    def __init__(self, settings: FulfillmentSettings) -> None:
+        self.settings = settings
+        self.service = Service(settings)
+        self.metrics = FulfillmentMetrics(self.service.metrics)
+        self.payments = Payments(self.service.flags)
+        self._pool: asyncpg.Pool | None = None
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._relay: OutboxRelay | None = None
+        self._consumers: list[PullConsumer] = []
+        self.service.add_readiness_check("postgres", self._postgres_ready)
+        self.service.add_readiness_check("nats", self._nats_ready)
+        self.service.on_startup(self._start)
+        self.service.on_shutdown(self._stop)
+        ledger_api.add_routes(self.service.app, lambda: self.pool)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the database pool is not open (service not started)")
+        return self._pool
+
+    async def _start(self) -> None:
+        settings = self.settings
+        log = self.service.log
+        self._pool = await create_pool(settings.database_url, max_size=settings.pool_max_size)
+        async with self._pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        self._nc, self._js = await connect(settings.nats_url, name=settings.instance)
+        await ensure_streams(self._js)
+        self._relay = OutboxRelay(
+            self._pool, self._js, batch=settings.relay_batch, poll_s=settings.relay_poll_s,
+            metrics=self.metrics, log=log,
+        )  # fmt: skip
+        self._relay.start()
+        participants: list[tuple[str, CommandTable, LabeledCounter]] = [
+            ("payments", self.payments.commands, self.metrics.payments),
+            ("shipping", Shipping().commands, self.metrics.shipments),
+        ]
+        for name, commands, effects in participants:
+            handler = CommandConsumer(
+                name, commands, self._pool, metrics=self.metrics, effects=effects,
+                flags=self.service.flags, log=log, max_deliver=settings.max_deliver,
+                on_reply=self._relay.nudge,
+                latency_s=self.payments.latency_s if name == "payments" else lambda: 0.0,
+            )  # fmt: skip
+            consumer = PullConsumer(
+                self._js, tracer=self.service.tracer, stream=COMMANDS_STREAM, durable=name,
+                filter_subject=f"cmd.{name}.>", handler=handler, ack_wait_s=settings.ack_wait_s,
+                max_deliver=settings.max_deliver, batch=settings.batch,
+                nak_delay_s=settings.nak_delay_s, log=log,
+            )  # fmt: skip
+            await consumer.start()
+            self._consumers.append(consumer)
+
+    async def _stop(self) -> None:
+        """Consumers first (in-flight handlers finish), then the relay drains, then I/O closes."""
+        for consumer in self._consumers:
+            await consumer.stop(grace_s=self.settings.shutdown_grace_s)
+        self._consumers.clear()
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
+        if self._nc is not None:
+            # Consumers and relay have stopped, so nothing is in flight: close, not drain.
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+            self._js = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _postgres_ready(self) -> bool:
+        return self._pool is not None and await self._pool.fetchval("SELECT 1") == 1
+
+    async def _nats_ready(self) -> bool:
+        return self._nc is not None and bool(self._nc.is_connected)
+
+
+def create_fulfillment(settings: FulfillmentSettings) -> Fulfillment:
+    """The fulfillment instance for these settings (not started)."""
+    return Fulfillment(settings)

@@ -1,0 +1,217 @@
+"""Fixtures for fulfillment tests: a clean JetStream, the service in-process, and helpers
+to send commands and read what reached the EVENTS stream.
+
+The NATS server is shared by the session, so every test starts from purged streams and
+no `payments`/`shipping` durables (a durable keeps its first config and its backlog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from yardarm_fulfillment import Fulfillment, FulfillmentSettings, create_fulfillment
+from yardarm_kit.messaging import Envelope, connect, ensure_streams
+
+from tests.conftest import free_port
+
+CARD_OK = "4242424242424242"
+CARD_DECLINED = "4000000000000002"
+
+
+def new_traceparent() -> tuple[str, str]:
+    """(traceparent, trace_id) for a fresh sampled trace."""
+    trace_id = uuid.uuid4().hex
+    return f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01", trace_id
+
+
+def command(saga_id: str, kind: str, **data: Any) -> Envelope:
+    """A command envelope as the orders saga builds it (id `<saga>:<type>`)."""
+    return Envelope(type=kind, id=f"{saga_id}:{kind}", saga_id=saga_id, data=data)
+
+
+def charge(saga_id: str, card: str = CARD_OK, amount_cents: int = 2500) -> Envelope:
+    return command(saga_id, "payments.charge", order_id=saga_id, amount_cents=amount_cents,
+                   card=card)  # fmt: skip
+
+
+def refund(saga_id: str, amount_cents: int = 2500) -> Envelope:
+    return command(saga_id, "payments.refund", order_id=saga_id, amount_cents=amount_cents)
+
+
+def schedule(saga_id: str, customer_id: str = "cust-1") -> Envelope:
+    items = [{"sku": "anchor", "quantity": 2}]
+    return command(saga_id, "shipping.schedule", order_id=saga_id, customer_id=customer_id,
+                   items=items)  # fmt: skip
+
+
+def cancel(saga_id: str) -> Envelope:
+    return command(saga_id, "shipping.cancel", order_id=saga_id)
+
+
+@dataclass
+class Event:
+    subject: str
+    headers: dict[str, str]
+    envelope: Envelope
+
+
+@dataclass
+class Bus:
+    nc: NATS
+    js: JetStreamContext
+
+    async def send(
+        self, envelope: Envelope, *, traceparent: str | None = None, msg_id: str | None = None
+    ) -> None:
+        """Publish a command on `cmd.<type>`; `msg_id` overrides the Nats-Msg-Id."""
+        headers = {"Nats-Msg-Id": msg_id or envelope.id, "yardarm-schema": "1"}
+        if traceparent:
+            headers["traceparent"] = traceparent
+        await self.js.publish(
+            f"cmd.{envelope.type}", envelope.model_dump_json().encode(), headers=headers
+        )
+
+    async def events(self) -> list[Event]:
+        """Every message stored in EVENTS right now, in order."""
+        info = await self.js.stream_info("EVENTS")
+        found: list[Event] = []
+        if info.state.messages == 0:
+            return found
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            try:
+                raw = await self.js.get_msg("EVENTS", seq)
+            except NotFoundError:
+                continue
+            assert raw.data is not None and raw.subject is not None
+            found.append(
+                Event(raw.subject, dict(raw.headers or {}), Envelope.model_validate_json(raw.data))
+            )
+        return found
+
+    async def wait_events(
+        self, saga_id: str, count: int = 1, *, timeout: float = 30.0, settle: float = 0.0
+    ) -> list[Event]:
+        """Wait (bounded) until `count` events for the saga exist; then `settle` seconds
+        more, so a test asserting "exactly N" also sees any extra one arriving late."""
+        deadline = time.monotonic() + timeout
+        while True:
+            mine = [e for e in await self.events() if e.envelope.saga_id == saga_id]
+            if len(mine) >= count:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(mine)} of {count} events for {saga_id}: {mine}")
+            await asyncio.sleep(0.05)
+        if settle:
+            await asyncio.sleep(settle)
+            mine = [e for e in await self.events() if e.envelope.saga_id == saga_id]
+        return mine
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    nc, js = await connect(nats_url, "fulfillment-tests")
+    await ensure_streams(js)
+    for durable in ("payments", "shipping"):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer("COMMANDS", durable)
+    await js.purge_stream("COMMANDS")
+    await js.purge_stream("EVENTS")
+    try:
+        yield Bus(nc, js)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def db(pg_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test's database, for asserting on the ledgers."""
+    conn = await asyncpg.connect(pg_database)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def write_flags(path: Path, flags: dict[str, float | int]) -> None:
+    """A flagd flag file; each flag has one variant, its value. mtime is bumped so the
+    provider's watcher sees every rewrite."""
+    doc = {
+        "flags": {
+            key: {"state": "ENABLED", "variants": {"value": value}, "defaultVariant": "value"}
+            for key, value in flags.items()
+        }
+    }
+    previous = path.stat().st_mtime if path.exists() else 0.0
+    path.write_text(json.dumps(doc))
+    stamp = max(time.time(), previous + 1.0)
+    os.utime(path, (stamp, stamp))
+
+
+StartFulfillment = Callable[..., Awaitable[Fulfillment]]
+
+
+@pytest.fixture
+async def start_fulfillment(
+    pg_database: str, nats_url: str, tmp_path: Path, bus: Bus
+) -> AsyncIterator[StartFulfillment]:
+    """Start fulfillment instances in this event loop; all stop at the end of the test."""
+    started: list[Fulfillment] = []
+
+    async def start(**overrides: Any) -> Fulfillment:
+        fields: dict[str, Any] = {
+            "port": free_port(),
+            "database_url": pg_database,
+            "nats_url": nats_url,
+            "state_dir": tmp_path / "state",
+            "instance": f"fulfillment-{len(started)}",
+            "nak_delay_s": 0.2,
+            **overrides,
+        }
+        instance = create_fulfillment(FulfillmentSettings(**fields))
+        await instance.service.start()
+        started.append(instance)
+        return instance
+
+    try:
+        yield start
+    finally:
+        for instance in reversed(started):
+            await instance.service.stop()
+
+
+def base_url(instance: Fulfillment) -> str:
+    return f"http://127.0.0.1:{instance.settings.port}"
+
+
+def metric_value(instance: Fulfillment, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels`."""
+    total = 0.0
+    for family in instance.service.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
