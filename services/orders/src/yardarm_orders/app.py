@@ -1,0 +1,189 @@
+"""Wires the orders service into the kit's Service: API, saga worker, relay, consumer.
+
+Start-up order matters for readiness: the pool and migrations first, then NATS and the
+streams, then the background loops; the listener opens only after all of them.
+Shutdown runs in reverse: stop taking replies, finish the current step, stop publishing,
+then close NATS and the pool.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from yardarm_kit import Service
+from yardarm_kit.messaging import PullConsumer, connect, ensure_streams
+
+from yardarm_orders.database import create_pool
+from yardarm_orders.datastore_client import DatastoreClient
+from yardarm_orders.orders_api import OrdersApi
+from yardarm_orders.outbox import OutboxRelay
+from yardarm_orders.saga.metrics import SagaMetrics
+from yardarm_orders.saga.replies import ReplyHandler
+from yardarm_orders.saga.stock_steps import StockSteps
+from yardarm_orders.saga.worker import SagaWorker
+from yardarm_orders.schema import migrate
+from yardarm_orders.settings import OrdersSettings
+from yardarm_orders.stock_api import StockApi
+
+CONSUMER_DURABLE = "orders"
+# Replies fail only while the database is unreachable; keep redelivering them for a long
+# outage (about a quarter of an hour at the consumer's nak delay) rather than lose one.
+REPLY_MAX_DELIVER = 1000
+
+
+@dataclass
+class _Running:
+    pool: asyncpg.Pool
+    nc: NATS
+    orders: OrdersApi
+    stock: StockApi
+    worker: SagaWorker
+    relay: OutboxRelay
+    consumer: PullConsumer
+
+
+class OrdersService:
+    """One orders replica; `service.run()` serves it until SIGTERM."""
+
+    def __init__(self, settings: OrdersSettings) -> None:
+        self.settings = settings
+        self.service = Service(settings)
+        self.metrics = SagaMetrics(self.service.metrics)
+        # Unique per process, so a restarted replica never mistakes an old lease for its own.
+        self.owner = f"{settings.instance}:{uuid.uuid4().hex[:8]}"
+        self.migrated = False
+        self._running: _Running | None = None
+        app = self.service.app
+        app.router.add_post("/orders", self._create_order)
+        app.router.add_get("/orders/{order_id}", self._get_order)
+        app.router.add_get("/stock", self._list_stock)
+        app.router.add_get("/stock/{sku}", self._get_stock)
+        self.service.on_startup(self._start)
+        self.service.on_shutdown(self._stop)
+        self.service.add_readiness_check("postgres", self._postgres_ready)
+        self.service.add_readiness_check("nats", self._nats_ready)
+        self.service.add_readiness_check("migrations", self._migrations_ready)
+
+    @property
+    def running(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("the orders service has not started")
+        return self._running
+
+    async def _create_order(self, request: web.Request) -> web.Response:
+        return await self.running.orders.create(request)
+
+    async def _get_order(self, request: web.Request) -> web.Response:
+        return await self.running.orders.get(request)
+
+    async def _list_stock(self, request: web.Request) -> web.Response:
+        return await self.running.stock.list(request)
+
+    async def _get_stock(self, request: web.Request) -> web.Response:
+        return await self.running.stock.get(request)
+
+    async def _start(self) -> None:
+        s = self.settings
+        log = self.service.log
+        pool = await create_pool(s.database_url, max_size=s.pool_max_size)
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        self.migrated = True
+        log.info("migrations applied: %s", ", ".join(applied) or "none needed")
+        nc, js = await connect(s.nats_url, s.instance)
+        await ensure_streams(js)
+        datastore = DatastoreClient(
+            self.service.http_client("datastore"), s.datastore_urls, timeout_s=s.datastore_timeout_s
+        )
+        relay = OutboxRelay(
+            pool,
+            js,
+            batch=s.outbox_batch,
+            poll_interval_s=s.poll_interval_s,
+            metrics=self.metrics,
+            log=log,
+        )
+        steps = StockSteps(
+            pool, datastore, owner=self.owner, lease_s=s.lease_s, cas_retries=s.cas_retries
+        )
+        worker = SagaWorker(
+            pool,
+            steps,
+            owner=self.owner,
+            lease_s=s.lease_s,
+            poll_interval_s=s.poll_interval_s,
+            retry_base_s=s.retry_base_s,
+            retry_max_s=s.retry_max_s,
+            reserve_max_attempts=s.reserve_max_attempts,
+            metrics=self.metrics,
+            tracer=self.service.tracer,
+            log=log,
+            on_outbox=relay.nudge,
+        )
+        handler = ReplyHandler(
+            pool,
+            metrics=self.metrics,
+            log=log,
+            on_outbox=relay.nudge,
+            on_local_step=worker.nudge,
+        )
+        consumer = PullConsumer(
+            js,
+            tracer=self.service.tracer,
+            stream="EVENTS",
+            durable=CONSUMER_DURABLE,
+            filter_subject="evt.>",
+            handler=handler,
+            max_deliver=REPLY_MAX_DELIVER,
+            log=log,
+        )
+        self._running = _Running(
+            pool=pool,
+            nc=nc,
+            orders=OrdersApi(
+                pool, datastore, on_created=worker.nudge, in_flight_wait_ms=s.in_flight_wait_ms
+            ),
+            stock=StockApi(datastore),
+            worker=worker,
+            relay=relay,
+            consumer=consumer,
+        )
+        await relay.start()
+        await worker.start()
+        await consumer.start()
+
+    async def _stop(self) -> None:
+        running = self._running
+        if running is None:
+            return
+        await running.consumer.stop()
+        await running.worker.stop()
+        await running.relay.stop()
+        try:
+            await running.nc.drain()
+        except Exception:
+            self.service.log.warning("NATS drain failed; closing", exc_info=True)
+            await running.nc.close()
+        await running.pool.close()
+        self._running = None
+
+    async def _postgres_ready(self) -> bool:
+        if self._running is None:
+            return False
+        async with self._running.pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT true"))
+
+    async def _nats_ready(self) -> bool:
+        return self._running is not None and bool(self._running.nc.is_connected)
+
+    async def _migrations_ready(self) -> bool:
+        return self.migrated
+
+
+def create_orders(settings: OrdersSettings) -> OrdersService:
+    """An orders replica ready to `service.run()`."""
+    return OrdersService(settings)

@@ -1,0 +1,137 @@
+"""Stock steps against a real datastore: crash recovery never double-applies or leaks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import httpx
+import pytest
+from opentelemetry import trace
+from yardarm_kit import HttpClient
+from yardarm_kit.metrics import Metrics
+from yardarm_orders import order_store
+from yardarm_orders.datastore_client import DatastoreClient, DatastoreUnavailable
+from yardarm_orders.saga import store
+from yardarm_orders.saga.stock_steps import StockOutcome, StockSteps, idempotency_key
+from yardarm_orders.settings import OrdersSettings
+
+from tests.conftest import free_port
+from tests.orders.conftest import seed_stock, stock_available
+from tests.orders.test_orders_store import new_order
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    settings = OrdersSettings(
+        port=1, database_url="postgresql://x", nats_url="nats://x", datastore_urls=["http://x"]
+    )
+    async with aiohttp.ClientSession() as session:
+        yield HttpClient(
+            session,
+            "datastore",
+            trace.get_tracer("test"),
+            Metrics(settings).http_client_duration,
+        )
+
+
+async def _claimed_order(pool: asyncpg.Pool, sku: str, quantity: int) -> uuid.UUID:
+    order = new_order(items=[{"sku": sku, "quantity": quantity, "name": sku, "price_cents": 1}])
+    async with pool.acquire() as conn:
+        await order_store.create(conn, order, key=str(order.id), request_hash="h")
+        assert await store.claim_local(conn, "w", 60) is not None
+    return order.id
+
+
+async def _item(pool: asyncpg.Pool, order_id: uuid.UUID) -> store.Reservation:
+    async with pool.acquire() as conn:
+        (item,) = await store.reservations(conn, order_id)
+    return item
+
+
+def _write_as_a_crashed_run(datastore_url: str, key: str, available: int) -> None:
+    """The stock write a run made just before it crashed (its outcome never recorded)."""
+    current = httpx.get(f"{datastore_url}/kv/stock/rope").json()
+    applied = httpx.put(
+        f"{datastore_url}/kv/stock/rope",
+        json={
+            "value": {**current["value"], "available": available},
+            "if_version": current["version"],
+        },
+        headers={"Idempotency-Key": key},
+    )
+    assert applied.status_code == 200, applied.text
+
+
+async def test_a_reservation_that_applied_before_a_crash_is_not_applied_again(
+    pool: asyncpg.Pool, datastore_url: str, http: HttpClient
+) -> None:
+    seed_stock(datastore_url, {"rope": (250, 10)})
+    order_id = await _claimed_order(pool, "rope", 4)
+    # The crashed run: attempt 1 recorded, its write applied, the outcome never recorded.
+    async with pool.acquire() as conn:
+        await store.record_attempt(conn, order_id, "rope", "reserve", 1)
+    _write_as_a_crashed_run(datastore_url, idempotency_key("reserve", order_id, "rope", 1), 6)
+    # Stock is now exactly the order's quantity short; a naive re-run would see 6 >= 4
+    # and reserve again.
+    steps = StockSteps(
+        pool, DatastoreClient(http, [datastore_url]), owner="w", lease_s=60, cas_retries=5
+    )
+    outcome = await steps.reserve(order_id, await _item(pool, order_id), None)
+    assert outcome is StockOutcome.RESERVED
+    assert stock_available(datastore_url, "rope") == 6
+    assert (await _item(pool, order_id)).state == "reserved"
+
+
+async def test_a_write_recorded_but_never_sent_is_applied_once_on_the_next_run(
+    pool: asyncpg.Pool, datastore_url: str, http: HttpClient
+) -> None:
+    seed_stock(datastore_url, {"rope": (250, 10)})
+    order_id = await _claimed_order(pool, "rope", 4)
+    async with pool.acquire() as conn:
+        await store.record_attempt(conn, order_id, "rope", "reserve", 1)
+    steps = StockSteps(
+        pool, DatastoreClient(http, [datastore_url]), owner="w", lease_s=60, cas_retries=5
+    )
+    assert await steps.reserve(order_id, await _item(pool, order_id), None) is (
+        StockOutcome.RESERVED
+    )
+    assert stock_available(datastore_url, "rope") == 6
+    assert (await _item(pool, order_id)).reserve_attempt == 2
+    # and a release after a crash that had already applied it gives back exactly once
+    async with pool.acquire() as conn:
+        await store.record_attempt(conn, order_id, "rope", "release", 1)
+    _write_as_a_crashed_run(datastore_url, idempotency_key("release", order_id, "rope", 1), 10)
+    await steps.release(order_id, await _item(pool, order_id), None)
+    assert stock_available(datastore_url, "rope") == 10
+    assert (await _item(pool, order_id)).state == "released"
+
+
+async def test_a_worker_whose_lease_was_taken_cannot_record_progress(
+    pool: asyncpg.Pool, datastore_url: str, http: HttpClient
+) -> None:
+    seed_stock(datastore_url, {"rope": (250, 10)})
+    order_id = await _claimed_order(pool, "rope", 4)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE sagas SET lease_owner = 'someone-else'")
+    steps = StockSteps(
+        pool, DatastoreClient(http, [datastore_url]), owner="w", lease_s=60, cas_retries=5
+    )
+    with pytest.raises(store.LeaseLost):
+        await steps.reserve(order_id, await _item(pool, order_id), None)
+    assert stock_available(datastore_url, "rope") == 10  # fenced before the write
+
+
+async def test_the_client_falls_over_to_the_next_url_and_reports_when_none_answer(
+    datastore_url: str, http: HttpClient
+) -> None:
+    seed_stock(datastore_url, {"rope": (250, 10)})
+    dead = f"http://127.0.0.1:{free_port()}"
+    client = DatastoreClient(http, [dead, datastore_url], timeout_s=5)
+    record = await client.get("stock/rope")
+    assert record is not None and record.value["available"] == 10
+    assert await client.get("stock/none") is None
+    with pytest.raises(DatastoreUnavailable):
+        await DatastoreClient(http, [dead], timeout_s=5).get("stock/rope")
