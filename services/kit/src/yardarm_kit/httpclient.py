@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ class HttpClient:
                     if response.status >= 500:
                         span.set_status(Status(StatusCode.ERROR))
                     return HttpResponse(response.status, response.headers, body)
-            except (TimeoutError, asyncio.TimeoutError) as exc:
+            except TimeoutError as exc:
                 span.set_status(Status(StatusCode.ERROR, "timeout"))
                 raise UpstreamTimeout(f"{self.upstream}: no answer within {budget}s") from exc
             except (aiohttp.ClientError, OSError) as exc:

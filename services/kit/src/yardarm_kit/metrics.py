@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
 )
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from yardarm_kit.settings import ServiceSettings
 from yardarm_kit.telemetry import current_trace_ids

@@ -20,7 +20,7 @@ class Problem(Exception):
         title: str,
         detail: str | None = None,
         *,
-        type: str | None = None,  # noqa: A002 - the RFC's field name
+        type: str | None = None,
         errors: list[dict[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
