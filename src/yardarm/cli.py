@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -121,6 +122,8 @@ def up(
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C must not abandon a half-stopped stack.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         console.print("stopping...")
         control.stop_stack(state_home)
         console.print("[bold]stopped[/] (data kept; `yardarm down --purge` deletes it)")
