@@ -298,6 +298,9 @@ def test_every_service_serves_red_metrics_and_json_logs(stack: Stack) -> None:
             "http_response_status_code=",
         ):
             assert any(label in line for line in series), (row["instance"], label)
+    gateway_metrics = httpx.get(f"{stack.gateway}/metrics", timeout=10).text
+    # the gateway labels by the route it chose, not by its catch-all
+    assert 'http_route="/api/stock"' in gateway_metrics
     log_lines = (stack.home / "logs" / "orders-0.log").read_text().splitlines()
     records = [json.loads(line) for line in log_lines if line.startswith("{")]
     assert records

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 import aiohttp
 from aiohttp import web
-from yardarm_kit import HttpClient, Problem, UpstreamTimeout, UpstreamUnavailable
+from yardarm_kit import ROUTE_KEY, HttpClient, Problem, UpstreamTimeout, UpstreamUnavailable
 
 from yardarm_gateway.forwarding import downstream_response_headers, upstream_request_headers
 from yardarm_gateway.routing import DotSegmentError, RouteTable
@@ -94,6 +94,7 @@ class Proxy:
             ) from None
         if match is None:
             raise Problem(404, "no route", f"no route matches the path {request.path!r}")
+        request[ROUTE_KEY] = match.route.prefix
         upstream = self._upstreams[match.route.upstream]
         body = await read_body(request, self._max_body_bytes)
         headers = upstream_request_headers(

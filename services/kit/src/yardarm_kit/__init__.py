@@ -11,11 +11,12 @@ from yardarm_kit.httpclient import (
 )
 from yardarm_kit.metrics import Metrics
 from yardarm_kit.problem import Problem
-from yardarm_kit.service import Service
+from yardarm_kit.service import ROUTE_KEY, Service
 from yardarm_kit.settings import ServiceSettings
 from yardarm_kit.validation import parse_json
 
 __all__ = [
+    "ROUTE_KEY",
     "TIMEOUT_HEADER",
     "Flags",
     "HttpClient",

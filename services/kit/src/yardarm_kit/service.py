@@ -39,8 +39,18 @@ READINESS_TIMEOUT_S = 2.0
 SHUTDOWN_GRACE_S = 10.0
 
 
+ROUTE_KEY = "yardarm.route"
+
+
 def route_of(request: web.Request) -> str:
-    """The route template (never the raw path, which would explode cardinality)."""
+    """The route template (never the raw path, which would explode cardinality).
+
+    A handler that routes further itself (the gateway's catch-all) names the route it
+    chose with `request[ROUTE_KEY]`.
+    """
+    named = request.get(ROUTE_KEY)
+    if isinstance(named, str):
+        return named
     resource = request.match_info.route.resource
     return "unmatched" if resource is None else str(resource.canonical)
 
@@ -115,6 +125,10 @@ class Service:
                 },
             ) as span:
                 response = await handler(request)
+                chosen = route_of(request)
+                if chosen != route:
+                    span.update_name(f"{request.method} {chosen}")
+                    span.set_attribute("http.route", chosen)
                 span.set_attribute("http.response.status_code", response.status)
                 if response.status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
