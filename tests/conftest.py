@@ -6,8 +6,10 @@ They use the same launchers as `yardarm up`, so the tests exercise the servers u
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -62,9 +64,14 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A real Postgres cluster for the whole test session; returns its port."""
-    data_dir = Path(tmp_path_factory.mktemp("pg")) / "data"
+def postgres_port() -> Iterator[int]:
+    """A real Postgres cluster for the whole test session; returns its port.
+
+    Its data lives outside pytest's temp tree: another pytest session starting on the
+    same machine resets that tree's permissions, which would lock the Postgres user out.
+    """
+    root = Path(tempfile.mkdtemp(prefix="yardarm-test-pg-"))
+    data_dir = root / "data"
     run_as = infra.prepare_postgres(data_dir)
     port = free_port()
     log = open(data_dir.parent / "postgres.log", "wb")  # noqa: SIM115 - closed below
@@ -91,6 +98,7 @@ def postgres_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     finally:
         _stop(proc)
         log.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _ping(port: int) -> None:
