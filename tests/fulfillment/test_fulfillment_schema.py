@@ -6,7 +6,19 @@ import asyncio
 
 import asyncpg
 import pytest
-from yardarm_fulfillment.schema import Migration, MigrationError, bundled_migrations, migrate
+from yardarm_fulfillment.app import MIGRATION_LOCK_ID
+from yardarm_kit import postgres
+from yardarm_kit.postgres import Migration, MigrationError
+
+PACKAGE = "yardarm_fulfillment"
+
+
+def bundled_migrations() -> list[Migration]:
+    return postgres.bundled_migrations(PACKAGE)
+
+
+async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+    return await postgres.migrate(conn, PACKAGE, MIGRATION_LOCK_ID, migrations)
 
 
 async def test_migrations_apply_once_and_create_the_ledgers(pg_database: str) -> None:

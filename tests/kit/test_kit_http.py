@@ -5,14 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pydantic import BaseModel
-from yardarm_kit import Problem, Service, ServiceSettings, parse_json
+from yardarm_kit import (
+    Problem,
+    Service,
+    ServiceSettings,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    parse_json,
+)
+from yardarm_kit.telemetry import JsonLinesSpanExporter
 
 from tests.conftest import free_port
 
@@ -234,3 +245,96 @@ async def test_logs_are_json_with_trace_ids(
     ]
     inside = [line for line in lines if line["message"] == "inside a request"]
     assert inside and len(inside[0]["trace_id"]) == 32 and inside[0]["order_id"] == "o-1"
+
+
+async def test_client_timeouts_and_refusals_are_typed_errors_and_metered(
+    make_service: Factory,
+) -> None:
+    downstream, down_url = await make_service("b")
+    upstream, _ = await make_service("a")
+    client = upstream.http_client("b")  # made before start: the pool opens on the loop
+    await downstream.start()
+    await upstream.start()
+    with pytest.raises(UpstreamTimeout):
+        await client.request("GET", f"{down_url}/slow", timeout=0.3)
+    with pytest.raises(UpstreamUnavailable):
+        await client.request("GET", f"http://127.0.0.1:{free_port()}/", timeout=5)
+    teapot = await client.request("GET", f"{down_url}/teapot")
+    assert teapot.status == 418 and teapot.json()["title"] == "Teapot"
+    body, _ = upstream.metrics.exposition("")
+    text = body.decode()
+    for status in ("error", "418"):
+        assert (
+            'http_client_request_duration_seconds_count{http_request_method="GET",'
+            f'http_response_status_code="{status}",instance="a-0",service="a",'
+            'track="stable",upstream="b",version="0.1.0"}'
+        ) in text
+
+
+async def test_expired_deadline_is_refused_and_unknown_routes_are_not_traced_by_path(
+    make_service: Factory,
+) -> None:
+    service, url = await make_service("a")
+    await service.start()
+    async with aiohttp.ClientSession(url) as http:
+        await _problem(await http.get("/teapot", headers={"yardarm-timeout-ms": "0"}), 504)
+        await _problem(await http.get("/no/such/7"), 404)
+    text = service.metrics.exposition("")[0].decode()
+    assert 'http_route="unmatched"' in text and "/no/such/7" not in text
+
+
+async def test_telemetry_lines_are_otlp_json_with_resource_and_hex_ids(
+    make_service: Factory, tmp_path: Path
+) -> None:
+    service, url = await make_service("a", instance="a-3", version="1.2.3", track="canary")
+    await service.start()
+    async with aiohttp.ClientSession(url) as http:
+        await http.get("/teapot")
+    service.tracer_provider.force_flush()
+    lines = (tmp_path / "telemetry" / "a-3.jsonl").read_text().splitlines()
+    assert lines
+    hex_id = re.compile(r"^[0-9a-f]+$")
+    names = set()
+    for line in lines:
+        for rs in json.loads(line)["resourceSpans"]:
+            attrs = {a["key"]: a["value"]["stringValue"] for a in rs["resource"]["attributes"]}
+            assert attrs["service.name"] == "a" and attrs["service.instance.id"] == "a-3"
+            assert attrs["service.version"] == "1.2.3" and attrs["yardarm.track"] == "canary"
+            for ss in rs["scopeSpans"]:
+                for span in ss["spans"]:
+                    names.add(span["name"])
+                    assert len(span["traceId"]) == 32 and hex_id.match(span["traceId"])
+                    assert len(span["spanId"]) == 16 and hex_id.match(span["spanId"])
+    assert "GET /teapot" in names
+
+
+def test_telemetry_file_rotates_by_size(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    exporter = JsonLinesSpanExporter(path, rotate_bytes=2000)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for i in range(40):
+        with tracer.start_as_current_span(f"span-{i}"):
+            pass
+    assert path.with_name("x.jsonl.1").exists() and path.with_name("x.jsonl.3").exists()
+    assert not path.with_name("x.jsonl.4").exists()
+    for file in (path, path.with_name("x.jsonl.1")):
+        assert file.stat().st_size <= 2000 + 2000  # rotated once it passes the limit
+        for line in file.read_text().splitlines():
+            assert json.loads(line)["resourceSpans"]
+
+
+async def test_unhandled_errors_are_logged_with_trace_id_and_traceback(
+    make_service: Factory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = await make_service("a")
+    await service.start()
+    async with aiohttp.ClientSession(url) as http:
+        await _problem(await http.get("/boom"), 500)
+    records = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    errors = [r for r in records if r["level"] == "error"]
+    assert errors and "kaboom" in errors[0]["exception"]
+    assert len(errors[0]["trace_id"]) == 32 and errors[0]["service"] == "a"

@@ -22,7 +22,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from yardarm_orders.schema import migrate
+from yardarm_kit.postgres import migrate
+from yardarm_orders.app import MIGRATION_LOCK_ID
 
 from tests.conftest import free_port, wait_for_port
 
@@ -34,7 +35,7 @@ async def orders_dsn(pg_database: str) -> str:
     """A fresh database with the orders schema applied."""
     conn = await asyncpg.connect(pg_database)
     try:
-        await migrate(conn)
+        await migrate(conn, "yardarm_orders", MIGRATION_LOCK_ID)
     finally:
         await conn.close()
     return pg_database
@@ -42,7 +43,7 @@ async def orders_dsn(pg_database: str) -> str:
 
 @pytest.fixture
 async def pool(orders_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    from yardarm_orders.database import create_pool
+    from yardarm_kit.postgres import create_pool
 
     created = await create_pool(orders_dsn, max_size=6)
     try:

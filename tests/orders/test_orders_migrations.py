@@ -6,7 +6,11 @@ import asyncio
 
 import asyncpg
 import pytest
-from yardarm_orders.schema import Migration, MigrationError, bundled_migrations, migrate
+from yardarm_kit import postgres
+from yardarm_kit.postgres import Migration, MigrationError
+from yardarm_orders.app import MIGRATION_LOCK_ID
+
+PACKAGE = "yardarm_orders"
 
 EXPECTED_TABLES = {
     "orders",
@@ -18,6 +22,14 @@ EXPECTED_TABLES = {
     "inbox",
     "schema_migrations",
 }
+
+
+def bundled_migrations() -> list[Migration]:
+    return postgres.bundled_migrations(PACKAGE)
+
+
+async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+    return await postgres.migrate(conn, PACKAGE, MIGRATION_LOCK_ID, migrations)
 
 
 async def _tables(conn: asyncpg.Connection) -> set[str]:

@@ -12,19 +12,22 @@ from nats.js import JetStreamContext
 from yardarm_kit import Service
 from yardarm_kit.messaging import PullConsumer, connect, ensure_streams
 from yardarm_kit.metrics import LabeledCounter
+from yardarm_kit.outbox import OutboxRelay
+from yardarm_kit.postgres import create_pool, migrate
 
 from yardarm_fulfillment import ledger_api
 from yardarm_fulfillment.command_consumer import CommandConsumer
 from yardarm_fulfillment.commands import CommandTable
-from yardarm_fulfillment.database import create_pool
 from yardarm_fulfillment.metrics import FulfillmentMetrics
-from yardarm_fulfillment.outbox import OutboxRelay
 from yardarm_fulfillment.payments import Payments
-from yardarm_fulfillment.schema import migrate
 from yardarm_fulfillment.settings import FulfillmentSettings
 from yardarm_fulfillment.shipping import Shipping
 
 COMMANDS_STREAM = "COMMANDS"
+# "yardarmF" as an int64: constant across every version of this service.
+MIGRATION_LOCK_ID = 0x7961726461726D46
+# At shutdown the relay loop is cancelled, then what is pending is published for this long.
+RELAY_DRAIN_S = 5.0
 
 
 class Fulfillment:
@@ -57,14 +60,14 @@ class Fulfillment:
         log = self.service.log
         self._pool = await create_pool(settings.database_url, max_size=settings.pool_max_size)
         async with self._pool.acquire() as conn:
-            applied = await migrate(conn)
+            applied = await migrate(conn, "yardarm_fulfillment", MIGRATION_LOCK_ID)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         self._nc, self._js = await connect(settings.nats_url, name=settings.instance)
         await ensure_streams(self._js)
         self._relay = OutboxRelay(
             self._pool, self._js, batch=settings.relay_batch, poll_s=settings.relay_poll_s,
-            metrics=self.metrics, log=log,
+            pending=self.metrics.outbox_pending, log=log,
         )  # fmt: skip
         self._relay.start()
         participants: list[tuple[str, CommandTable, LabeledCounter]] = [
@@ -93,7 +96,7 @@ class Fulfillment:
             await consumer.stop(grace_s=self.settings.shutdown_grace_s)
         self._consumers.clear()
         if self._relay is not None:
-            await self._relay.stop()
+            await self._relay.stop(grace_s=0.0, drain_s=RELAY_DRAIN_S)
             self._relay = None
         if self._nc is not None:
             # Consumers and relay have stopped, so nothing is in flight: close, not drain.

@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from yardarm_kit.messaging import Envelope
-
-from yardarm_fulfillment.database import Connection
+from yardarm_kit.postgres import Connection
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

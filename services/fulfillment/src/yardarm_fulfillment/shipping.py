@@ -12,9 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from yardarm_kit.messaging import Envelope
+from yardarm_kit.postgres import Connection
 
 from yardarm_fulfillment.commands import CommandTable, Reply, parse_command
-from yardarm_fulfillment.database import Connection, saga_lock
+from yardarm_fulfillment.saga_lock import saga_lock
 
 UNSERVICEABLE_PREFIX = "noship-"
 REASON_UNSERVICEABLE = "address not serviceable"

@@ -13,7 +13,7 @@ import time
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
-from openfeature.provider import ProviderStatus
+from openfeature.provider import FeatureProvider, ProviderStatus
 
 from yardarm_kit.settings import ServiceSettings
 
@@ -25,6 +25,7 @@ class Flags:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self._client: OpenFeatureClient | None = None
+        self._provider: FeatureProvider | None = None
         self._context = EvaluationContext(
             targeting_key=settings.instance,
             attributes={
@@ -42,6 +43,7 @@ class Flags:
                 resolver_type=ResolverType.FILE,
                 offline_flag_source_path=str(settings.flags_file),
             )
+            self._provider = provider
             domain = f"yardarm:{settings.instance}:{id(self)}"
             api.set_provider(provider, domain=domain)
             self._client = api.get_client(domain)
@@ -57,6 +59,13 @@ class Flags:
             await asyncio.sleep(0.05)
         log.warning("flag provider not ready after %.1fs; using defaults", timeout)
         return False
+
+    def close(self) -> None:
+        """Stop the provider's file watcher thread."""
+        if self._provider is not None:
+            self._provider.shutdown()
+            self._provider = None
+        self._client = None
 
     def bool(self, key: str, default: bool) -> bool:
         if self._client is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,16 +45,24 @@ class HttpResponse:
 
 
 class HttpClient:
-    """Calls one named upstream; every call is a CLIENT span and a metric sample."""
+    """Calls one named upstream; every call is a CLIENT span and a metric sample.
+
+    The session may come from a callable, so a client can be made before the event loop
+    runs (aiohttp sessions belong to the loop they were created on).
+    """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
         upstream: str,
         tracer: trace.Tracer,
         duration: LabeledHistogram,
     ) -> None:
-        self._session = session
+        if isinstance(session, aiohttp.ClientSession):
+            fixed = session
+            self._session: Callable[[], aiohttp.ClientSession] = lambda: fixed
+        else:
+            self._session = session
         self.upstream = upstream
         self._tracer = tracer
         self._duration = duration
@@ -66,11 +75,14 @@ class HttpClient:
         json: Any = None,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT_S,
+        timeout: float | None = None,
     ) -> HttpResponse:
-        """Send one request; raises UpstreamTimeout / UpstreamUnavailable."""
+        """Send one request; raises UpstreamTimeout / UpstreamUnavailable.
+
+        `timeout` (default 10 s) is capped by what is left of the inbound deadline.
+        """
         method = method.upper()
-        budget = deadline.budget(timeout)
+        budget = deadline.budget(DEFAULT_TIMEOUT_S if timeout is None else timeout)
         out_headers = dict(headers or {})
         target = URL(url)
         with self._tracer.start_as_current_span(
@@ -93,7 +105,7 @@ class HttpClient:
                         raise UpstreamTimeout(f"{self.upstream}: deadline already passed")
                     out_headers[deadline.TIMEOUT_HEADER] = str(max(1, int(budget * 1000)))
                 client_timeout = aiohttp.ClientTimeout(total=budget)
-                async with self._session.request(
+                async with self._session().request(
                     method, target, json=json, data=data, headers=out_headers,
                     timeout=client_timeout, allow_redirects=False,
                 ) as response:  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import MsgAlreadyAckdError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
@@ -27,6 +28,8 @@ from pydantic import BaseModel, Field, ValidationError
 SCHEMA_HEADER = "yardarm-schema"
 STREAMS: dict[str, list[str]] = {"COMMANDS": ["cmd.>"], "EVENTS": ["evt.>"], "DLQ": ["dlq.>"]}
 DUPLICATE_WINDOW_S = 120.0
+FETCH_BACKOFF_MIN_S = 0.25
+FETCH_BACKOFF_MAX_S = 5.0
 
 log = logging.getLogger("yardarm.messaging")
 
@@ -43,37 +46,69 @@ class Envelope(BaseModel):
 Handler = Callable[[Envelope, Msg], Awaitable[None]]
 
 
-async def connect(url: str, name: str, timeout: float = 10.0) -> tuple[NATS, JetStreamContext]:
-    """Connect with reconnects forever; fail fast (bounded) if the first connect cannot."""
-    nc = await nats.connect(
-        url,
-        name=name,
-        connect_timeout=2,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        allow_reconnect=True,
+async def connect(
+    url: str, name: str, timeout: float = 10.0, *, connect_timeout_s: float = 30.0
+) -> tuple[NATS, JetStreamContext]:
+    """Connect, then reconnect forever after any later loss of the server.
+
+    The first connection is bounded by `connect_timeout_s` (TimeoutError after it), so a
+    missing server fails startup instead of hanging; `timeout` bounds JetStream API calls.
+    """
+
+    async def disconnected() -> None:
+        log.warning("disconnected from NATS at %s; reconnecting", url)
+
+    async def reconnected() -> None:
+        log.info("reconnected to NATS at %s", url)
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS connection error: %r", exc)
+
+    nc = await asyncio.wait_for(
+        nats.connect(
+            url,
+            name=name,
+            connect_timeout=2,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        ),
+        timeout=connect_timeout_s,
     )
     return nc, nc.jetstream(timeout=timeout)
 
 
+def _stream_config(name: str, subjects: list[str]) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        subjects=subjects,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the streams if missing; safe when several processes race to do it."""
+    """Create the streams, or update their subjects and dedupe window; safe to race."""
     for name, subjects in STREAMS.items():
-        config = StreamConfig(
-            name=name,
-            subjects=subjects,
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        )
+        wanted = _stream_config(name, subjects)
         try:
-            await js.stream_info(name)
-            continue
+            info = await js.stream_info(name)
         except NotFoundError:
-            pass
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.stream_info(name)  # another process created it meanwhile
+            try:
+                await js.add_stream(wanted)
+                continue
+            except BadRequestError:
+                info = await js.stream_info(name)  # another process created it meanwhile
+        current = info.config
+        if sorted(current.subjects or []) != sorted(subjects) or (
+            current.duplicate_window != DUPLICATE_WINDOW_S
+        ):
+            current.subjects = subjects
+            current.duplicate_window = DUPLICATE_WINDOW_S
+            await js.update_stream(current)
 
 
 def current_traceparent() -> str | None:
@@ -174,18 +209,39 @@ class PullConsumer:
             self._task = None
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        backoff = FETCH_BACKOFF_MIN_S
         while not self._stopping.is_set():
             try:
                 messages = await sub.fetch(self._batch, timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
-                continue
-            except Exception as exc:  # connection loss: back off and keep going
+                backoff = FETCH_BACKOFF_MIN_S
+                continue  # nothing to do within the poll window: normal
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # server gone or restarting: back off, keep going
                 if self._stopping.is_set():
                     break
-                self._log.warning("fetch from %s failed: %r", self.durable, exc)
-                await asyncio.sleep(0.5)
+                self._log.warning(
+                    "fetch from %s failed: %r; retrying in %.1fs", self.durable, exc, backoff
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                backoff = min(backoff * 2, FETCH_BACKOFF_MAX_S)
                 continue
+            backoff = FETCH_BACKOFF_MIN_S
             await asyncio.gather(*(self._process(m) for m in messages))
+
+    async def _settle(self, msg: Msg, action: str, **kwargs: float) -> None:
+        """Ack/nak/term, tolerating a handler that settled itself or a lost connection.
+
+        If the server never hears it, the message is redelivered after ack_wait.
+        """
+        try:
+            await getattr(msg, action)(**kwargs)
+        except MsgAlreadyAckdError:
+            pass
+        except Exception as exc:
+            self._log.warning("could not %s message on %s: %r", action, msg.subject, exc)
 
     async def _process(self, msg: Msg) -> None:
         headers = dict(msg.headers or {})
@@ -206,9 +262,11 @@ class PullConsumer:
             except ValidationError as exc:
                 span.set_status(Status(StatusCode.ERROR, "invalid envelope"))
                 self._log.error(
-                    "terminating invalid message on %s: %s", msg.subject, exc.errors()[:3]
+                    "terminating invalid message on %s: %s",
+                    msg.subject,
+                    exc.errors(include_url=False)[:3],
                 )
-                await msg.term()
+                await self._settle(msg, "term")
                 return
             span.set_attribute("messaging.message.conversation_id", envelope.saga_id)
             try:
@@ -216,9 +274,22 @@ class PullConsumer:
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                self._log.exception("handler failed for %s (%s); will redeliver",
-                                    envelope.id, msg.subject)  # fmt: skip
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=self._nak_delay_s)
+                delivered = _num_delivered(msg)
+                if delivered is not None and delivered >= self._max_deliver:
+                    self._log.exception(
+                        "handler failed for %s (%s) on delivery %d of %d; giving up",
+                        envelope.id, msg.subject, delivered, self._max_deliver,
+                    )  # fmt: skip
+                else:
+                    self._log.exception("handler failed for %s (%s); will redeliver",
+                                        envelope.id, msg.subject)  # fmt: skip
+                await self._settle(msg, "nak", delay=self._nak_delay_s)
                 return
-            await msg.ack()
+            await self._settle(msg, "ack")
+
+
+def _num_delivered(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # not a JetStream message (no reply subject metadata)
+        return None

@@ -2,7 +2,8 @@
 
 Services create a `Service`, add routes to `service.app`, register readiness checks and
 lifecycle hooks, then call `run()`. Nothing else in a service sets up exporters,
-loggers or middleware.
+loggers or middleware. Inside a running loop (tests, embedding) use `await start()` /
+`await stop()`, or `await serve()` and end it with `request_stop()`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Service:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
+        self._stopped = False
         self.app = web.Application(
             client_max_size=MAX_BODY_BYTES,
             middlewares=[self._trace_mw, self._metrics_mw, self._problem_mw, self._deadline_mw,
@@ -97,13 +99,22 @@ class Service:
         self._shutdown.append(hook)
 
     def http_client(self, upstream: str) -> HttpClient:
-        """A client for one named upstream sharing this process's connection pool."""
+        """A client for one named upstream sharing this process's connection pool.
+
+        Safe to call before the loop runs: the pool is opened at startup (or on first use)
+        and closed at shutdown.
+        """
+        return HttpClient(
+            self._client_session, upstream, self.tracer, self.metrics.http_client_duration
+        )
+
+    def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
                 auto_decompress=False,
             )
-        return HttpClient(self._session, upstream, self.tracer, self.metrics.http_client_duration)
+        return self._session
 
     # -- middleware ---------------------------------------------------------------
 
@@ -188,10 +199,13 @@ class Service:
         if budget <= 0:
             raise Problem(504, "Deadline exceeded", "the caller's deadline had already passed")
         token = deadline.set_deadline(budget)
+        scope = asyncio.timeout(budget)
         try:
-            async with asyncio.timeout(budget):
+            async with scope:
                 return await handler(request)
         except TimeoutError:
+            if not scope.expired():  # a TimeoutError of the handler's own making
+                raise
             raise Problem(
                 504, "Deadline exceeded", f"no answer within the caller's {budget:.3f}s deadline"
             ) from None
@@ -245,8 +259,12 @@ class Service:
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Run startup hooks and open the listener (for tests and embedding)."""
+        """Run startup hooks, then open the listener (for tests and embedding).
+
+        Pair with `stop()`; or use `serve()` with `request_stop()`.
+        """
         await self.flags.wait_ready()
+        self._client_session()
         for hook in self._startup:
             await hook()
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
@@ -259,18 +277,26 @@ class Service:
         )  # fmt: skip
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, run shutdown hooks, flush spans."""
+        """Stop accepting, let in-flight requests finish, run shutdown hooks, flush spans.
+
+        Idempotent: a second call does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         for hook in self._shutdown:
             try:
-                await hook()
+                async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                    await hook()
             except Exception:
                 self.log.exception("shutdown hook failed")
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self.flags.close()
         self.tracer_provider.force_flush(timeout_millis=5000)
 
     def request_stop(self) -> None:

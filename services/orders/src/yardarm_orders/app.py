@@ -16,20 +16,22 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from yardarm_kit import Service
 from yardarm_kit.messaging import PullConsumer, connect, ensure_streams
+from yardarm_kit.outbox import OutboxRelay
+from yardarm_kit.postgres import create_pool, migrate
 
-from yardarm_orders.database import create_pool
 from yardarm_orders.datastore_client import DatastoreClient
 from yardarm_orders.orders_api import OrdersApi
-from yardarm_orders.outbox import OutboxRelay
+from yardarm_orders.outbox import forget_cards
 from yardarm_orders.saga.metrics import SagaMetrics
 from yardarm_orders.saga.replies import ReplyHandler
 from yardarm_orders.saga.stock_steps import StockSteps
 from yardarm_orders.saga.worker import SagaWorker
-from yardarm_orders.schema import migrate
 from yardarm_orders.settings import OrdersSettings
 from yardarm_orders.stock_api import StockApi
 
 CONSUMER_DURABLE = "orders"
+# Any constant shared by every version of this service; "yardarm_orders" as an int64.
+MIGRATION_LOCK_ID = 0x7961726461726D4F
 # Replies fail only while the database is unreachable; keep redelivering them for a long
 # outage (about a quarter of an hour at the consumer's nak delay) rather than lose one.
 REPLY_MAX_DELIVER = 1000
@@ -91,7 +93,7 @@ class OrdersService:
         log = self.service.log
         pool = await create_pool(s.database_url, max_size=s.pool_max_size)
         async with pool.acquire() as conn:
-            applied = await migrate(conn)
+            applied = await migrate(conn, "yardarm_orders", MIGRATION_LOCK_ID)
         self.migrated = True
         log.info("migrations applied: %s", ", ".join(applied) or "none needed")
         nc, js = await connect(s.nats_url, s.instance)
@@ -103,9 +105,10 @@ class OrdersService:
             pool,
             js,
             batch=s.outbox_batch,
-            poll_interval_s=s.poll_interval_s,
-            metrics=self.metrics,
+            poll_s=s.poll_interval_s,
+            pending=self.metrics.outbox_pending,
             log=log,
+            after_publish=forget_cards,
         )
         steps = StockSteps(
             pool, datastore, owner=self.owner, lease_s=s.lease_s, cas_retries=s.cas_retries
@@ -152,7 +155,7 @@ class OrdersService:
             relay=relay,
             consumer=consumer,
         )
-        await relay.start()
+        relay.start()
         await worker.start()
         await consumer.start()
 

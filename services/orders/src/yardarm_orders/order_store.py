@@ -14,8 +14,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from yardarm_kit.postgres import Connection
 
-from yardarm_orders.database import Connection
 from yardarm_orders.saga import store as saga_store
 from yardarm_orders.saga.definition import OrderStatus
 

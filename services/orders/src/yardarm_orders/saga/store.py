@@ -13,8 +13,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from yardarm_kit.postgres import Connection
 
-from yardarm_orders.database import Connection
 from yardarm_orders.saga.definition import (
     LOCAL_STATES,
     CommandType,
