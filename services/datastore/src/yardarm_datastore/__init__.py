@@ -2,6 +2,16 @@
 
 from yardarm_datastore.app import create_service
 from yardarm_datastore.settings import DatastoreSettings
-from yardarm_datastore.store import Store
+from yardarm_datastore.state import Entry, KVState, Outcome
+from yardarm_datastore.store import RecoveryReport, Store, StoreUnavailable
 
-__all__ = ["DatastoreSettings", "Store", "create_service"]
+__all__ = [
+    "DatastoreSettings",
+    "Entry",
+    "KVState",
+    "Outcome",
+    "RecoveryReport",
+    "Store",
+    "StoreUnavailable",
+    "create_service",
+]
