@@ -99,8 +99,29 @@ def default_flags() -> dict[str, Any]:
     }
 
 
+def _check_flag(key: str, flag: Any) -> None:
+    """The parts of a flagd flag definition the services rely on."""
+    if not isinstance(flag, dict):
+        raise ValueError(f"flag {key!r} must be a mapping (got {type(flag).__name__})")
+    if flag.get("state") not in ("ENABLED", "DISABLED"):
+        raise ValueError(f"flag {key!r}: state must be ENABLED or DISABLED")
+    variants = flag.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"flag {key!r}: variants must be a non-empty mapping")
+    default = flag.get("defaultVariant")
+    if default not in variants:
+        raise ValueError(
+            f"flag {key!r}: defaultVariant must name one of {sorted(variants)} (got {default!r})"
+        )
+
+
 class Topology(BaseModel):
-    """The whole stack: everything the runtime needs to start it."""
+    """The whole stack: everything the runtime needs to start it.
+
+    Flags come inline (`flags`, flagd's "flags" object) or from a flagd JSON file
+    (`flags_file`, relative to the yardarm.yaml naming it; `load_topology` reads it into
+    `flags`); either way the runtime renders them into `<home>/flags.json`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -108,6 +129,14 @@ class Topology(BaseModel):
     environment: str = Field(default="local", min_length=1)
     services: Services = Field(default_factory=Services)
     flags: dict[str, Any] = Field(default_factory=default_flags)
+    flags_file: Path | None = None
+
+    @field_validator("flags")
+    @classmethod
+    def _flagd_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, flag in value.items():
+            _check_flag(key, flag)
+        return value
 
     # Port plan (docs/architecture.md, "Ports").
     @property
@@ -138,6 +167,23 @@ class Topology(BaseModel):
     @property
     def postgres_port(self) -> int:
         return self.base_port + 42
+
+
+def port_plan(topology: Topology) -> dict[str, int]:
+    """Every port the stack listens on, by what listens there."""
+    svc = topology.services
+    plan = {"gateway-0": topology.gateway_port, "gateway-admin": topology.admin_port}
+    plan |= {f"datastore-{i}": topology.datastore_port(i) for i in range(svc.datastore.replicas)}
+    plan |= {f"orders-{i}": topology.orders_port(i) for i in range(svc.orders.replicas)}
+    plan |= {
+        f"fulfillment-{i}": topology.fulfillment_port(i) for i in range(svc.fulfillment.replicas)
+    }
+    plan |= {
+        "nats": topology.nats_port,
+        "nats-monitor": topology.nats_monitor_port,
+        "postgres": topology.postgres_port,
+    }
+    return plan
 
 
 class InstanceSpec(BaseModel):
@@ -226,7 +272,39 @@ def _describe(error: Any) -> str:
     return f"{error['msg'][0].lower()}{error['msg'][1:]} (got {got!r})"
 
 
-def _parse(text: str) -> tuple[Topology | None, list[str]]:
+def _read_flags_file(path: Path) -> dict[str, Any]:
+    """The "flags" object of a flagd JSON file; ValueError says what is wrong with it."""
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
+    flags = document.get("flags") if isinstance(document, dict) else None
+    if not isinstance(flags, dict):
+        raise ValueError(f'{path} is not a flagd file: it needs a top-level "flags" object')
+    for key, flag in flags.items():
+        _check_flag(key, flag)
+    return flags
+
+
+def _with_flags_file(
+    topology: Topology, data: dict[str, Any], base_dir: Path
+) -> tuple[Topology | None, str | None]:
+    """Resolve `flags_file` against the yaml's directory and load it into `flags`."""
+    if topology.flags_file is None:
+        return topology, None
+    if "flags" in data:
+        return None, "set flags or flags_file, not both"
+    path = (base_dir / topology.flags_file).resolve()
+    try:
+        flags = _read_flags_file(path)
+    except ValueError as exc:
+        return None, str(exc)
+    return topology.model_copy(update={"flags": flags, "flags_file": path}), None
+
+
+def _parse(text: str, base_dir: Path) -> tuple[Topology | None, list[str]]:
     """Parse and validate a document; returns the topology or every error found."""
     try:
         data = yaml.safe_load(text)
@@ -240,7 +318,7 @@ def _parse(text: str) -> tuple[Topology | None, list[str]]:
     if not isinstance(data, dict):
         return None, [f"the document must be a mapping of keys (got {type(data).__name__})"]
     try:
-        return Topology.model_validate(data), []
+        topology = Topology.model_validate(data)
     except ValidationError as exc:
         lines = _yaml_lines(text)
         messages = []
@@ -251,6 +329,11 @@ def _parse(text: str) -> tuple[Topology | None, list[str]]:
             suffix = f" (line {line})" if line else ""
             messages.append(f"{text_path}: {_describe(error)}{suffix}")
         return None, messages
+    resolved, problem = _with_flags_file(topology, data, base_dir)
+    if problem is not None:
+        line = _yaml_lines(text).get(("flags_file",))
+        return None, [f"flags_file: {problem}" + (f" (line {line})" if line else "")]
+    return resolved, []
 
 
 def validate_file(path: Path) -> list[str]:
@@ -259,7 +342,7 @@ def validate_file(path: Path) -> list[str]:
         text = path.read_text()
     except OSError as exc:
         return [f"cannot read {path}: {exc.strerror}"]
-    return _parse(text)[1]
+    return _parse(text, path.resolve().parent)[1]
 
 
 def load_topology(path: Path | None = None, base_port_override: int | None = None) -> Topology:
@@ -273,7 +356,7 @@ def load_topology(path: Path | None = None, base_port_override: int | None = Non
             text = path.read_text()
         except OSError as exc:
             raise TopologyError(f"cannot read {path}: {exc.strerror}") from exc
-        parsed, errors = _parse(text)
+        parsed, errors = _parse(text, path.resolve().parent)
         if parsed is None:
             raise TopologyError(f"{path}: " + "; ".join(errors))
         topology = parsed

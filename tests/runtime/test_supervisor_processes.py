@@ -222,3 +222,21 @@ def test_stop_and_status_are_fine_when_nothing_runs(tmp_path: Path) -> None:
     assert control.gateway_url(empty) is None
     control.stop_stack(empty, purge=True)
     assert not empty.exists()
+
+
+def test_crash_loop_before_ready_fails_fast_not_at_the_timeout(home: Path) -> None:
+    looping = InstanceSpec(
+        name="looping-0",
+        service="looping",
+        command=[sys.executable, "-c", "raise SystemExit('bad settings')"],
+        port=free_port(),
+        readiness="tcp",
+    )
+    started = time.monotonic()
+    with pytest.raises(control.StackStartError, match=r"looping-0 exited 5 times") as raised:
+        control.start_plan(home, [looping], timeout=120, ready_timeout=100)
+    assert time.monotonic() - started < 60  # backoff 0.5+1+2+4 s, far below the 100 s
+    assert "bad settings" in str(raised.value)
+    state = read_state(home)
+    assert state is not None and state.instances[0].state == "failed"
+    assert state.instances[0].restarts == 4 and state.instances[0].exit_code == 1

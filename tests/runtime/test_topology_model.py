@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from yardarm.topology import (
     TopologyError,
     instances,
     load_topology,
+    port_plan,
     urls,
     validate_file,
 )
@@ -184,3 +186,83 @@ def test_admin_token_is_private_and_stable(tmp_path: Path) -> None:
     assert first == again and len(first) >= 24
     mode = stat.S_IMODE((tmp_path / "admin-token").stat().st_mode)
     assert mode == 0o600
+
+
+FLAGD = {
+    "flags": {
+        "orders.slow": {
+            "state": "ENABLED",
+            "variants": {"on": 500, "off": 0},
+            "defaultVariant": "on",
+        }
+    }
+}
+
+
+def test_flags_file_is_read_relative_to_the_yaml(tmp_path: Path) -> None:
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "slow.json").write_text(json.dumps(FLAGD))
+    topology = load_topology(write(tmp_path, "flags_file: faults/slow.json\n"), None)
+    assert topology.flags == FLAGD["flags"]
+    assert topology.flags_file == tmp_path.resolve() / "faults" / "slow.json"
+
+
+@pytest.mark.parametrize(
+    ("files", "text", "expected"),
+    [
+        ({}, "flags_file: nope.json\n", r"flags_file: cannot read .*nope\.json: .* \(line 1\)"),
+        (
+            {"bad.json": '{\n  "flags": \n'},
+            "flags_file: bad.json\n",
+            r"flags_file: .*bad\.json is not JSON: .* at line 3 \(line 1\)",
+        ),
+        (
+            {"list.json": "[]"},
+            "flags_file: list.json\n",
+            r'flags_file: .*list\.json is not a flagd file: it needs a top-level "flags" object'
+            r" \(line 1\)",
+        ),
+        (
+            {"ok.json": json.dumps(FLAGD)},
+            "flags: {}\nflags_file: ok.json\n",
+            r"flags_file: set flags or flags_file, not both \(line 2\)",
+        ),
+        (
+            {},
+            "flags:\n  fault.x:\n    state: ENABLED\n    variants: {a: 1}\n    defaultVariant: b\n",
+            r"flags: flag 'fault.x': defaultVariant must name one of \['a'\] \(got 'b'\)"
+            r" \(line 1\)",
+        ),
+        (
+            {},
+            "flags:\n  fault.x: {state: 'ON', variants: {a: 1}, defaultVariant: a}\n",
+            r"flags: flag 'fault.x': state must be ENABLED or DISABLED \(line 1\)",
+        ),
+    ],
+)
+def test_flag_errors(tmp_path: Path, files: dict[str, str], text: str, expected: str) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    errors = validate_file(write(tmp_path, text))
+    assert len(errors) == 1, errors
+    assert re.fullmatch(expected, errors[0]), errors[0]
+    with pytest.raises(TopologyError):
+        load_topology(tmp_path / "yardarm.yaml", None)
+
+
+@pytest.mark.parametrize("base_port", [1024, 8080, 65000])
+def test_port_plan_never_overlaps_even_at_the_limits(base_port: int) -> None:
+    widest = Topology.model_validate(
+        {
+            "base_port": base_port,
+            "services": {"orders": {"replicas": 9}, "fulfillment": {"replicas": 9}},
+        }
+    )
+    plan = port_plan(widest)
+    assert len(plan) == 2 + 1 + 9 + 9 + 3
+    assert len(set(plan.values())) == len(plan)
+    assert all(1024 <= port <= 65535 for port in plan.values())
+    specs = instances(widest, Path("/nonexistent-home-for-rendering"))
+    assert {s.name: s.port for s in specs} == {
+        k: v for k, v in plan.items() if k not in ("gateway-admin", "nats-monitor")
+    }

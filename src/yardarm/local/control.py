@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from yardarm.local import processes
 from yardarm.local.state import (
+    LIVE_STATES,
     InstanceStatus,
     StackState,
     log_dir,
@@ -23,14 +29,16 @@ from yardarm.local.state import (
     read_state,
     state_path,
 )
-from yardarm.topology import InstanceSpec, Topology, project_dir
+from yardarm.topology import InstanceSpec, Topology, port_plan, project_dir, urls
 
 __all__ = [
     "InstanceStatus",
+    "StackInfo",
     "StackStartError",
     "default_home",
     "gateway_url",
     "is_running",
+    "log_path",
     "read_status",
     "start_plan",
     "start_stack",
@@ -39,10 +47,21 @@ __all__ = [
 
 POLL_S = 0.2
 ProgressCallback = Callable[[list[InstanceStatus]], None]
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class StackStartError(RuntimeError):
     """The stack did not come up; the message names the instance and quotes its log."""
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A stack that has just become ready."""
+
+    home: Path
+    supervisor_pid: int
+    instances: list[InstanceStatus]
+    urls: dict[str, str]
 
 
 def default_home() -> Path:
@@ -85,9 +104,27 @@ def is_running(home: Path) -> bool:
 
 
 def read_status(home: Path) -> list[InstanceStatus]:
-    """Every instance as last recorded (empty when there is no stack here)."""
+    """Every instance as last recorded (empty when there is no stack here).
+
+    A row that still claims to be live while no supervisor runs is reported as "stale":
+    nobody is watching that process any more (`yardarm down` cleans up after it).
+    """
     state = read_state(home)
-    return list(state.instances) if state else []
+    if state is None:
+        return []
+    if is_running(home):
+        return list(state.instances)
+    return [
+        status.model_copy(update={"state": "stale"}) if status.state in LIVE_STATES else status
+        for status in state.instances
+    ]
+
+
+def log_path(home: Path, instance: str) -> Path:
+    """Where an instance's stdout and stderr go (the file may not exist yet)."""
+    if not INSTANCE_NAME.fullmatch(instance) or ".." in instance:
+        raise ValueError(f"not an instance name: {instance!r} (e.g. orders-0, nats, postgres)")
+    return log_dir(home) / f"{instance}.log"
 
 
 def gateway_url(home: Path) -> str | None:
@@ -136,14 +173,14 @@ def _wait_running(
     proc: subprocess.Popen[bytes],
     on_progress: ProgressCallback | None,
     timeout: float,
-) -> None:
+) -> StackState:
     deadline = time.monotonic() + timeout
     while True:
         state = read_state(home)
         if state is not None and on_progress is not None:
             on_progress(list(state.instances))
         if state is not None and state.status == "running":
-            return
+            return state
         if state is not None and state.status == "failed":
             message = _describe_failure(home, state)
             stop_stack(home)
@@ -163,22 +200,68 @@ def _wait_running(
         time.sleep(POLL_S)
 
 
+def _ports_in_use(ports: dict[str, int]) -> list[str]:
+    """The ports this stack cannot listen on, as "8080 (gateway-0)" (empty: all free)."""
+    busy = []
+    for name, port in ports.items():
+        with socket.socket() as sock:
+            # Like the servers themselves: a port in TIME_WAIT from a stopped stack is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                why = "" if exc.errno == errno.EADDRINUSE else f": {exc.strerror}"
+                busy.append(f"{port} ({name}){why}")
+    return busy
+
+
+def _prepare_start(home: Path, ports: dict[str, int]) -> None:
+    """Refuse a second stack on one home or on taken ports; clear a dead stack's leftovers."""
+    if is_running(home):
+        state = read_state(home)
+        pid = state.supervisor_pid if state else None
+        raise StackStartError(
+            f"already running (pid {pid}) from {home}; use `yardarm down` to stop it"
+        )
+    # No supervisor holds this home, so anything still marked for it is an orphan.
+    processes.sweep(home)
+    busy = _ports_in_use(ports)
+    if busy:
+        raise StackStartError(
+            f"port {', '.join(busy)} already in use by another process; stop it, "
+            "or give this stack another base port (`--base-port` or base_port in yardarm.yaml)"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+
+
+def _info(home: Path, state: StackState, addresses: dict[str, str]) -> StackInfo:
+    assert state.supervisor_pid is not None
+    return StackInfo(
+        home=home,
+        supervisor_pid=state.supervisor_pid,
+        instances=list(state.instances),
+        urls=addresses,
+    )
+
+
 def start_stack(
     home: Path,
     topology: Topology,
     on_progress: ProgressCallback | None = None,
     timeout: float = 120.0,
-) -> None:
-    """Start a supervisor for the topology and return once every instance is ready."""
+) -> StackInfo:
+    """Start a supervisor for the topology and return once every instance is ready.
+
+    The supervisor runs in its own session and outlives the caller; on failure it is
+    stopped and StackStartError names the failing instance and quotes its log.
+    """
     home = home.resolve()
-    if is_running(home):
-        raise StackStartError(f"a stack is already running from {home}")
-    home.mkdir(parents=True, exist_ok=True)
+    _prepare_start(home, port_plan(topology))
     tmp = home / ".topology.json.tmp"
     tmp.write_text(topology.model_dump_json(indent=2))
     os.replace(tmp, home / "topology.json")
     proc = _spawn_supervisor(home, [])
-    _wait_running(home, proc, on_progress, timeout)
+    return _info(home, _wait_running(home, proc, on_progress, timeout), urls(topology))
 
 
 def start_plan(
@@ -188,21 +271,20 @@ def start_plan(
     on_progress: ProgressCallback | None = None,
     timeout: float = 120.0,
     ready_timeout: float | None = None,
-) -> None:
+) -> StackInfo:
     """Supervise an explicit list of instances (the runtime without a topology)."""
     from yardarm.local.supervisor import Plan
 
     home = home.resolve()
-    if is_running(home):
-        raise StackStartError(f"a stack is already running from {home}")
-    home.mkdir(parents=True, exist_ok=True)
+    _prepare_start(home, {spec.name: spec.port for spec in specs})
     plan_file = home / "plan.json"
     plan_file.write_text(Plan(instances=specs).model_dump_json(indent=2))
     args = ["--plan", str(plan_file)]
     if ready_timeout is not None:
         args += ["--ready-timeout", str(ready_timeout)]
     proc = _spawn_supervisor(home, args)
-    _wait_running(home, proc, on_progress, timeout)
+    state = _wait_running(home, proc, on_progress, timeout)
+    return _info(home, state, {spec.name: f"http://127.0.0.1:{spec.port}" for spec in specs})
 
 
 def _recorded_process(pid: int, since: float | None) -> psutil.Process | None:
@@ -255,5 +337,7 @@ def stop_stack(home: Path, purge: bool = False, timeout: float = 60.0) -> None:
     state = read_state(home)
     if state is not None:
         _kill_leftovers(state)
+    # Descendants that left their process group still carry the home's mark.
+    processes.sweep(home)
     if purge and home.exists():
         shutil.rmtree(home)

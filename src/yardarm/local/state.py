@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 STATE_FORMAT = 1
 
 StackStatus = Literal["starting", "running", "stopping", "stopped", "failed"]
+# "stale" is never written: readers report it for a row whose supervisor is gone.
 InstanceState = Literal[
-    "pending", "starting", "ready", "crashed", "restarting", "stopped", "failed"
+    "pending", "starting", "ready", "crashed", "restarting", "stopped", "failed", "stale"
 ]
+LIVE_STATES = frozenset({"pending", "starting", "ready", "crashed", "restarting"})
 
 
 class InstanceStatus(BaseModel):

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -28,6 +29,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from yardarm.local import infra, readiness
+from yardarm.local.processes import kill_group, mark, sweep
 from yardarm.local.state import (
     InstanceStatus,
     StackState,
@@ -41,6 +43,9 @@ log = logging.getLogger("yardarm.supervisor")
 
 PR_SET_PDEATHSIG = 1
 PROBE_INTERVAL_S = 0.2
+# A CLI checking whether the lock is held takes it for an instant; retry past that.
+LOCK_ATTEMPTS = 20
+LOCK_RETRY_S = 0.05
 
 
 class Plan(BaseModel):
@@ -58,6 +63,8 @@ class Timings:
     """How patient the supervisor is (seconds)."""
 
     ready_timeout: float = 90.0
+    # A process that keeps exiting before its first readiness is broken, not slow.
+    start_attempts: int = 5
     stop_grace: float = 10.0
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
@@ -68,32 +75,50 @@ class SupervisorLockedError(RuntimeError):
     """Another supervisor already owns this home."""
 
 
+def lock_holder(home: Path) -> int | None:
+    """The pid written into the lock file by the supervisor that holds (or held) it."""
+    try:
+        text = (home / "supervisor.lock").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def acquire_lock(home: Path) -> IO[str]:
     """Hold `<home>/supervisor.lock` for the life of the process (released on exit)."""
     home.mkdir(parents=True, exist_ok=True)
     handle = (home / "supervisor.lock").open("a+")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt + 1 < LOCK_ATTEMPTS:
+                time.sleep(LOCK_RETRY_S)
+    else:
         handle.close()
+        holder = lock_holder(home)
+        pid = f" (pid {holder})" if holder else ""
         raise SupervisorLockedError(
-            f"another supervisor is already running for {home} (it holds supervisor.lock)"
-        ) from None
+            f"a supervisor is already running for {home}{pid}; use `yardarm down` to stop it"
+        )
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL me when the supervisor dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _die_with(supervisor_pid: int) -> Callable[[], None]:
+    """A preexec_fn: in the child, before exec, ask for SIGKILL when the supervisor dies."""
 
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The supervisor may have died between fork and prctl: then nobody will signal us.
+        if os.getppid() != supervisor_pid:
+            os._exit(1)
 
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+    return arm
 
 
 async def wait_process(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int | None:
@@ -188,12 +213,12 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **spec.env},
+                env={**os.environ, **spec.env, **mark(self.home)},
                 cwd=spec.cwd,
                 user=spec.run_as_uid,
                 group=spec.run_as_gid,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with(os.getpid()),
             )
         self._set(inst, pid=inst.proc.pid, state="starting", started_at=time.time())
         log.info("started %s (pid %d)", spec.name, inst.proc.pid)
@@ -263,10 +288,20 @@ class Supervisor:
             else:
                 assert inst.proc is not None
                 code = inst.proc.returncode
+            assert inst.proc is not None
+            # Whatever the crashed process left in its group would hold its port.
+            kill_group(inst.proc.pid, signal.SIGKILL)
             log.warning("%s exited with %s", inst.spec.name, code)
             self._set(inst, state="crashed", exit_code=code)
-            if deadline is not None and time.monotonic() + backoff > deadline:
-                raise self._failed(inst, f"exited with code {code} before it was ready")
+            if deadline is not None:
+                attempts = inst.status.restarts + 1
+                if attempts >= t.start_attempts:
+                    raise self._failed(
+                        inst,
+                        f"exited {attempts} times before it was ready (last exit code {code})",
+                    )
+                if time.monotonic() + backoff > deadline:
+                    raise self._failed(inst, f"exited with code {code} before it was ready")
             self._set(inst, state="restarting", restarts=inst.status.restarts + 1)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, t.backoff_max)
@@ -280,13 +315,13 @@ class Supervisor:
             self._set(inst, state=final)
             return
         if proc.poll() is None:
-            _kill_group(proc.pid, inst.spec.stop_signal)
+            kill_group(proc.pid, inst.spec.stop_signal)
             if await wait_process(proc, self.timings.stop_grace) is None:
                 log.warning("%s ignored its stop signal; killing it", inst.spec.name)
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
         # Sweep what the leader left behind in its group (e.g. Postgres backends).
-        _kill_group(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         self._set(inst, state=final, exit_code=proc.returncode)
         log.info("stopped %s", inst.spec.name)
 
@@ -335,6 +370,10 @@ class Supervisor:
                 reversed(self.instances), key=lambda inst: inst.spec.service
             ):
                 await asyncio.gather(*(self._stop_instance(inst) for inst in group))
+            # Anything that escaped its process group still carries the home's mark.
+            stray = await asyncio.to_thread(sweep, self.home)
+            if stray:
+                log.warning("killed %d stray process(es): %s", len(stray), stray)
             if error is None:
                 self.state.status = "stopped"
             self.save()
@@ -375,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--plan", type=Path, help="instances as JSON (default: topology.json)")
     parser.add_argument("--ready-timeout", type=float, default=Timings.ready_timeout)
+    parser.add_argument("--start-attempts", type=int, default=Timings.start_attempts)
     parser.add_argument("--stop-grace", type=float, default=Timings.stop_grace)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -391,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         log.error("cannot read the plan: %s", exc)
         return 2
-    timings = Timings(ready_timeout=args.ready_timeout, stop_grace=args.stop_grace)
+    timings = Timings(
+        ready_timeout=args.ready_timeout,
+        start_attempts=args.start_attempts,
+        stop_grace=args.stop_grace,
+    )
     try:
         return run_supervisor(
             home, plan.instances, base_port=plan.base_port, flags=plan.flags, timings=timings
