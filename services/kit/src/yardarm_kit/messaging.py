@@ -25,6 +25,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, Field, ValidationError
 
+from yardarm_kit.lifecycle import finish_task
+
 SCHEMA_HEADER = "yardarm-schema"
 STREAMS: dict[str, list[str]] = {"COMMANDS": ["cmd.>"], "EVENTS": ["evt.>"], "DLQ": ["dlq.>"]}
 DUPLICATE_WINDOW_S = 120.0
@@ -200,12 +202,7 @@ class PullConsumer:
         """Stop fetching; in-flight messages finish (bounded), the rest are redelivered."""
         self._stopping.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=grace_s)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            await finish_task(self._task, grace_s)
             self._task = None
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import asyncpg
 from opentelemetry import trace
+from yardarm_kit.lifecycle import finish_task
 
 from yardarm_orders.datastore_client import DatastoreUnavailable
 from yardarm_orders.saga import store
@@ -77,12 +78,7 @@ class SagaWorker:
         self._stopping.set()
         self._wake.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=grace_s)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            await finish_task(self._task, grace_s)
             self._task = None
 
     async def _loop(self) -> None:
