@@ -7,13 +7,12 @@ import re
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.conftest import free_port, wait_for
 from yardarm.local import control
 from yardarm.local.state import read_state
 from yardarm.topology import InstanceSpec, Topology
@@ -35,12 +34,6 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_fo
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def parent_spec(name: str = "parent-0") -> InstanceSpec:
     port = free_port()
     return InstanceSpec(
@@ -54,13 +47,6 @@ def parent_spec(name: str = "parent-0") -> InstanceSpec:
     )
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def grandchildren(pid: int) -> list[psutil.Process]:
     """The two sleepers a PARENT started (waiting until both exist)."""
     proc = psutil.Process(pid)
@@ -70,15 +56,6 @@ def grandchildren(pid: int) -> list[psutil.Process]:
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "home"
-    try:
-        yield path
-    finally:
-        control.stop_stack(path)
 
 
 def test_stop_kills_grandchildren_even_outside_the_group(home: Path) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.conftest import free_port, wait_for
 from yardarm.local import control
 from yardarm.local.state import read_state
 from yardarm.topology import InstanceSpec
@@ -41,12 +40,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 print("serving", flush=True)
 http.server.HTTPServer(("127.0.0.1", int(os.environ["STANDIN_PORT"])), Handler).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def standin(name: str, *, depends_on: str | None = None, delay: float = 0.0) -> InstanceSpec:
@@ -81,23 +74,6 @@ def tree(pids: list[int]) -> list[psutil.Process]:
         processes.append(proc)
         processes.extend(proc.children(recursive=True))
     return processes
-
-
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "home"
-    try:
-        yield path
-    finally:
-        control.stop_stack(path)
 
 
 def test_starts_in_dependency_order_and_records_state(home: Path) -> None:
