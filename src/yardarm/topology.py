@@ -22,11 +22,12 @@ Track = Literal["stable", "canary", "baseline", "blue", "green"]
 ReadinessKind = Literal["http", "tcp", "postgres"]
 
 CONFIG_FILE = "yardarm.yaml"
+MAX_GATEWAYS = 9  # admin ports base+1 .. base+9 sit below the datastore's base+10
 SERVICE_DATABASES = ["orders", "fulfillment"]
 GATEWAY_ROUTES = [
     {"prefix": "/api/orders", "upstream": "orders"},
     {"prefix": "/api/stock", "upstream": "orders"},
-    {"prefix": "/api/kv", "upstream": "datastore"},
+    {"prefix": "/api/kv", "upstream": "datastore", "admin_writes": True},
 ]
 
 
@@ -59,17 +60,10 @@ class DatastoreSpec(ServiceSpec):
 
 
 class GatewaySpec(ServiceSpec):
-    """One gateway: it owns the stack's single entry port (the base port)."""
+    """Gateway replicas share the base port (SO_REUSEPORT; the kernel spreads connections);
+    replica i has its own admin port, base + 1 + i."""
 
-    @field_validator("replicas")
-    @classmethod
-    def _single_entry(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(
-                f"must be 1 (got {value}): the gateway is the stack's single entry point "
-                "and listens on the base port"
-            )
-        return value
+    replicas: int = Field(default=1, ge=1, le=MAX_GATEWAYS)
 
 
 class Services(BaseModel):
@@ -145,7 +139,11 @@ class Topology(BaseModel):
 
     @property
     def admin_port(self) -> int:
+        """The first gateway replica's admin port."""
         return self.base_port + 1
+
+    def gateway_admin_port(self, index: int) -> int:
+        return self.base_port + 1 + index
 
     def datastore_port(self, index: int) -> int:
         return self.base_port + 10 + index
@@ -173,6 +171,9 @@ def port_plan(topology: Topology) -> dict[str, int]:
     """Every port the stack listens on, by what listens there."""
     svc = topology.services
     plan = {"gateway-0": topology.gateway_port, "gateway-admin": topology.admin_port}
+    plan |= {
+        f"gateway-admin-{i}": topology.gateway_admin_port(i) for i in range(1, svc.gateway.replicas)
+    }
     plan |= {f"datastore-{i}": topology.datastore_port(i) for i in range(svc.datastore.replicas)}
     plan |= {f"orders-{i}": topology.orders_port(i) for i in range(svc.orders.replicas)}
     plan |= {
@@ -525,18 +526,24 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 NATS_URL=nats_url,
             )
         )
-    upstreams = {"orders": orders_urls, "datastore": datastore_urls}
+    upstreams = {
+        "orders": [{"url": url, "track": svc.orders.track} for url in orders_urls],
+        "datastore": [{"url": url, "track": svc.datastore.track} for url in datastore_urls],
+    }
     for i in range(svc.gateway.replicas):
-        specs.append(
-            service(
-                "gateway",
-                svc.gateway,
-                i,
-                topology.gateway_port,
-                ROUTES=json.dumps(GATEWAY_ROUTES),
-                UPSTREAMS=json.dumps(upstreams),
-                ADMIN_PORT=str(topology.admin_port),
-                ADMIN_TOKEN=admin_token(home),
-            )
+        admin = topology.gateway_admin_port(i)
+        spec = service(
+            "gateway",
+            svc.gateway,
+            i,
+            topology.gateway_port,
+            ROUTES=json.dumps(GATEWAY_ROUTES),
+            UPSTREAMS=json.dumps(upstreams),
+            DATASTORE_URLS=json.dumps(datastore_urls),
+            ADMIN_PORT=str(admin),
+            ADMIN_TOKEN=admin_token(home),
+            REUSE_PORT="true" if svc.gateway.replicas > 1 else "false",
         )
+        # Replicas share the public port, so each is probed on its own admin port.
+        specs.append(spec.model_copy(update={"readiness_url": f"http://127.0.0.1:{admin}/readyz"}))
     return specs

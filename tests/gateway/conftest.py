@@ -104,15 +104,16 @@ def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def _wait_healthy(gateway: Gateway, within_s: float) -> None:
+async def _wait_healthy(gateway: Gateway, within_s: float, scheme: str = "http") -> None:
     deadline = time.monotonic() + within_s
+    base = gateway.url.replace("http://", f"{scheme}://")
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if gateway.process.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{gateway.log()}")
             try:
                 async with session.get(
-                    f"{gateway.url}/healthz", timeout=aiohttp.ClientTimeout(total=1)
+                    f"{base}/healthz", timeout=aiohttp.ClientTimeout(total=1), ssl=False
                 ) as resp:
                     if resp.status == 200:
                         return
@@ -128,8 +129,8 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     gateways: list[Gateway] = []
 
     async def start(
-        routes: list[dict[str, str]],
-        upstreams: dict[str, list[str]],
+        routes: list[dict[str, Any]],
+        upstreams: dict[str, Any],
         **settings: Any,
     ) -> Gateway:
         index = len(gateways)
@@ -149,18 +150,20 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
                 "YARDARM_GATEWAY_UPSTREAMS": json.dumps(upstreams),
             }
         )
+        scheme = settings.pop("probe_scheme", "http")
         admin_url = None
         if settings.pop("admin", False):
             admin_port = unused_port()
             env["YARDARM_GATEWAY_ADMIN_PORT"] = str(admin_port)
             admin_url = f"http://127.0.0.1:{admin_port}"
         for key, value in settings.items():
-            env[f"YARDARM_GATEWAY_{key.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, dict | list | bool) else str(value)
+            env[f"YARDARM_GATEWAY_{key.upper()}"] = text
         log_path = tmp_path / f"gateway-{index}.log"
         process = _spawn(env, log_path)
         gateway = Gateway(f"http://127.0.0.1:{port}", admin_url, process, log_path)
         gateways.append(gateway)
-        await _wait_healthy(gateway, within_s=60)
+        await _wait_healthy(gateway, within_s=60, scheme=scheme)
         return gateway
 
     yield start

@@ -30,14 +30,21 @@ def test_reads_json_routes_and_upstreams_from_the_environment(
     }
     monkeypatch.setenv("YARDARM_GATEWAY_ROUTES", json.dumps(routes))
     monkeypatch.setenv("YARDARM_GATEWAY_UPSTREAMS", json.dumps(upstreams))
-    monkeypatch.setenv("YARDARM_GATEWAY_UPSTREAM_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("YARDARM_GATEWAY_ROUTE_TIMEOUT_S", "2.5")
     monkeypatch.setenv("YARDARM_GATEWAY_PORT", "8080")
     monkeypatch.setenv("YARDARM_GATEWAY_ADMIN_PORT", "8081")
     s = GatewaySettings()  # type: ignore[call-arg]  # fields come from the environment
     assert s.service == "gateway"
-    assert [r.model_dump() for r in s.routes] == routes
-    assert s.upstreams == upstreams
-    assert s.upstream_timeout_s == 2.5
+    assert [(r.prefix, r.upstream, r.name) for r in s.routes] == [
+        ("/api/orders", "orders", "api-orders"),
+        ("/api/stock", "orders", "api-stock"),
+        ("/api/kv", "datastore", "api-kv"),
+    ]
+    assert {name: [e.url for e in spec.endpoints] for name, spec in s.upstreams.items()} == (
+        upstreams
+    )
+    assert all(e.track == "stable" for spec in s.upstreams.values() for e in spec.endpoints)
+    assert s.route_timeout_s == 2.5
     assert s.strip_prefix == "/api"
     assert s.admin_port == 8081
     assert s.admin_token is None
@@ -45,7 +52,10 @@ def test_reads_json_routes_and_upstreams_from_the_environment(
 
 def test_trailing_slashes_on_endpoints_are_normalized() -> None:
     s = settings(routes=[{"prefix": "/api/orders", "upstream": "orders"}], upstreams=UPSTREAMS)
-    assert s.upstreams["orders"] == ["http://127.0.0.1:8100", "http://127.0.0.1:8101"]
+    assert [e.url for e in s.upstreams["orders"].endpoints] == [
+        "http://127.0.0.1:8100",
+        "http://127.0.0.1:8101",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -61,12 +71,76 @@ def test_trailing_slashes_on_endpoints_are_normalized() -> None:
         ([], {"orders": ["ftp://127.0.0.1:21"]}, "must be http:// or https://"),
         ([], {"orders": ["127.0.0.1:8100"]}, "must be http:// or https://"),
         ([], {"orders": ["http://"]}, "has no host"),
-        ([], {"orders": []}, "has no endpoints"),
-        ([], {"orders": ["http://a:1", "http://a:1/"]}, "endpoint twice"),
+        ([], {"orders": []}, "at least 1 item"),
+        ([], {"orders": ["http://a:1", "http://a:1/"]}, "endpoint is listed twice"),
+        ([], {"orders": [{"url": "http://a:1", "track": "Canary!"}]}, "track"),
+        ([], {"orders": [{"url": "http://a:1", "weight": 0}]}, "weight"),
+        ([], {"orders": {"endpoints": ["http://a:1"], "surprise": 1}}, "surprise"),
+        (
+            [],
+            {"orders": {"endpoints": ["http://a:1"], "breaker": {"minimum_calls": -1}}},
+            "minimum_calls",
+        ),
+        (
+            [{"prefix": "/o", "upstream": "orders", "split": {"stable": 90, "canary": 10}}],
+            UPSTREAMS,
+            "no endpoint on it",
+        ),
+        (
+            [{"prefix": "/o", "upstream": "orders", "split": {"stable": 0}}],
+            UPSTREAMS,
+            "at least one track",
+        ),
+        (
+            [{"prefix": "/o", "upstream": "orders", "sticky": {"cookie": "c"}}],
+            UPSTREAMS,
+            "sticky needs a split",
+        ),
+        (
+            [
+                {"prefix": "/a", "upstream": "orders", "name": "x"},
+                {"prefix": "/b", "upstream": "orders", "name": "x"},
+            ],
+            UPSTREAMS,
+            "duplicate route name",
+        ),
     ],
 )
 def test_invalid_configuration_is_rejected(
-    routes: list[dict[str, str]], upstreams: dict[str, list[str]], message: str
+    routes: list[dict[str, Any]], upstreams: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         settings(routes=routes, upstreams=upstreams)
+
+
+def test_upstream_policies_and_tracks_are_read_from_the_long_form() -> None:
+    s = settings(
+        routes=[{"prefix": "/o", "upstream": "orders", "split": {"stable": 95, "canary": 5}}],
+        upstreams={
+            "orders": {
+                "endpoints": [
+                    "http://127.0.0.1:8100",
+                    {"url": "http://127.0.0.1:8101", "track": "canary", "weight": 3},
+                ],
+                "balancer": {"policy": "least_request"},
+                "retry": {"max_retries": 1},
+                "max_concurrent": 50,
+            }
+        },
+    )
+    spec = s.upstreams["orders"]
+    assert [(e.track, e.weight) for e in spec.endpoints] == [("stable", 1), ("canary", 3)]
+    assert spec.balancer.policy == "least_request"
+    assert spec.retry.max_retries == 1
+    assert spec.max_concurrent == 50
+    assert spec.outlier.consecutive_5xx == 5  # Envoy's defaults where not given
+    assert s.tracks() == {"orders": {"stable", "canary"}}
+
+
+def test_tls_files_must_come_as_an_existing_pair(tmp_path: Any) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ValidationError, match="set together"):
+        settings(tls_cert_file=cert)
+    with pytest.raises(ValidationError, match="does not exist"):
+        settings(tls_cert_file=cert, tls_key_file=tmp_path / "missing.pem")

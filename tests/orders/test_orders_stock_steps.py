@@ -11,9 +11,9 @@ import httpx
 import pytest
 from opentelemetry import trace
 from yardarm_kit import HttpClient
+from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable
 from yardarm_kit.metrics import Metrics
 from yardarm_orders import order_store
-from yardarm_orders.datastore_client import DatastoreClient, DatastoreUnavailable
 from yardarm_orders.saga import store
 from yardarm_orders.saga.stock_steps import StockOutcome, StockSteps, idempotency_key
 from yardarm_orders.settings import OrdersSettings

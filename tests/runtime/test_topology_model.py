@@ -172,12 +172,36 @@ def test_instances_are_in_dependency_order_with_consistent_env(tmp_path: Path) -
     assert gateway["YARDARM_GATEWAY_PORT"] == "14000"
     assert gateway["YARDARM_GATEWAY_ADMIN_PORT"] == "14001"
     assert json.loads(gateway["YARDARM_GATEWAY_UPSTREAMS"]) == {
-        "orders": ["http://127.0.0.1:14020", "http://127.0.0.1:14021"],
-        "datastore": ["http://127.0.0.1:14010"],
+        "orders": [
+            {"url": "http://127.0.0.1:14020", "track": "stable"},
+            {"url": "http://127.0.0.1:14021", "track": "stable"},
+        ],
+        "datastore": [{"url": "http://127.0.0.1:14010", "track": "stable"}],
     }
+    assert json.loads(gateway["YARDARM_GATEWAY_DATASTORE_URLS"]) == ["http://127.0.0.1:14010"]
+    assert gateway["YARDARM_GATEWAY_REUSE_PORT"] == "false"
     prefixes = {r["prefix"]: r["upstream"] for r in json.loads(gateway["YARDARM_GATEWAY_ROUTES"])}
     assert prefixes == {"/api/orders": "orders", "/api/stock": "orders", "/api/kv": "datastore"}
     assert set(by_name["gateway-0"].depends_on) >= {"orders-0", "orders-1", "datastore-0"}
+
+
+def test_gateway_replicas_share_the_public_port_with_their_own_admin_ports(
+    tmp_path: Path,
+) -> None:
+    topology = Topology.model_validate(
+        {"base_port": 14000, "services": {"gateway": {"replicas": 3}}}
+    )
+    gateways = [i for i in instances(topology, tmp_path) if i.service == "gateway"]
+    assert [g.env["YARDARM_GATEWAY_PORT"] for g in gateways] == ["14000"] * 3
+    assert [g.env["YARDARM_GATEWAY_ADMIN_PORT"] for g in gateways] == ["14001", "14002", "14003"]
+    assert all(g.env["YARDARM_GATEWAY_REUSE_PORT"] == "true" for g in gateways)
+    # Probed on their own admin port: the shared port may answer from any replica.
+    assert [g.readiness_url for g in gateways] == [
+        f"http://127.0.0.1:{port}/readyz" for port in (14001, 14002, 14003)
+    ]
+    plan = port_plan(topology)
+    assert plan["gateway-admin-2"] == 14003
+    assert len(set(plan.values())) == len(plan)
 
 
 def test_admin_token_is_private_and_stable(tmp_path: Path) -> None:

@@ -1,63 +1,182 @@
-"""Wires the gateway into the kit's Service: proxy route, readiness, admin listener."""
+"""Wires the gateway into the kit's Service: proxy, health, routing sync, admin listener."""
 
 from __future__ import annotations
 
-from aiohttp import web
-from yardarm_kit import HttpClient, Service
+import asyncio
+import contextlib
+import functools
+import ssl
+import time
 
-from yardarm_gateway.admin import admin_app, routes_view
-from yardarm_gateway.proxy import Proxy
-from yardarm_gateway.readiness import ReadinessProbe
-from yardarm_gateway.routing import RouteTable
+import aiohttp
+from aiohttp import web
+from yardarm_kit import Service
+from yardarm_kit.datastore_client import DatastoreClient
+
+from yardarm_gateway.admin import AdminApi, admin_app
+from yardarm_gateway.health import HealthChecker
+from yardarm_gateway.proxy import Proxy, RoutingState
+from yardarm_gateway.routeconfig import RoutingDoc, RoutingSync
+from yardarm_gateway.routing import RouteTable, check_routes
 from yardarm_gateway.settings import GatewaySettings
-from yardarm_gateway.upstreams import build_upstreams
+from yardarm_gateway.telemetry import GatewayTelemetry
+from yardarm_gateway.upstreams import Upstream
+
+SWEEP_TICK_S = 0.5
+
+
+class _Ejections:
+    """Applies the routing document's manual ejections to the outlier detectors."""
+
+    def __init__(self, upstreams: dict[str, Upstream]) -> None:
+        self._upstreams = upstreams
+        self._applied: set[tuple[str, str]] = set()
+
+    def apply(self, doc: RoutingDoc) -> None:
+        now = asyncio.get_running_loop().time()
+        wall = time.time()
+        wanted: set[tuple[str, str]] = set()
+        for entry in doc.ejections:
+            if entry.until <= wall:
+                continue
+            upstream = self._upstreams[entry.upstream]
+            endpoint = upstream.by_url[entry.endpoint]
+            upstream.outlier.eject(endpoint, now, entry.until - wall, f"admin: {entry.reason}")
+            wanted.add((entry.upstream, entry.endpoint))
+        for name, url in self._applied - wanted:
+            upstream = self._upstreams[name]
+            upstream.outlier.uneject(upstream.by_url[url], now, "admin")
+        self._applied = wanted
+
+
+def _check(settings: GatewaySettings, upstreams: dict[str, Upstream], doc: RoutingDoc) -> None:
+    check_routes(doc.routes, settings.tracks())
+    for entry in doc.ejections:
+        upstream = upstreams.get(entry.upstream)
+        if upstream is None or entry.endpoint not in upstream.by_url:
+            raise ValueError(f"ejection names unknown endpoint {entry.upstream}/{entry.endpoint}")
+
+
+def _tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
 
 
 def create_gateway(settings: GatewaySettings) -> Service:
     """A gateway Service ready to `run()`."""
     service = Service(settings)
-    table = RouteTable(settings.routes, strip_prefix=settings.strip_prefix)
-    upstreams = build_upstreams(settings.upstreams)
-    requests_total = service.metrics.counter(
-        "yardarm_gateway_upstream_requests_total",
-        "Requests the gateway sent upstream, by endpoint and outcome "
-        "(response, connect_error, timeout, invalid_response).",
-        ["upstream", "endpoint", "outcome"],
-    )
-    # The kit's clients share one session, which must be created on the running loop.
-    clients: dict[str, HttpClient] = {}
-
-    async def open_clients() -> None:
-        clients.update({name: service.http_client(name) for name in upstreams})
-
-    service.on_startup(open_clients)
+    service.ssl_context = _tls_context(settings)
+    service.reuse_port = settings.reuse_port
+    service.server_options = {
+        "max_line_size": settings.max_header_bytes,
+        "max_field_size": settings.max_header_bytes,
+    }
+    telemetry = GatewayTelemetry(service.metrics)
+    now = 0.0  # endpoints present at start are not slow-started
+    upstreams = {
+        name: Upstream(
+            name,
+            spec,
+            now=now,
+            on_breaker=telemetry.breaker_transition,
+            on_outlier=telemetry.outlier_event,
+        )
+        for name, spec in settings.upstreams.items()
+    }
+    base = RoutingDoc(routes=list(settings.routes))
     proxy = Proxy(
-        table,
+        RoutingState.build(RouteTable(base.routes, strip_prefix=settings.strip_prefix), 0),
         upstreams,
-        clients,
-        timeout_s=settings.upstream_timeout_s,
+        telemetry,
+        service.tracer,
+        route_timeout_s=settings.route_timeout_s,
         max_body_bytes=settings.max_body_bytes,
-        requests_total=requests_total,
+        admin_token=settings.admin_token,
+        rate_limit=settings.rate_limit,
     )
     service.app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    ejections = _Ejections(upstreams)
 
-    probe = ReadinessProbe(
-        upstreams,
-        interval_s=settings.readiness_interval_s,
-        timeout_s=settings.readiness_timeout_s,
+    def apply(doc: RoutingDoc, version: int) -> None:
+        table = RouteTable(doc.routes, strip_prefix=settings.strip_prefix)
+        proxy.state = RoutingState.build(table, version)  # in-flight requests keep theirs
+        ejections.apply(doc)
+        telemetry.config_version.set(version)
+
+    datastore: DatastoreClient | None = None
+    if settings.datastore_urls:
+        datastore = DatastoreClient(
+            service.http_client("datastore", traced=False), settings.datastore_urls, timeout_s=2.0
+        )
+    sync = RoutingSync(
+        datastore,
+        settings.config_key,
+        poll_s=settings.config_poll_s,
+        check=lambda doc: _check(settings, upstreams, doc),
+        apply=apply,
+        on_error=lambda kind: telemetry.config_errors.inc(kind=kind),
     )
-    service.on_startup(probe.start)
-    service.on_shutdown(probe.stop)
+    checkers = [
+        HealthChecker(
+            name,
+            upstream.health,
+            upstream.endpoints,
+            on_change=functools.partial(telemetry.health_change, name),
+        )
+        for name, upstream in upstreams.items()
+    ]
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def sweep() -> None:
+        loop = asyncio.get_running_loop()
+        due = {name: loop.time() + u.spec.outlier.interval_s for name, u in upstreams.items()}
+        while True:
+            await asyncio.sleep(SWEEP_TICK_S)
+            now = loop.time()
+            for name, upstream in upstreams.items():
+                if now >= due[name]:
+                    upstream.outlier.sweep(now)
+                    due[name] = now + upstream.spec.outlier.interval_s
+
+    async def start() -> None:
+        proxy.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+        for upstream in upstreams.values():
+            for endpoint in upstream.endpoints:
+                telemetry.health_change(upstream.name, endpoint, True)
+        await asyncio.gather(*(checker.start() for checker in checkers))
+        await sync.start()
+        sweeper.append(asyncio.create_task(sweep(), name="outlier-sweep"))
+
+    async def stop() -> None:
+        for task in sweeper:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await sync.stop()
+        await asyncio.gather(*(checker.stop() for checker in checkers))
+        if proxy.session is not None:
+            await proxy.session.close()
+
+    service.on_startup(start)
+    service.on_shutdown(stop)
 
     async def upstreams_ready() -> bool:
-        return not probe.not_ready()
+        return all(any(u.health.is_healthy(e) for e in u.endpoints) for u in upstreams.values())
 
     service.add_readiness_check("upstreams", upstreams_ready)
 
     if settings.admin_port is not None:
+        api = AdminApi(sync, lambda: base, upstreams, settings.strip_prefix)
         admin = web.AppRunner(
-            admin_app(routes_view(table, upstreams), token=settings.admin_token),
-            access_log=None,
+            admin_app(api, token=settings.admin_token, readyz=service.readyz), access_log=None
         )
 
         async def start_admin() -> None:

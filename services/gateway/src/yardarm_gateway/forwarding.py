@@ -37,6 +37,9 @@ _REQUEST_REWRITTEN = frozenset(
         "traceparent",
         "tracestate",
         "yardarm-timeout-ms",
+        # the gateway's own controls: the admin token never travels upstream
+        "x-yardarm-admin-token",
+        "x-yardarm-track",
     }
 )
 _RESPONSE_REWRITTEN = frozenset({"content-length"})

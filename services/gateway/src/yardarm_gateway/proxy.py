@@ -1,53 +1,87 @@
-"""The proxy handler: route, pick an endpoint, forward, map failures to problems.
+"""The proxy handler: admit, route, choose a track and an endpoint, forward, retry.
 
-Failure policy (deliberately narrow; retries with budgets come later):
-- connection refused/unreachable: the request never reached the endpoint, so
-  idempotent requests (GET/HEAD/OPTIONS, or any carrying an Idempotency-Key) try one
-  other endpoint; everything else gets 502;
-- timeout: 504, never retried (the upstream may still be working on it);
-- an invalid HTTP answer or a connection dropped mid-exchange: 502, never retried.
+Per request, in order:
+1. route on the raw path (400 for dot segments, 404 for no route);
+2. edge rules: `x-yardarm-track` and writes on `admin_writes` routes need the admin
+   token (`x-yardarm-admin-token`); the token never travels upstream;
+3. admission: the client's token bucket (429) and the upstream's bulkhead (503), both
+   with Retry-After;
+4. the track: the override header, else the route's split (sticky by header or
+   cookie when configured), else any endpoint of the upstream; the track's circuit
+   must be closed or half-open with a free permit (503 when open);
+5. attempts: the balancer picks an usable endpoint (healthy, not ejected, circuit not
+   open, not tried yet) whose circuit admits the call; one deadline (the route
+   timeout, or less when the caller sent `yardarm-timeout-ms`) covers every attempt
+   and is propagated to the upstream.
+
+Retries: GET/HEAD/OPTIONS and requests carrying an Idempotency-Key are retried on a
+connection failure, a reset or garbled answer, a per-try timeout, or a 502/503/504.
+A request of any method is retried when the connection was never established,
+because then it never left the gateway and cannot have had an effect. Every retry
+needs the upstream's retry budget and waits a fully jittered backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import hmac
+import random
+import secrets
+import time
 from collections.abc import Mapping
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
-from yardarm_kit import ROUTE_KEY, HttpClient, Problem, UpstreamTimeout, UpstreamUnavailable
+from multidict import CIMultiDict, CIMultiDictProxy
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from yardarm_kit import ROUTE_KEY, Problem, deadline
 
+from yardarm_gateway.admission import RateLimitConfig, RateLimiter, retry_after_header
+from yardarm_gateway.balancer import request_hash_key
+from yardarm_gateway.endpoints import Endpoint
 from yardarm_gateway.forwarding import downstream_response_headers, upstream_request_headers
-from yardarm_gateway.routing import DotSegmentError, RouteTable
-from yardarm_gateway.upstreams import Upstream
+from yardarm_gateway.retry import backoff_s, is_retryable_request
+from yardarm_gateway.routing import DotSegmentError, Route, RouteTable
+from yardarm_gateway.split import TrafficSplit
+from yardarm_gateway.telemetry import GatewayTelemetry
+from yardarm_gateway.upstreams import ALL_TRACKS, Pool, Upstream
 
-log = logging.getLogger(__name__)
+TRACK_HEADER = "x-yardarm-track"
+TOKEN_HEADER = "x-yardarm-admin-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-MAX_ATTEMPTS = 2
-
-Outcome = Literal["response", "connect_error", "timeout", "invalid_response"]
-
-
-class OutcomeCounter(Protocol):
-    """The kit's labelled counter, as far as the proxy uses it."""
-
-    def inc(self, amount: float = 1, **labels: str) -> None: ...
+Failure = Literal["connect_error", "timeout", "invalid_response"]
 
 
-def _never_connected(exc: UpstreamUnavailable) -> bool:
-    """True when the connection was never established, so the request was not sent.
+@dataclass(frozen=True, slots=True)
+class RoutingState:
+    """One consistent version of the routing: swapped whole, never edited in place.
 
-    Only then is trying another endpoint safe for an idempotent request: a reset or a
-    garbled answer may come after the upstream acted on it.
+    A request keeps the state it started with, so a change never disturbs it.
     """
-    return isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+
+    table: RouteTable
+    splits: Mapping[str, TrafficSplit]
+    version: int
+
+    @classmethod
+    def build(cls, table: RouteTable, version: int) -> RoutingState:
+        splits = {r.name: TrafficSplit(r.split) for r in table.routes if r.split is not None}
+        return cls(table, splits, version)
 
 
-def _is_retryable(request: web.Request) -> bool:
-    return request.method in IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers
+@dataclass(slots=True)
+class Attempt:
+    """The outcome of one upstream attempt: a response, or why there is none."""
+
+    endpoint: Endpoint
+    status: int | None = None
+    headers: CIMultiDictProxy[str] | None = None
+    body: bytes = b""
+    failure: Failure | None = None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -55,6 +89,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise Problem(413, "request body too large", f"the limit is {limit} bytes")
+    if declared == 0:
+        return b""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -70,95 +106,380 @@ class Proxy:
 
     def __init__(
         self,
-        table: RouteTable,
+        state: RoutingState,
         upstreams: Mapping[str, Upstream],
-        clients: Mapping[str, HttpClient],  # may be filled in at startup
+        telemetry: GatewayTelemetry,
+        tracer: trace.Tracer,
         *,
-        timeout_s: float,
+        route_timeout_s: float,
         max_body_bytes: int,
-        requests_total: OutcomeCounter,
+        admin_token: str | None,
+        rate_limit: RateLimitConfig,
+        rng: random.Random | None = None,
     ) -> None:
-        self._table = table
+        self.state = state
         self._upstreams = upstreams
-        self._clients = clients
-        self._timeout_s = timeout_s
+        self._telemetry = telemetry
+        self._tracer = tracer
+        self._route_timeout_s = route_timeout_s
         self._max_body_bytes = max_body_bytes
-        self._requests_total = requests_total
+        self._admin_token = admin_token.encode() if admin_token else None
+        self._rate_limit = rate_limit
+        self._limiter = RateLimiter(rate_limit) if rate_limit.enabled else None
+        self._rng = rng or random.Random()
+        self.session: aiohttp.ClientSession | None = None
 
-    async def handle(self, request: web.Request) -> web.Response:
+    # -- edge ---------------------------------------------------------------------
+
+    def _is_admin(self, request: web.Request) -> bool:
+        presented = request.headers.get(TOKEN_HEADER)
+        return (
+            presented is not None
+            and self._admin_token is not None
+            and hmac.compare_digest(presented.encode(), self._admin_token)
+        )
+
+    def _require_admin(self, request: web.Request, route: Route, why: str) -> None:
+        if request.headers.get(TOKEN_HEADER) is None:
+            self._telemetry.rejected.inc(route=route.name, reason="forbidden")
+            raise Problem(401, "admin token required", f"{why} needs the {TOKEN_HEADER} header")
+        if not self._is_admin(request):
+            self._telemetry.rejected.inc(route=route.name, reason="forbidden")
+            raise Problem(403, "invalid admin token", f"the {TOKEN_HEADER} header is not valid")
+
+    def _admit(self, request: web.Request, route: Route, now: float) -> None:
+        if self._limiter is None:
+            return
+        if self._rate_limit.key == "header" and self._rate_limit.header:
+            key = request.headers.get(self._rate_limit.header) or request.remote or "-"
+        else:
+            key = request.remote or "-"
+        wait = self._limiter.acquire(key, now)
+        if wait > 0:
+            self._telemetry.rejected.inc(route=route.name, reason="rate_limited")
+            raise Problem(
+                429,
+                "rate limited",
+                f"more than {self._rate_limit.requests_per_s:g} requests/s from this client",
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+
+    # -- handler ------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
         try:
-            match = self._table.match(request.raw_path)
+            match = state.table.match(request.raw_path)
         except DotSegmentError:
             raise Problem(
                 400, "invalid path", "paths with '.' or '..' segments are not routed"
             ) from None
         if match is None:
             raise Problem(404, "no route", f"no route matches the path {request.path!r}")
-        request[ROUTE_KEY] = match.route.prefix
-        upstream = self._upstreams[match.route.upstream]
+        route = match.route
+        request[ROUTE_KEY] = route.prefix
+        override = request.headers.get(TRACK_HEADER)
+        if override is not None:
+            self._require_admin(request, route, f"choosing a track with {TRACK_HEADER}")
+        if route.admin_writes and request.method not in SAFE_METHODS:
+            self._require_admin(request, route, f"{request.method} on {route.prefix}")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._admit(request, route, now)
+        upstream = self._upstreams[route.upstream]
+        if not upstream.bulkhead.try_enter():
+            self._telemetry.rejected.inc(route=route.name, reason="bulkhead")
+            raise Problem(
+                503,
+                "upstream busy",
+                f"upstream {upstream.name!r} has {upstream.spec.max_concurrent} requests in "
+                "flight, its limit",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            return await self._forward(request, state, route, match.upstream_path, upstream,
+                                       override, now)  # fmt: skip
+        finally:
+            upstream.bulkhead.leave()
+
+    def _choose_track(
+        self,
+        request: web.Request,
+        state: RoutingState,
+        route: Route,
+        upstream: Upstream,
+        override: str | None,
+        now: float,
+    ) -> tuple[str, str | None]:
+        """The track to use and, for cookie stickiness, a new cookie value to set."""
+        if override is not None:
+            if override not in upstream.pools or override == ALL_TRACKS:
+                served = ", ".join(sorted(upstream.tracks))
+                raise Problem(
+                    422,
+                    "unknown track",
+                    f"upstream {upstream.name!r} has no track {override!r} (tracks: {served})",
+                )
+            return override, None
+        split = state.splits.get(route.name)
+        if split is None:
+            return ALL_TRACKS, None
+        new_cookie: str | None = None
+        key: bytes | None = None
+        sticky = route.sticky
+        if sticky is not None:
+            if sticky.header is not None:
+                value = request.headers.get(sticky.header)
+            else:
+                assert sticky.cookie is not None
+                value = request.cookies.get(sticky.cookie)
+                if not value:
+                    value = new_cookie = secrets.token_hex(16)
+            key = value.encode() if value else None
+        track = split.pick(lambda t: upstream.track_usable(t, now), key)
+        if track is None:  # no weighted track has a usable endpoint: keep to the weights
+            track = split.pick(None, key)
+        assert track is not None
+        return track, new_cookie
+
+    async def _forward(
+        self,
+        request: web.Request,
+        state: RoutingState,
+        route: Route,
+        path: str,
+        upstream: Upstream,
+        override: str | None,
+        now: float,
+    ) -> web.StreamResponse:
         body = await read_body(request, self._max_body_bytes)
+        track, new_cookie = self._choose_track(request, state, route, upstream, override, now)
+        pool = upstream.pools[track]
+        if not pool.breaker.try_acquire(now):
+            self._telemetry.rejected.inc(route=route.name, reason="circuit_open")
+            raise Problem(
+                503,
+                "circuit open",
+                f"the circuit of upstream {upstream.name!r} (track {track}) is open after "
+                "too many failures or slow calls",
+                headers={"Retry-After": retry_after_header(pool.breaker.retry_after_s(now))},
+            )
+        started = now
+        attempt: Attempt | None = None
+        try:
+            attempt = await self._attempts(request, route, path, upstream, pool, body)
+        finally:
+            ended = asyncio.get_running_loop().time()
+            if attempt is None:
+                pool.breaker.release()
+            else:
+                failed = attempt.failure is not None or (attempt.status or 0) >= 500
+                pool.breaker.record(ended, ended - started, failed)
+        return self._respond(route, upstream, track, attempt, new_cookie)
+
+    async def _attempts(
+        self,
+        request: web.Request,
+        route: Route,
+        path: str,
+        upstream: Upstream,
+        pool: Pool,
+        body: bytes,
+    ) -> Attempt | None:
+        """Attempts until a usable answer, the retry policy says stop, or time runs out.
+
+        None when no endpoint could be tried at all.
+        """
+        loop = asyncio.get_running_loop()
+        policy = upstream.spec.retry
+        budget = deadline.budget(route.timeout_s or self._route_timeout_s) or 0.0
+        end = loop.time() + budget
         headers = upstream_request_headers(
             request.headers, client_ip=request.remote, scheme=request.scheme, host=request.host
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
-        retryable = _is_retryable(request)
-        tried: list[str] = []
-        while True:
-            endpoint = upstream.balancer.pick(exclude=tried)
-            if endpoint is None:
-                break
-            tried.append(endpoint)
-            remaining = deadline - loop.time()
-            if remaining <= 0:  # the first attempt used the whole budget
-                raise self._timeout_problem(upstream)
-            try:
-                response = await self._clients[upstream.name].request(
-                    request.method,
-                    endpoint + match.upstream_path,
-                    data=body,
-                    headers=headers,
-                    timeout=remaining,
-                )
-            except UpstreamTimeout:
-                self._count(upstream, endpoint, "timeout")
-                raise self._timeout_problem(upstream) from None
-            except UpstreamUnavailable as exc:
-                if _never_connected(exc):
-                    self._count(upstream, endpoint, "connect_error")
-                    log.warning(
-                        "upstream connection failed",
-                        extra={"upstream": upstream.name, "endpoint": endpoint, "error": str(exc)},
+        idempotent = is_retryable_request(request.method, request.headers)
+        key = request_hash_key(
+            upstream.spec.balancer, request.headers, request.cookies, request.remote
+        )
+        tried: list[Endpoint] = []
+        last: Attempt | None = None
+        retries = 0
+        upstream.budget.request_started()
+        try:
+            while True:
+                now = loop.time()
+                endpoint = upstream.pick(pool, key, now, tried)
+                while endpoint is not None and not upstream.breakers[endpoint].try_acquire(now):
+                    tried.append(endpoint)  # half-open with no permit left: try another
+                    endpoint = upstream.pick(pool, key, now, tried)
+                if endpoint is None:
+                    if last is None:
+                        self._telemetry.rejected.inc(route=route.name, reason="no_endpoint")
+                    return last
+                tried.append(endpoint)
+                remaining = end - now
+                if remaining <= 0:
+                    upstream.breakers[endpoint].release()
+                    return last or Attempt(endpoint, failure="timeout")
+                per_try = policy.per_try_timeout_s
+                timeout = remaining if per_try is None else min(per_try, remaining)
+                is_retry = retries > 0
+                try:
+                    last = await self._attempt(
+                        request.method, endpoint, path, body, headers, timeout, upstream
                     )
-                    if retryable and len(tried) < MAX_ATTEMPTS:
-                        continue
-                    break
-                self._count(upstream, endpoint, "invalid_response")
-                log.warning(
-                    "invalid upstream response",
-                    extra={"upstream": upstream.name, "endpoint": endpoint, "error": repr(exc)},
-                )
-                raise Problem(
-                    502,
-                    "invalid upstream response",
-                    f"upstream {upstream.name!r} sent an invalid response",
-                ) from None
-            self._count(upstream, endpoint, "response")
-            return web.Response(
-                status=response.status,
-                body=response.body,
-                headers=downstream_response_headers(response.headers),
+                finally:
+                    if is_retry:
+                        upstream.budget.release_retry()
+                if not self._should_retry(last, idempotent, policy.retry_on_status):
+                    return last
+                if not policy.enabled or retries >= policy.max_retries:
+                    return last
+                delay = backoff_s(retries, policy, self._rng)
+                if loop.time() + delay >= end:
+                    self._telemetry.retries_refused.inc(upstream=upstream.name, why="deadline")
+                    return last
+                if not upstream.budget.try_acquire_retry():
+                    self._telemetry.retries_refused.inc(upstream=upstream.name, why="budget")
+                    return last
+                reason = last.failure or str(last.status)
+                self._telemetry.retries.inc(upstream=upstream.name, reason=reason)
+                retries += 1
+                try:
+                    await asyncio.sleep(delay)
+                except BaseException:
+                    upstream.budget.release_retry()
+                    raise
+        finally:
+            upstream.budget.request_finished()
+
+    @staticmethod
+    def _should_retry(attempt: Attempt, idempotent: bool, retry_on: frozenset[int]) -> bool:
+        if attempt.failure == "connect_error":
+            return True  # never sent: safe whatever the method
+        if not idempotent:
+            return False
+        return attempt.failure is not None or attempt.status in retry_on
+
+    async def _attempt(
+        self,
+        method: str,
+        endpoint: Endpoint,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        upstream: Upstream,
+    ) -> Attempt:
+        """One try against one endpoint, as a CLIENT span; every outcome is recorded."""
+        assert self.session is not None
+        breaker = upstream.breakers[endpoint]
+        result = Attempt(endpoint)
+        span = self._tracer.start_span(
+            f"{method} {upstream.name}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "url.full": endpoint.url + path,
+                "yardarm.upstream": upstream.name,
+                "yardarm.track": endpoint.track,
+            },
+        )
+        out = dict(headers)
+        propagate.inject(out, context=trace.set_span_in_context(span))
+        out[deadline.TIMEOUT_HEADER] = str(max(1, int(timeout * 1000)))
+        endpoint.active += 1
+        started = time.perf_counter()
+        try:
+            async with self.session.request(
+                method,
+                endpoint.url + path,
+                data=body or None,
+                headers=out,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as response:
+                result.body = await response.read()
+                result.status = response.status
+                result.headers = response.headers
+        except TimeoutError:
+            result.failure = "timeout"
+        except aiohttp.ClientConnectorError:
+            result.failure = "connect_error"
+        except (aiohttp.ClientError, OSError, ValueError):
+            result.failure = "invalid_response"
+        finally:
+            endpoint.active -= 1
+        elapsed = time.perf_counter() - started
+        now = asyncio.get_running_loop().time()
+        failed = result.failure is not None or (result.status or 0) >= 500
+        breaker.record(now, elapsed, failed)
+        upstream.outlier.record(endpoint, result.status, now)
+        if result.failure is None:
+            upstream.pools[endpoint.track].balancer.observe(endpoint, elapsed, now)
+            upstream.pools[ALL_TRACKS].balancer.observe(endpoint, elapsed, now)
+            span.set_attribute("http.response.status_code", result.status or 0)
+            if failed:
+                span.set_status(Status(StatusCode.ERROR))
+        else:
+            span.set_status(Status(StatusCode.ERROR, result.failure))
+        span.end()
+        telemetry = self._telemetry
+        telemetry.attempts.inc(
+            upstream=upstream.name, upstream_track=endpoint.track, endpoint=endpoint.url,
+            outcome=result.failure or "response",
+        )  # fmt: skip
+        telemetry.attempt_duration.observe(
+            elapsed, upstream=upstream.name, upstream_track=endpoint.track
+        )
+        return result
+
+    def _respond(
+        self,
+        route: Route,
+        upstream: Upstream,
+        track: str,
+        attempt: Attempt | None,
+        new_cookie: str | None,
+    ) -> web.StreamResponse:
+        if attempt is None:
+            raise Problem(
+                503,
+                "no usable endpoint",
+                f"every endpoint of upstream {upstream.name!r} is unhealthy, ejected or "
+                "behind an open circuit",
+                headers={"Retry-After": "1"},
             )
-        raise Problem(
-            502, "upstream unavailable", f"upstream {upstream.name!r} could not be reached"
+        label = track if track != ALL_TRACKS else attempt.endpoint.track
+        if attempt.failure is not None:
+            self._telemetry.route_requests.inc(
+                route=route.name, upstream=upstream.name, upstream_track=label,
+                code={"timeout": "504"}.get(attempt.failure, "502"),
+            )  # fmt: skip
+            if attempt.failure == "timeout":
+                raise Problem(
+                    504,
+                    "upstream timeout",
+                    f"upstream {upstream.name!r} did not answer within the time allowed",
+                )
+            if attempt.failure == "connect_error":
+                raise Problem(
+                    502, "upstream unavailable", f"upstream {upstream.name!r} could not be reached"
+                )
+            raise Problem(
+                502,
+                "invalid upstream response",
+                f"upstream {upstream.name!r} sent an invalid response",
+            )
+        assert attempt.status is not None and attempt.headers is not None
+        headers: CIMultiDict[str] = downstream_response_headers(attempt.headers)
+        if track != ALL_TRACKS:
+            headers[TRACK_HEADER] = track
+        if new_cookie is not None and route.sticky is not None and route.sticky.cookie:
+            headers.add(
+                "Set-Cookie", f"{route.sticky.cookie}={new_cookie}; Path=/; HttpOnly; SameSite=Lax"
+            )
+        self._telemetry.route_requests.inc(
+            route=route.name, upstream=upstream.name, upstream_track=label, code=str(attempt.status)
         )
-
-    def _timeout_problem(self, upstream: Upstream) -> Problem:
-        return Problem(
-            504,
-            "upstream timeout",
-            f"upstream {upstream.name!r} did not answer within the time allowed",
-        )
-
-    def _count(self, upstream: Upstream, endpoint: str, outcome: Outcome) -> None:
-        self._requests_total.inc(upstream=upstream.name, endpoint=endpoint, outcome=outcome)
+        return web.Response(status=attempt.status, body=attempt.body, headers=headers)

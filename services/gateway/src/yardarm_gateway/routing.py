@@ -11,20 +11,70 @@ to another route.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from yardarm_gateway.split import StickyConfig
+
+ROUTE_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+TRACK = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
 class Route(BaseModel):
-    """Requests whose path starts with `prefix` (on segment boundaries) go to `upstream`."""
+    """Requests whose path starts with `prefix` (on segment boundaries) go to `upstream`.
+
+    `split` weighs the upstream's tracks (`{"stable": 90, "canary": 10}`); without it
+    every endpoint of the upstream is eligible whatever its track. `sticky` keeps one
+    client on one track. `admin_writes` lets only holders of the admin token send
+    anything but GET/HEAD/OPTIONS (the raw KV route). `name` defaults to the prefix.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prefix: str
     upstream: str
+    name: str = Field(default="", pattern=ROUTE_NAME)
+    split: dict[str, int] | None = None
+    sticky: StickyConfig | None = None
+    timeout_s: float | None = Field(default=None, gt=0, le=300)
+    admin_writes: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, value: Any) -> Any:
+        if (
+            isinstance(value, dict)
+            and not value.get("name")
+            and isinstance(value.get("prefix"), str)
+        ):
+            derived = normalize_prefix(value["prefix"]).strip("/").replace("/", "-").lower()
+            value = {**value, "name": derived or "root"}
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _split_weights(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is None:
+            return None
+        for track, weight in value.items():
+            if not TRACK.match(track):
+                raise ValueError(f"track name {track!r} must match {TRACK.pattern}")
+            if not 0 <= weight <= 10_000:
+                raise ValueError(f"weight of track {track!r} must be 0..10000 (got {weight})")
+        if not any(value.values()):
+            raise ValueError("a split needs at least one track with a weight above 0")
+        return value
+
+    @model_validator(mode="after")
+    def _sticky_needs_split(self) -> Route:
+        if self.sticky is not None and self.split is None:
+            raise ValueError("sticky needs a split: stickiness keeps a client on one track")
+        return self
 
     @field_validator("prefix")
     @classmethod
@@ -44,6 +94,36 @@ class Route(BaseModel):
         if not value:
             raise ValueError("route upstream must not be empty")
         return value
+
+
+def check_routes(routes: Iterable[Route], tracks: dict[str, set[str]]) -> None:
+    """Raise ValueError naming the first route that cannot be served.
+
+    `tracks` maps each upstream to the tracks its endpoints serve. A split weighing a
+    track with no endpoint is refused rather than silently sent elsewhere: it is
+    almost always a typo or a rollout step taken too early.
+    """
+    prefixes: set[str] = set()
+    names: set[str] = set()
+    for route in routes:
+        if route.prefix in prefixes:
+            raise ValueError(f"duplicate route prefix {route.prefix!r}")
+        if route.name in names:
+            raise ValueError(f"duplicate route name {route.name!r}")
+        prefixes.add(route.prefix)
+        names.add(route.name)
+        if route.upstream not in tracks:
+            known = ", ".join(sorted(tracks)) or "none"
+            raise ValueError(
+                f"route {route.name!r} names unknown upstream {route.upstream!r} (known: {known})"
+            )
+        for track, weight in (route.split or {}).items():
+            if weight and track not in tracks[route.upstream]:
+                served = ", ".join(sorted(tracks[route.upstream]))
+                raise ValueError(
+                    f"route {route.name!r} sends weight {weight} to track {track!r}, but "
+                    f"upstream {route.upstream!r} has no endpoint on it (tracks: {served})"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +154,13 @@ class RouteTable:
     def __init__(self, routes: Iterable[Route], *, strip_prefix: str = "") -> None:
         self._routes = tuple(routes)
         self._by_prefix: dict[str, Route] = {}
+        names: set[str] = set()
         for route in self._routes:
             if route.prefix in self._by_prefix:
                 raise ValueError(f"duplicate route prefix {route.prefix!r}")
+            if route.name in names:
+                raise ValueError(f"duplicate route name {route.name!r}")
+            names.add(route.name)
             self._by_prefix[route.prefix] = route
         stripped = normalize_prefix(strip_prefix) if strip_prefix else ""
         self._strip = "" if stripped == "/" else stripped

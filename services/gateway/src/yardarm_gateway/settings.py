@@ -6,14 +6,23 @@ message naming the field, instead of surfacing as 404s or 502s later.
 
 from __future__ import annotations
 
-from typing import Self
+from pathlib import Path
+from typing import Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 from yardarm_kit import ServiceSettings
 
-from yardarm_gateway.routing import Route
+from yardarm_gateway.admission import RateLimitConfig
+from yardarm_gateway.balancer import BalancerConfig
+from yardarm_gateway.breaker import BreakerConfig
+from yardarm_gateway.health import HealthConfig
+from yardarm_gateway.outlier import OutlierConfig
+from yardarm_gateway.retry import RetryConfig
+from yardarm_gateway.routing import Route, check_routes
+
+TRACK_NAME = r"^[a-z][a-z0-9-]{0,31}$"
 
 
 def _base_url(value: str) -> str:
@@ -31,34 +40,95 @@ def _base_url(value: str) -> str:
     return value.rstrip("/")
 
 
+class EndpointSpec(BaseModel):
+    """One replica of an upstream: a plain URL string is shorthand for the stable track."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    track: str = Field(default="stable", pattern=TRACK_NAME)
+    weight: int = Field(default=1, ge=1, le=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _base_url(value)
+
+
+class UpstreamSpec(BaseModel):
+    """An upstream service: its endpoints and the policies that protect it.
+
+    `breaker` applies to each endpoint; `track_breaker` to each track as a whole, so a
+    failing canary opens the canary's circuit and never stable's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: list[EndpointSpec] = Field(min_length=1)
+    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    track_breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    max_concurrent: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = {"endpoints": value}
+        if isinstance(value, dict) and isinstance(value.get("endpoints"), list):
+            value = dict(value)
+            value["endpoints"] = [
+                {"url": item} if isinstance(item, str) else item for item in value["endpoints"]
+            ]
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct(cls, value: list[EndpointSpec]) -> list[EndpointSpec]:
+        urls = [endpoint.url for endpoint in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("an endpoint is listed twice")
+        return value
+
+
 class GatewaySettings(ServiceSettings):
-    """Routes, upstream endpoints, timeouts and the admin listener."""
+    """Routes, upstream endpoints and their policies, admission, TLS and the admin API."""
 
     model_config = SettingsConfigDict(env_prefix="YARDARM_GATEWAY_")
 
     service: str = "gateway"
     routes: list[Route] = Field(default_factory=list)
-    upstreams: dict[str, list[str]] = Field(default_factory=dict)
+    upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
     strip_prefix: str = "/api"
-    upstream_timeout_s: float = Field(default=15.0, gt=0)
+    route_timeout_s: float = Field(default=15.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    readiness_interval_s: float = Field(default=1.0, gt=0)
-    readiness_timeout_s: float = Field(default=0.5, gt=0)
+    max_header_bytes: int = Field(default=8190, ge=1024, le=65536)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     admin_port: int | None = Field(default=None, ge=0, le=65535)
-    admin_token: str | None = None
+    admin_token: str | None = Field(default=None, min_length=16)
+    datastore_urls: list[str] = Field(default_factory=list)
+    config_key: str = "config/gateway/routing"
+    config_poll_s: float = Field(default=0.25, gt=0, le=10)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    reuse_port: bool = False
 
-    @field_validator("upstreams")
+    @field_validator("datastore_urls")
     @classmethod
-    def _valid_endpoints(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        result: dict[str, list[str]] = {}
-        for name, urls in value.items():
-            if not urls:
-                raise ValueError(f"upstream {name!r} has no endpoints")
-            endpoints = [_base_url(url) for url in urls]
-            if len(set(endpoints)) != len(endpoints):
-                raise ValueError(f"upstream {name!r} lists an endpoint twice")
-            result[name] = endpoints
-        return result
+    def _datastore_urls(cls, value: list[str]) -> list[str]:
+        return [_base_url(url) for url in value]
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {str(path)!r} does not exist")
+        return self
 
     @field_validator("strip_prefix")
     @classmethod
@@ -69,15 +139,12 @@ class GatewaySettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _routes_resolve(self) -> Self:
-        seen: set[str] = set()
-        for route in self.routes:
-            if route.prefix in seen:
-                raise ValueError(f"duplicate route prefix {route.prefix!r}")
-            seen.add(route.prefix)
-            if route.upstream not in self.upstreams:
-                known = ", ".join(sorted(self.upstreams)) or "none"
-                raise ValueError(
-                    f"route {route.prefix!r} names unknown upstream {route.upstream!r} "
-                    f"(known: {known})"
-                )
+        check_routes(self.routes, self.tracks())
         return self
+
+    def tracks(self) -> dict[str, set[str]]:
+        """The tracks each upstream's endpoints serve."""
+        return {
+            name: {endpoint.track for endpoint in spec.endpoints}
+            for name, spec in self.upstreams.items()
+        }

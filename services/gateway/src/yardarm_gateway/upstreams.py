@@ -1,30 +1,157 @@
-"""An upstream: a named set of endpoints, their balancer and what is known of their health."""
+"""An upstream at run time: its endpoints and every policy that guards them.
+
+Per upstream: active health, passive outlier detection, a breaker per endpoint, a
+breaker per track (a failing canary opens the canary's circuit, never stable's), a
+balancer per track plus one over all endpoints (routes without a split), a bulkhead
+and a retry budget.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from yardarm_gateway.balancer import Balancer, RoundRobin
+from yardarm_gateway.admission import Bulkhead
+from yardarm_gateway.balancer import Balancer, make_balancer
+from yardarm_gateway.breaker import BreakerState, CircuitBreaker, Transition
+from yardarm_gateway.endpoints import Endpoint
+from yardarm_gateway.health import HealthTracker
+from yardarm_gateway.outlier import OutlierDetector, OutlierEvent
+from yardarm_gateway.retry import RetryBudget
+from yardarm_gateway.settings import UpstreamSpec
+
+log = logging.getLogger(__name__)
+
+ALL_TRACKS = "*"
 
 
 @dataclass(slots=True)
-class Upstream:
-    """One upstream service; `ready` holds the endpoints whose last /readyz answered 200."""
+class Pool:
+    """The endpoints one request may go to: one track's, or all of them (`*`)."""
 
-    name: str
+    track: str
+    endpoints: tuple[Endpoint, ...]
     balancer: Balancer
-    ready: set[str] = field(default_factory=set)
+    breaker: CircuitBreaker
+
+
+class Upstream:
+    """One upstream service with its live policy state."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: UpstreamSpec,
+        *,
+        now: float,
+        rng: random.Random | None = None,
+        on_breaker: Transition | None = None,
+        on_outlier: Callable[[str, OutlierEvent], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.endpoints = tuple(
+            Endpoint(e.url, track=e.track, weight=e.weight, added_at=now) for e in spec.endpoints
+        )
+        self.by_url = {e.url: e for e in self.endpoints}
+        self.health = HealthTracker(spec.health, self.endpoints)
+        self.outlier = OutlierDetector(
+            spec.outlier,
+            self.endpoints,
+            None if on_outlier is None else (lambda event: on_outlier(name, event)),
+        )
+        self.breakers = {
+            e: CircuitBreaker(f"{name}/{e.url}", spec.breaker, on_transition=on_breaker)
+            for e in self.endpoints
+        }
+        tracks = sorted({e.track for e in self.endpoints})
+        self.pools: dict[str, Pool] = {}
+        for track in [*tracks, ALL_TRACKS]:
+            members = tuple(e for e in self.endpoints if track in (ALL_TRACKS, e.track))
+            self.pools[track] = Pool(
+                track,
+                members,
+                make_balancer(spec.balancer, members, rng),
+                CircuitBreaker(f"{name}/track:{track}", spec.track_breaker, on_breaker),
+            )
+        self.bulkhead = Bulkhead(spec.max_concurrent)
+        self.budget = RetryBudget(
+            spec.retry.budget_percent, spec.retry.budget_min_retry_concurrency
+        )
 
     @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self.balancer.endpoints
+    def tracks(self) -> set[str]:
+        return {track for track in self.pools if track != ALL_TRACKS}
 
-    @classmethod
-    def round_robin(cls, name: str, endpoints: Sequence[str]) -> Upstream:
-        return cls(name=name, balancer=RoundRobin(endpoints))
+    def admits(self, endpoint: Endpoint, now: float) -> bool:
+        """Its circuit is closed, half-open, or open with the wait over (a trial is due)."""
+        return self.breakers[endpoint].retry_after_s(now) <= 0
+
+    def usable(self, endpoint: Endpoint, now: float) -> bool:
+        """Healthy, not ejected and its circuit admitting calls."""
+        return (
+            self.health.is_healthy(endpoint)
+            and not self.outlier.is_ejected(endpoint, now)
+            and self.admits(endpoint, now)
+        )
+
+    def track_usable(self, track: str, now: float) -> bool:
+        pool = self.pools.get(track)
+        return pool is not None and any(self.usable(e, now) for e in pool.endpoints)
+
+    def pick(
+        self, pool: Pool, key: bytes | None, now: float, tried: list[Endpoint]
+    ) -> Endpoint | None:
+        """An endpoint for the next attempt, never one already tried.
+
+        When no endpoint is healthy and un-ejected, the gateway routes to any endpoint
+        whose circuit lets it through (Envoy's panic routing): better a request on a
+        doubtful endpoint than a certain 503.
+        """
+
+        def available(endpoint: Endpoint) -> bool:
+            return endpoint not in tried and self.usable(endpoint, now)
+
+        chosen = pool.balancer.pick(available, key, now)
+        if chosen is None and not tried:
+
+            def admits(endpoint: Endpoint) -> bool:
+                return self.admits(endpoint, now)
+
+            chosen = pool.balancer.pick(admits, key, now)
+        return chosen
+
+    def snapshot(self, now: float) -> dict[str, object]:
+        """The live state for the admin API."""
+        return {
+            "balancer": self.spec.balancer.policy,
+            "active": self.bulkhead.active,
+            "max_concurrent": self.spec.max_concurrent,
+            "retry_budget": {
+                "active_requests": self.budget.active_requests,
+                "active_retries": self.budget.active_retries,
+                "rejected": self.budget.rejected,
+            },
+            "tracks": {
+                track: {"breaker": pool.breaker.snapshot(now), "endpoints": len(pool.endpoints)}
+                for track, pool in self.pools.items()
+            },
+            "endpoints": [
+                {
+                    "url": e.url,
+                    "track": e.track,
+                    "weight": e.weight,
+                    "active": e.active,
+                    "usable": self.usable(e, now),
+                    "health": self.health.snapshot(e),
+                    "outlier": self.outlier.snapshot(e, now),
+                    "breaker": self.breakers[e].snapshot(now),
+                }
+                for e in self.endpoints
+            ],
+        }
 
 
-def build_upstreams(config: Mapping[str, Sequence[str]]) -> dict[str, Upstream]:
-    """One round-robin upstream per configured name."""
-    return {name: Upstream.round_robin(name, urls) for name, urls in config.items()}
+STATE_VALUE: Mapping[BreakerState, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import random
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -75,13 +77,18 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._stopped = False
+        # Listener options a service may set before start(): TLS, SO_REUSEPORT (several
+        # processes sharing one port) and aiohttp request-parser limits.
+        self.ssl_context: ssl.SSLContext | None = None
+        self.reuse_port = False
+        self.server_options: dict[str, Any] = {}
         self.app = web.Application(
             client_max_size=MAX_BODY_BYTES,
             middlewares=[self._trace_mw, self._metrics_mw, self._problem_mw, self._deadline_mw,
                          self._fault_mw],
         )  # fmt: skip
         self.app.router.add_get("/healthz", self._healthz)
-        self.app.router.add_get("/readyz", self._readyz)
+        self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self._metrics)
 
     # -- registration -------------------------------------------------------------
@@ -98,15 +105,15 @@ class Service:
         """Runs after the listener stopped and in-flight requests finished."""
         self._shutdown.append(hook)
 
-    def http_client(self, upstream: str) -> HttpClient:
+    def http_client(self, upstream: str, *, traced: bool = True) -> HttpClient:
         """A client for one named upstream sharing this process's connection pool.
 
         Safe to call before the loop runs: the pool is opened at startup (or on first use)
-        and closed at shutdown.
+        and closed at shutdown. `traced=False` suits background polling, whose spans
+        would only flood the trace store.
         """
-        return HttpClient(
-            self._client_session, upstream, self.tracer, self.metrics.http_client_duration
-        )
+        tracer = self.tracer if traced else trace.NoOpTracer()
+        return HttpClient(self._client_session, upstream, tracer, self.metrics.http_client_duration)
 
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -229,7 +236,7 @@ class Service:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "instance": self.settings.instance})
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: web.Request) -> web.Response:
         names = list(self._checks)
 
         async def run(check: Check) -> bool:
@@ -267,9 +274,18 @@ class Service:
         self._client_session()
         for hook in self._startup:
             await hook()
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **self.server_options
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            self.settings.host,
+            self.settings.port,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+            ssl_context=self.ssl_context,
+        )
         await site.start()
         self.log.info(
             "listening on %s:%d", self.settings.host, self.settings.port,

@@ -15,11 +15,11 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from yardarm_kit import Service
+from yardarm_kit.datastore_client import DatastoreClient
 from yardarm_kit.messaging import PullConsumer, connect, ensure_streams
 from yardarm_kit.outbox import OutboxRelay
 from yardarm_kit.postgres import create_pool, migrate
 
-from yardarm_orders.datastore_client import DatastoreClient
 from yardarm_orders.orders_api import OrdersApi
 from yardarm_orders.outbox import forget_cards
 from yardarm_orders.saga.metrics import SagaMetrics

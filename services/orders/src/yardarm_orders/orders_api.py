@@ -13,11 +13,11 @@ from aiohttp import web
 from opentelemetry import trace
 from pydantic import ValidationError
 from yardarm_kit import Problem, parse_json
+from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable
 from yardarm_kit.messaging import current_traceparent
 from yardarm_kit.telemetry import current_trace_ids
 
 from yardarm_orders import order_store
-from yardarm_orders.datastore_client import DatastoreClient, DatastoreUnavailable
 from yardarm_orders.order_store import InFlight, KeyedOrder, NewOrder, OrderView
 from yardarm_orders.payloads import OrderRequest, StockItem
 from yardarm_orders.saga.stock_steps import stock_key

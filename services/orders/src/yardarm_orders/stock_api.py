@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 from yardarm_kit import Problem
+from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable, KvRecord
 
-from yardarm_orders.datastore_client import DatastoreClient, DatastoreUnavailable, KvRecord
 from yardarm_orders.payloads import SKU_PATTERN
 from yardarm_orders.saga.stock_steps import stock_key
 

@@ -16,8 +16,8 @@ from uuid import UUID
 
 import asyncpg
 from pydantic import ValidationError
+from yardarm_kit.datastore_client import DatastoreClient, KvRecord
 
-from yardarm_orders.datastore_client import DatastoreClient, KvRecord
 from yardarm_orders.payloads import StockItem
 from yardarm_orders.saga import store
 from yardarm_orders.saga.store import Reservation

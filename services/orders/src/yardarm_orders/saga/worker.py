@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import asyncpg
 from opentelemetry import trace
+from yardarm_kit.datastore_client import DatastoreUnavailable
 from yardarm_kit.lifecycle import finish_task
 
-from yardarm_orders.datastore_client import DatastoreUnavailable
 from yardarm_orders.saga import store
 from yardarm_orders.saga.definition import LOCAL_STATES, SagaState, Trigger, decide
 from yardarm_orders.saga.metrics import SagaMetrics

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from yardarm_kit import HttpClient
-from yardarm_kit.httpclient import UpstreamError
+from yardarm_kit.httpclient import HttpClient, UpstreamError
 
 MAX_LIST_PAGES = 1000
 

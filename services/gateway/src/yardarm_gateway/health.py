@@ -1,0 +1,146 @@
+"""Active health checks: probe every endpoint on a schedule, with thresholds.
+
+An endpoint turns unhealthy after `unhealthy_threshold` failed probes in a row and
+healthy again after `healthy_threshold` good ones, as in Envoy, so one slow probe
+does not flap it. At start every endpoint is probed once before the gateway opens its
+listener; an endpoint that passes that first probe is healthy at once. Probes use a
+plain, untraced session so health polling does not flood the trace store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from yardarm_gateway.endpoints import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+class HealthConfig(BaseModel):
+    """Envoy's health check knobs; a probe passes on HTTP 200 within `timeout_s`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    path: str = Field(default="/readyz", pattern=r"^/")
+    interval_s: float = Field(default=1.0, gt=0, le=300)
+    timeout_s: float = Field(default=0.5, gt=0, le=60)
+    healthy_threshold: int = Field(default=2, ge=1, le=100)
+    unhealthy_threshold: int = Field(default=2, ge=1, le=100)
+
+
+Change = Callable[[Endpoint, bool], None]
+
+
+class HealthTracker:
+    """The health verdict per endpoint, from the stream of probe results."""
+
+    def __init__(self, config: HealthConfig, endpoints: Sequence[Endpoint]) -> None:
+        self.config = config
+        # Healthy until probed: the first probe round runs before the listener opens.
+        self._healthy = dict.fromkeys(endpoints, True)
+        self._streak = dict.fromkeys(endpoints, 0)  # >0 successes in a row, <0 failures
+        self._probed: set[Endpoint] = set()
+
+    def is_healthy(self, endpoint: Endpoint) -> bool:
+        return not self.config.enabled or self._healthy[endpoint]
+
+    def record(self, endpoint: Endpoint, ok: bool) -> bool:
+        """Apply one probe result; True when the verdict changed."""
+        first = endpoint not in self._probed
+        self._probed.add(endpoint)
+        streak = self._streak[endpoint]
+        streak = (max(streak, 0) + 1) if ok else (min(streak, 0) - 1)
+        self._streak[endpoint] = streak
+        was = self._healthy[endpoint]
+        if first:
+            now = ok  # the first probe decides: do not route to what never answered
+        elif was:
+            now = -streak < self.config.unhealthy_threshold
+        else:
+            now = streak >= self.config.healthy_threshold
+        self._healthy[endpoint] = now
+        return now != was
+
+    def snapshot(self, endpoint: Endpoint) -> dict[str, object]:
+        return {"healthy": self.is_healthy(endpoint), "streak": self._streak[endpoint]}
+
+
+class HealthChecker:
+    """Runs the probe loop of one upstream's endpoints."""
+
+    def __init__(
+        self,
+        name: str,
+        tracker: HealthTracker,
+        endpoints: Iterable[Endpoint],
+        on_change: Change | None = None,
+    ) -> None:
+        self.name = name
+        self.tracker = tracker
+        self._endpoints = tuple(endpoints)
+        self._on_change = on_change
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> HealthConfig:
+        return self.tracker.config
+
+    async def start(self) -> None:
+        """Probe once (bounded by the probe timeout), then keep probing in the background."""
+        if not self.config.enabled:
+            return
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            connector=aiohttp.TCPConnector(force_close=True),
+        )
+        await self.probe_once()
+        self._task = asyncio.create_task(self._loop(), name=f"health-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def probe_once(self) -> None:
+        results = await asyncio.gather(*(self._probe(e) for e in self._endpoints))
+        for endpoint, ok in zip(self._endpoints, results, strict=True):
+            if self.tracker.record(endpoint, ok):
+                healthy = self.tracker.is_healthy(endpoint)
+                (log.info if healthy else log.warning)(
+                    "endpoint %s", "healthy" if healthy else "unhealthy",
+                    extra={"upstream": self.name, "endpoint": endpoint.url,
+                           "track": endpoint.track, "event": "health_change"},
+                )  # fmt: skip
+                if self._on_change is not None:
+                    self._on_change(endpoint, healthy)
+
+    async def _probe(self, endpoint: Endpoint) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                endpoint.url + self.config.path, allow_redirects=False
+            ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return False
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval_s)
+            try:
+                await self.probe_once()
+            except Exception:  # a bug in one round must not end probing for good
+                log.exception("health check round failed", extra={"upstream": self.name})

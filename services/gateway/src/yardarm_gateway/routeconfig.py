@@ -1,0 +1,189 @@
+"""The routing document: routes, track weights and manual ejections, kept in the datastore.
+
+Every gateway replica polls one key (`config/gateway/routing` by default) every
+`config_poll_s` and applies a new version as soon as it sees it, so a change made
+through any replica's admin API reaches all of them within a second, and survives
+restarts. Writes are compare-and-set on the key's version: two admins never
+overwrite each other's change unseen. Without a datastore the document lives only in
+the process (tests, a lone gateway).
+
+A document that fails validation (for instance written by hand through /api/kv) is
+refused and counted; the gateway keeps routing with the last good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable
+
+from yardarm_gateway.routing import Route
+
+log = logging.getLogger(__name__)
+
+MAX_CAS_ATTEMPTS = 5
+
+
+class Ejection(BaseModel):
+    """An endpoint taken out of rotation by an operator until `until` (Unix seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    upstream: str
+    endpoint: str
+    until: float = Field(gt=0)
+    reason: str = Field(default="admin", max_length=200)
+
+
+class RoutingDoc(BaseModel):
+    """What the admin API reads and writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    routes: list[Route]
+    ejections: list[Ejection] = Field(default_factory=list)
+
+
+class RoutingConflict(Exception):
+    """The document kept changing under a compare-and-set; the caller may try again."""
+
+
+Apply = Callable[[RoutingDoc, int], None]
+Check = Callable[[RoutingDoc], None]
+
+
+def parse_doc(value: Any) -> RoutingDoc:
+    """A RoutingDoc from stored JSON; raises ValueError with the field paths."""
+    try:
+        return RoutingDoc.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class RoutingSync:
+    """Keeps the local routing in step with the datastore's document."""
+
+    def __init__(
+        self,
+        client: DatastoreClient | None,
+        key: str,
+        *,
+        poll_s: float,
+        check: Check,
+        apply: Apply,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._poll_s = poll_s
+        self._check = check
+        self._apply = apply
+        self._on_error = on_error
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._unreachable = False
+        self.version = 0
+        self.doc: RoutingDoc | None = None
+
+    @property
+    def persistent(self) -> bool:
+        return self._client is not None
+
+    async def start(self) -> None:
+        """Read the stored document once (a failure keeps the built-in routes), then poll."""
+        if self._client is None:
+            return
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="routing-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def refresh(self) -> None:
+        """Apply the stored document if its version is new."""
+        assert self._client is not None
+        try:
+            record = await self._client.get(self._key)
+        except DatastoreUnavailable as exc:
+            if not self._unreachable:  # log the outage once, count every failed poll
+                log.warning("routing document not read: %s", exc, extra={"event": "routing_error"})
+            self._unreachable = True
+            if self._on_error is not None:
+                self._on_error("unreachable")
+            return
+        if self._unreachable:
+            log.info("routing document readable again", extra={"event": "routing"})
+            self._unreachable = False
+        if record is None or record.version == self.version:
+            return
+        try:
+            doc = parse_doc(record.value)
+            self._check(doc)
+        except ValueError as exc:
+            if self.version != record.version:
+                self._error("invalid", f"routing document v{record.version} refused: {exc}")
+            self.version = record.version  # do not log the same bad version every poll
+            return
+        self._install(doc, record.version)
+
+    async def update(self, change: Callable[[RoutingDoc], RoutingDoc], base: RoutingDoc) -> int:
+        """Apply `change` to the current document and store it; returns the new version.
+
+        `base` is the document in force when nothing is stored yet (the built-in
+        routes). Raises ValueError when the changed document is invalid,
+        RoutingConflict after repeated concurrent changes, DatastoreUnavailable.
+        """
+        async with self._lock:
+            if self._client is None:
+                doc = change(self.doc or base)
+                self._check(doc)
+                self._install(doc, self.version + 1)
+                return self.version
+            for _ in range(MAX_CAS_ATTEMPTS):
+                record = await self._client.get(self._key)
+                current, version = base, 0
+                if record is not None:
+                    version = record.version
+                    with contextlib.suppress(ValueError):
+                        current = parse_doc(record.value)
+                doc = change(current)
+                self._check(doc)
+                result = await self._client.put(
+                    self._key, doc.model_dump(mode="json"), if_version=version
+                )
+                if result.applied and result.version is not None:
+                    self._install(doc, result.version)
+                    return result.version
+                if not result.conflict:
+                    raise DatastoreUnavailable(f"routing write answered {result.status}")
+            raise RoutingConflict(
+                f"the routing document changed {MAX_CAS_ATTEMPTS} times during this update"
+            )
+
+    def _install(self, doc: RoutingDoc, version: int) -> None:
+        self._apply(doc, version)
+        self.doc = doc
+        self.version = version
+        log.info("routing v%d in force", version, extra={"event": "routing", "version": version})
+
+    def _error(self, kind: str, message: str) -> None:
+        log.warning(message, extra={"event": "routing_error", "kind": kind})
+        if self._on_error is not None:
+            self._on_error(kind)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                await self.refresh()
+            except Exception:  # one bad round must not end the sync for good
+                log.exception("routing refresh failed")

@@ -1,0 +1,133 @@
+"""The gateway's metrics and the log lines of its policy transitions.
+
+The label `upstream_track` is the track of the endpoint that served (the base label
+`track` is the gateway's own).
+
+Labels follow the question an operator asks: which route, which upstream, which
+track, which endpoint. Breaker and ejection transitions are logged as well as
+counted, because an operator reads those first when traffic moves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from yardarm_kit.metrics import Metrics
+
+from yardarm_gateway.breaker import BreakerState
+from yardarm_gateway.endpoints import Endpoint
+from yardarm_gateway.outlier import OutlierEvent
+
+log = logging.getLogger("yardarm_gateway.policy")
+
+BREAKER_VALUE: dict[BreakerState, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class GatewayTelemetry:
+    """Every gateway metric, created once per process."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.route_requests = metrics.counter(
+            "yardarm_gateway_route_requests_total",
+            "Requests answered per route and track, by status code.",
+            ["route", "upstream", "upstream_track", "code"],
+        )
+        self.attempts = metrics.counter(
+            "yardarm_gateway_upstream_requests_total",
+            "Attempts sent upstream, by endpoint and outcome (response, connect_error, "
+            "timeout, invalid_response).",
+            ["upstream", "upstream_track", "endpoint", "outcome"],
+        )
+        self.attempt_duration = metrics.histogram(
+            "yardarm_gateway_upstream_request_duration_seconds",
+            "Duration of each upstream attempt.",
+            ["upstream", "upstream_track"],
+        )
+        self.retries = metrics.counter(
+            "yardarm_gateway_retries_total",
+            "Retries sent, by the reason of the failed attempt.",
+            ["upstream", "reason"],
+        )
+        self.retries_refused = metrics.counter(
+            "yardarm_gateway_retries_refused_total",
+            "Retries not sent because the retry budget or the deadline forbade them.",
+            ["upstream", "why"],
+        )
+        self.rejected = metrics.counter(
+            "yardarm_gateway_rejected_requests_total",
+            "Requests refused without reaching an upstream (rate_limited, bulkhead, "
+            "circuit_open, no_endpoint, forbidden).",
+            ["route", "reason"],
+        )
+        self.breaker_state = metrics.gauge(
+            "yardarm_gateway_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["breaker"],
+        )
+        self.breaker_transitions = metrics.counter(
+            "yardarm_gateway_breaker_transitions_total",
+            "Circuit breaker transitions, by the state entered.",
+            ["breaker", "state"],
+        )
+        self.ejections = metrics.counter(
+            "yardarm_gateway_ejections_total",
+            "Outlier ejections, by reason.",
+            ["upstream", "endpoint", "reason"],
+        )
+        self.ejected = metrics.gauge(
+            "yardarm_gateway_endpoint_ejected",
+            "1 while an endpoint is ejected.",
+            ["upstream", "endpoint"],
+        )
+        self.healthy = metrics.gauge(
+            "yardarm_gateway_endpoint_healthy",
+            "1 while an endpoint passes its active health checks.",
+            ["upstream", "endpoint", "upstream_track"],
+        )
+        self.config_version = metrics.gauge(
+            "yardarm_gateway_routing_version",
+            "Datastore version of the routing document in force (0: built-in routes).",
+        )
+        self.config_errors = metrics.counter(
+            "yardarm_gateway_routing_errors_total",
+            "Routing documents refused (invalid) or not read (datastore unreachable).",
+            ["kind"],
+        )
+
+    def breaker_transition(
+        self, name: str, old: BreakerState, new: BreakerState, reason: str
+    ) -> None:
+        self.breaker_state.set(BREAKER_VALUE[new], breaker=name)
+        self.breaker_transitions.inc(breaker=name, state=new)
+        (log.warning if new == "open" else log.info)(
+            "circuit %s: %s -> %s (%s)", name, old, new, reason,
+            extra={"event": "breaker", "breaker": name, "from": old, "to": new,
+                   "reason": reason},
+        )  # fmt: skip
+
+    def outlier_event(self, upstream: str, event: OutlierEvent) -> None:
+        url = event.endpoint.url
+        if event.action == "eject":
+            self.ejections.inc(upstream=upstream, endpoint=url, reason=event.reason)
+            self.ejected.set(1, upstream=upstream, endpoint=url)
+            log.warning(
+                "ejected %s from %s (%s, ejection %d)", url, upstream, event.reason,
+                event.ejections,
+                extra={"event": "eject", "upstream": upstream, "endpoint": url,
+                       "reason": event.reason, "ejections": event.ejections},
+            )  # fmt: skip
+        else:
+            self.ejected.set(0, upstream=upstream, endpoint=url)
+            log.info(
+                "returned %s to %s (%s)", url, upstream, event.reason,
+                extra={"event": "uneject", "upstream": upstream, "endpoint": url,
+                       "reason": event.reason},
+            )  # fmt: skip
+
+    def health_change(self, upstream: str, endpoint: Endpoint, healthy: bool) -> None:
+        self.healthy.set(
+            1 if healthy else 0,
+            upstream=upstream,
+            endpoint=endpoint.url,
+            upstream_track=endpoint.track,
+        )

@@ -1,0 +1,384 @@
+"""The gateway under load with real backend processes: ejection, breakers, live weights.
+
+Backends are separate processes (tests/gateway/backend_app.py) so a SIGKILL is real;
+the gateway runs as `python -m yardarm_gateway`. Gateway retries are off in these
+tests so every failure shows in the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import free_port as unused_port
+
+StartGateway = Callable[..., Awaitable[Any]]
+
+BACKEND = Path(__file__).with_name("backend_app.py")
+TOKEN = "test-admin-token-0123456789"
+NO_RETRY = {"enabled": False}
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    async def control(self, session: aiohttp.ClientSession, **state: Any) -> dict[str, Any]:
+        async with session.post(f"{self.url}/control", json=state) as resp:
+            assert resp.status == 200
+            result: dict[str, Any] = await resp.json()
+            return result
+
+
+StartBackends = Callable[..., Awaitable[list[Backend]]]
+
+
+def spawn(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture
+async def backends(tmp_path: Path) -> AsyncIterator[StartBackends]:
+    started: list[Backend] = []
+
+    async def start(*names: str) -> list[Backend]:
+        batch = []
+        for name in names:
+            port = unused_port()
+            process = spawn(
+                [sys.executable, str(BACKEND), str(port), name], tmp_path / f"{name}.log"
+            )
+            backend = Backend(name, f"http://127.0.0.1:{port}", process)
+            started.append(backend)
+            batch.append(backend)
+        async with aiohttp.ClientSession() as session:
+            for backend in batch:
+                for _ in range(200):
+                    try:
+                        async with session.get(f"{backend.url}/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.05)
+                else:
+                    raise TimeoutError(f"backend {backend.name} did not start")
+        return batch
+
+    yield start
+    for backend in started:
+        if backend.process.poll() is None:
+            backend.process.kill()
+        backend.process.wait(10)
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The gateway's metrics as {'name{labels}': value}."""
+    async with session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
+    total = 0.0
+    for key, value in samples.items():
+        if not key.startswith(name + "{"):
+            continue
+        if all(re.search(rf'{k}="{re.escape(v)}"', key) for k, v in labels.items()):
+            total += value
+    return total
+
+
+async def closed_loop(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    concurrency: int,
+    stop: asyncio.Event,
+    max_requests: int,
+    statuses: Counter[int],
+    timeline: list[tuple[float, int]] | None = None,
+) -> None:
+    """Bounded closed-loop load: `concurrency` workers until `stop` or `max_requests`."""
+    sent = 0
+
+    async def worker() -> None:
+        nonlocal sent
+        while not stop.is_set() and sent < max_requests:
+            sent += 1
+            try:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    status = resp.status
+            except aiohttp.ClientError:
+                status = 0
+            statuses[status] += 1
+            if timeline is not None:
+                timeline.append((time.monotonic(), status))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def test_a_killed_backend_stops_receiving_requests_within_the_detection_threshold(
+    start_gateway: StartGateway, backends: StartBackends, client: aiohttp.ClientSession
+) -> None:
+    a, b, c = await backends("a", "b", "c")
+    consecutive = 5
+    upstream = {
+        "endpoints": [a.url, b.url, c.url],
+        "retry": NO_RETRY,
+        "outlier": {"consecutive_gateway_failure": consecutive, "consecutive_5xx": consecutive},
+        "health": {"interval_s": 1.0, "unhealthy_threshold": 2},
+    }
+    gw = await start_gateway(
+        [{"prefix": "/", "upstream": "svc"}], {"svc": upstream}, strip_prefix=""
+    )
+    stop = asyncio.Event()
+    statuses: Counter[int] = Counter()
+    timeline: list[tuple[float, int]] = []
+    load = asyncio.create_task(
+        closed_loop(
+            client,
+            f"{gw.url}/work",
+            concurrency=8,
+            stop=stop,
+            max_requests=20_000,
+            statuses=statuses,
+            timeline=timeline,
+        )
+    )
+    try:
+        await asyncio.sleep(1.0)
+        before = await scrape(client, gw.url)
+        killed_at = time.monotonic()
+        c.process.send_signal(signal.SIGKILL)
+        c.process.wait(10)
+        await asyncio.sleep(3.0)  # > one health interval times the unhealthy threshold
+    finally:
+        stop.set()
+        await load
+    after = await scrape(client, gw.url)
+    sent_after_kill = metric_sum(
+        after, "yardarm_gateway_upstream_requests_total", endpoint=c.url, outcome="connect_error"
+    ) - metric_sum(
+        before, "yardarm_gateway_upstream_requests_total", endpoint=c.url, outcome="connect_error"
+    )
+    # Requests that reached c after the kill: at most the ejection threshold, plus the
+    # ones the 8 workers had already sent its way when the threshold was crossed.
+    assert 1 <= sent_after_kill <= consecutive + 8, sent_after_kill
+    failures_after = [t for t, status in timeline if t > killed_at and status != 200]
+    assert len(failures_after) <= consecutive + 8 + 8  # the in-flight ones at kill time too
+    last_second = [status for t, status in timeline if t > killed_at + 2.0]
+    assert last_second and all(status == 200 for status in last_second)
+    assert statuses[200] > 0
+    ejected = metric_sum(after, "yardarm_gateway_ejections_total", endpoint=c.url)
+    unhealthy = metric_sum(after, "yardarm_gateway_endpoint_healthy", endpoint=c.url) == 0
+    assert ejected >= 1 or unhealthy
+
+
+async def test_a_slow_backend_opens_its_circuit_then_half_open_probes_close_it(
+    start_gateway: StartGateway, backends: StartBackends, client: aiohttp.ClientSession
+) -> None:
+    (slow,) = await backends("slow")
+    breaker = {
+        "window_type": "count",
+        "window_size": 10,
+        "minimum_calls": 5,
+        "slow_call_duration_s": 0.2,
+        "slow_call_rate_threshold": 50,
+        "wait_in_open_s": 1.0,
+        "permitted_calls_in_half_open": 2,
+    }
+    upstream = {
+        "endpoints": [slow.url],
+        "retry": NO_RETRY,
+        "outlier": {"enabled": False},
+        "breaker": breaker,
+        "track_breaker": breaker,
+    }
+    gw = await start_gateway(
+        [{"prefix": "/", "upstream": "svc"}],
+        {"svc": upstream},
+        strip_prefix="",
+        admin=True,
+        admin_token=TOKEN,
+    )
+    await slow.control(client, latency_ms=400)
+    for _ in range(5):
+        async with client.get(f"{gw.url}/work") as resp:
+            assert resp.status == 200  # slow, but answered
+    started = time.monotonic()
+    async with client.get(f"{gw.url}/work") as resp:
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert body["title"] == "circuit open"
+        assert int(resp.headers["Retry-After"]) >= 1
+    assert time.monotonic() - started < 0.2  # failed fast, without waiting for the backend
+    await slow.control(client, latency_ms=0)
+    deadline = time.monotonic() + 10 * breaker["wait_in_open_s"]
+    status = 503
+    while time.monotonic() < deadline:
+        async with client.get(f"{gw.url}/work") as resp:
+            status = resp.status
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200
+    for _ in range(5):  # closed again: every request passes
+        async with client.get(f"{gw.url}/work") as resp:
+            assert resp.status == 200
+    samples = await scrape(client, gw.url)
+    for state in ("open", "half_open", "closed"):
+        assert metric_sum(samples, "yardarm_gateway_breaker_transitions_total", state=state) >= 1
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with client.get(f"{gw.admin_url}/admin/upstreams", headers=headers) as resp:
+        view = await resp.json()
+    assert view["svc"]["endpoints"][0]["breaker"]["state"] == "closed"
+
+
+@pytest.fixture
+async def datastore_url(tmp_path: Path) -> AsyncIterator[str]:
+    port = unused_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YARDARM_", "OTEL_"))}
+    env.update(
+        {
+            "YARDARM_DATASTORE_PORT": str(port),
+            "YARDARM_DATASTORE_INSTANCE": "datastore-0",
+            "YARDARM_DATASTORE_STATE_DIR": str(tmp_path / "ds-state"),
+            "YARDARM_DATASTORE_DATA_DIR": str(tmp_path / "ds-data"),
+        }
+    )
+    process = spawn([sys.executable, "-m", "yardarm_datastore"], tmp_path / "datastore.log", env)
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(f"{url}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        else:
+            raise TimeoutError((tmp_path / "datastore.log").read_text())
+    yield url
+    process.send_signal(signal.SIGTERM)
+    process.wait(20)
+
+
+async def shares(client: aiohttp.ClientSession, url: str, n: int) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        async with client.get(f"{url}/api/work") as resp:
+            assert resp.status == 200
+            seen[(await resp.json())["backend"]] += 1
+    return seen
+
+
+async def test_weights_changed_through_one_replica_reach_every_replica_and_survive_restart(
+    start_gateway: StartGateway,
+    backends: StartBackends,
+    client: aiohttp.ClientSession,
+    datastore_url: str,
+) -> None:
+    stable, canary = await backends("stable", "canary")
+    upstreams = {
+        "svc": {
+            "endpoints": [{"url": stable.url}, {"url": canary.url, "track": "canary"}],
+            "retry": NO_RETRY,
+        }
+    }
+    routes = [{"prefix": "/api/work", "upstream": "svc", "split": {"stable": 100, "canary": 0}}]
+    common = {
+        "admin": True,
+        "admin_token": TOKEN,
+        "datastore_urls": [datastore_url],
+        "config_poll_s": 0.25,
+    }
+    gw_a = await start_gateway(routes, upstreams, **common)
+    gw_b = await start_gateway(routes, upstreams, **common)
+    assert (await shares(client, gw_a.url, 20)) == Counter({"stable": 20})
+    assert (await shares(client, gw_b.url, 20)) == Counter({"stable": 20})
+
+    await stable.control(client, latency_ms=1500)  # a request in flight across the change
+    in_flight = asyncio.create_task(client.get(f"{gw_b.url}/api/work"))
+    await asyncio.sleep(0.3)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    changed_at = time.monotonic()
+    async with client.put(
+        f"{gw_a.admin_url}/admin/routes/api-work/split",
+        json={"weights": {"stable": 50, "canary": 50}},
+        headers=headers,
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["version"] >= 1
+    response = await in_flight
+    assert response.status == 200  # the change did not drop it
+    response.release()
+    await stable.control(client, latency_ms=0)
+
+    # Replica B never received the admin call: it must pick the change up by itself.
+    applied_after = None
+    while time.monotonic() - changed_at < 20 * 0.25 * 4:
+        seen = await shares(client, gw_b.url, 10)
+        if seen["canary"]:
+            applied_after = time.monotonic() - changed_at
+            break
+    assert applied_after is not None
+    seen = await shares(client, gw_b.url, 200)
+    assert seen == Counter({"stable": 100, "canary": 100})  # smooth WRR: exact over 200
+    seen = await shares(client, gw_a.url, 200)
+    assert seen == Counter({"stable": 100, "canary": 100})
+
+    # A restarted replica starts from the stored routing, not from its built-in routes.
+    gw_c = await start_gateway(routes, upstreams, **common)
+    assert (await shares(client, gw_c.url, 100)) == Counter({"stable": 50, "canary": 50})
+
+    # Invalid admin payloads are precise 4xx and change nothing.
+    for body, status in [
+        ({"weights": {"stable": -1}}, 422),
+        ({"weights": {"blue": 10}}, 422),
+        ({"weights": {"stable": 0, "canary": 0}}, 422),
+        ({"weigths": {"stable": 1}}, 422),
+    ]:
+        async with client.put(
+            f"{gw_a.admin_url}/admin/routes/api-work/split", json=body, headers=headers
+        ) as resp:
+            assert resp.status == status, (body, await resp.text())
+            assert resp.content_type == "application/problem+json"
+    async with client.put(
+        f"{gw_a.admin_url}/admin/routes/nope/split",
+        json={"weights": {"stable": 1}},
+        headers=headers,
+    ) as resp:
+        assert resp.status == 404
+    async with client.get(f"{gw_a.admin_url}/admin/routes") as resp:
+        assert resp.status == 401
+    async with client.get(f"{gw_a.admin_url}/admin/routes", headers=headers) as resp:
+        doc = await resp.json()
+    assert doc["routes"][0]["split"] == {"stable": 50, "canary": 50}
+    assert json.dumps(doc)  # JSON-ready
