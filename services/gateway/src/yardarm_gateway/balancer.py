@@ -375,7 +375,7 @@ class _PowerOfChoices(ABC):
                     held_back = endpoint
                 continue
             cost = self._cost(index, endpoint, now)
-            if best is None or cost > best_cost:
+            if best is None or cost < best_cost:
                 best, best_cost = endpoint, cost
             found += 1
             if found == self._choices:

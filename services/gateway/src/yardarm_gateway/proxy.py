@@ -298,8 +298,12 @@ class Proxy:
             request.headers, client_ip=request.remote, scheme=request.scheme, host=request.host
         )
         idempotent = is_retryable_request(request.method, request.headers)
-        key = request_hash_key(
-            upstream.spec.balancer, request.headers, request.cookies, request.remote
+        key = (
+            request_hash_key(
+                upstream.spec.balancer, request.headers, request.cookies, request.remote
+            )
+            if upstream.spec.balancer.policy == "consistent_hash"
+            else None
         )
         tried: list[Endpoint] = []
         last: Attempt | None = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from openfeature import api
 from openfeature.client import OpenFeatureClient
@@ -20,10 +22,20 @@ from yardarm_kit.settings import ServiceSettings
 log = logging.getLogger("yardarm.flags")
 
 
+CACHE_TTL_S = 0.5
+
+
 class Flags:
-    """Typed flag lookups evaluated with this instance's identity as context."""
+    """Typed flag lookups evaluated with this instance's identity as context.
+
+    The context is the same for every evaluation in a process, so a value is cached
+    for CACHE_TTL_S: middleware asks on every request, and one OpenFeature evaluation
+    costs tens of microseconds. The flag file is re-read by the provider within
+    seconds anyway, so the cache adds at most half a second to a change.
+    """
 
     def __init__(self, settings: ServiceSettings) -> None:
+        self._cache: dict[tuple[str, str, Any], tuple[float, Any]] = {}
         self._client: OpenFeatureClient | None = None
         self._provider: FeatureProvider | None = None
         self._context = EvaluationContext(
@@ -67,22 +79,47 @@ class Flags:
             self._provider = None
         self._client = None
 
+    def _cached(self, kind: str, key: str, default: Any, evaluate: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        entry = self._cache.get((kind, key, default))
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        value = evaluate()
+        self._cache[(kind, key, default)] = (now + CACHE_TTL_S, value)
+        return value
+
     def bool(self, key: str, default: bool) -> bool:
-        if self._client is None:
+        client = self._client
+        if client is None:
             return default
-        return self._client.get_boolean_value(key, default, self._context)
+        return bool(
+            self._cached("bool", key, default,
+                         lambda: client.get_boolean_value(key, default, self._context))
+        )  # fmt: skip
 
     def float(self, key: str, default: float) -> float:
-        if self._client is None:
+        client = self._client
+        if client is None:
             return default
-        return float(self._client.get_float_value(key, default, self._context))
+        return float(
+            self._cached("float", key, default,
+                         lambda: client.get_float_value(key, default, self._context))
+        )  # fmt: skip
 
     def int(self, key: str, default: int) -> int:
-        if self._client is None:
+        client = self._client
+        if client is None:
             return default
-        return self._client.get_integer_value(key, default, self._context)
+        return int(
+            self._cached("int", key, default,
+                         lambda: client.get_integer_value(key, default, self._context))
+        )  # fmt: skip
 
     def str(self, key: str, default: str) -> str:
-        if self._client is None:
+        client = self._client
+        if client is None:
             return default
-        return self._client.get_string_value(key, default, self._context)
+        return str(
+            self._cached("str", key, default,
+                         lambda: client.get_string_value(key, default, self._context))
+        )  # fmt: skip

@@ -7,6 +7,7 @@ joins; histograms attach the current trace id as an exemplar.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -24,45 +25,51 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-class LabeledCounter:
+class _Labeled:
+    """Base labels filled in, and labelled children cached by label values:
+    prometheus_client's `labels()` validates and hashes on every call, which shows on
+    hot paths."""
+
+    def __init__(self, metric: Any, base: dict[str, str]) -> None:
+        self._metric = metric
+        self._base = base
+        self._children: dict[tuple[tuple[str, str], ...], Any] = {}
+
+    def _child(self, labels: dict[str, str]) -> Any:
+        key = tuple(labels.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._metric.labels(**self._base, **labels)
+        return child
+
+
+class LabeledCounter(_Labeled):
     """A counter whose base labels are filled in for you."""
 
-    def __init__(self, metric: Counter, base: dict[str, str]) -> None:
-        self._metric = metric
-        self._base = base
-
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        self._metric.labels(**self._base, **labels).inc(amount)
+        self._child(labels).inc(amount)
 
 
-class LabeledGauge:
+class LabeledGauge(_Labeled):
     """A gauge whose base labels are filled in for you."""
 
-    def __init__(self, metric: Gauge, base: dict[str, str]) -> None:
-        self._metric = metric
-        self._base = base
-
     def set(self, value: float, **labels: str) -> None:
-        self._metric.labels(**self._base, **labels).set(value)
+        self._child(labels).set(value)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        self._metric.labels(**self._base, **labels).inc(amount)
+        self._child(labels).inc(amount)
 
     def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self._metric.labels(**self._base, **labels).dec(amount)
+        self._child(labels).dec(amount)
 
 
-class LabeledHistogram:
+class LabeledHistogram(_Labeled):
     """A histogram whose observations carry the current trace id as an exemplar."""
 
-    def __init__(self, metric: Histogram, base: dict[str, str]) -> None:
-        self._metric = metric
-        self._base = base
-
     def observe(self, value: float, **labels: str) -> None:
+        child = self._child(labels)
         trace_id, _ = current_trace_ids()
-        exemplar = {"trace_id": trace_id} if trace_id else None
-        self._metric.labels(**self._base, **labels).observe(value, exemplar=exemplar)
+        child.observe(value, exemplar={"trace_id": trace_id} if trace_id else None)
 
 
 class Metrics:
