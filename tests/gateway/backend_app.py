@@ -41,6 +41,7 @@ async def serve(request: web.Request) -> web.Response:
         if STATE["latency_ms"]:
             await asyncio.sleep(STATE["latency_ms"] / 1000)
         body = {
+            "items": [{"sku": "rope-10m"}],  # enough of the stock API for `yardarm load`
             "backend": NAME,
             "path": request.path_qs,
             "method": request.method,

@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port as unused_port
+from yardarm.load import LoadConfig, parse_mix, run_load
 
 StartGateway = Callable[..., Awaitable[Any]]
 
@@ -113,36 +114,6 @@ def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
-async def closed_loop(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    concurrency: int,
-    stop: asyncio.Event,
-    max_requests: int,
-    statuses: Counter[int],
-    timeline: list[tuple[float, int]] | None = None,
-) -> None:
-    """Bounded closed-loop load: `concurrency` workers until `stop` or `max_requests`."""
-    sent = 0
-
-    async def worker() -> None:
-        nonlocal sent
-        while not stop.is_set() and sent < max_requests:
-            sent += 1
-            try:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    status = resp.status
-            except aiohttp.ClientError:
-                status = 0
-            statuses[status] += 1
-            if timeline is not None:
-                timeline.append((time.monotonic(), status))
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
 async def test_a_killed_backend_stops_receiving_requests_within_the_detection_threshold(
     start_gateway: StartGateway, backends: StartBackends, client: aiohttp.ClientSession
 ) -> None:
@@ -154,50 +125,43 @@ async def test_a_killed_backend_stops_receiving_requests_within_the_detection_th
         "outlier": {"consecutive_gateway_failure": consecutive, "consecutive_5xx": consecutive},
         "health": {"interval_s": 1.0, "unhealthy_threshold": 2},
     }
-    gw = await start_gateway(
-        [{"prefix": "/", "upstream": "svc"}], {"svc": upstream}, strip_prefix=""
-    )
-    stop = asyncio.Event()
-    statuses: Counter[int] = Counter()
-    timeline: list[tuple[float, int]] = []
-    load = asyncio.create_task(
-        closed_loop(
-            client,
-            f"{gw.url}/work",
-            concurrency=8,
-            stop=stop,
-            max_requests=20_000,
-            statuses=statuses,
-            timeline=timeline,
-        )
-    )
-    try:
-        await asyncio.sleep(1.0)
-        before = await scrape(client, gw.url)
-        killed_at = time.monotonic()
-        c.process.send_signal(signal.SIGKILL)
-        c.process.wait(10)
-        await asyncio.sleep(3.0)  # > one health interval times the unhealthy threshold
-    finally:
-        stop.set()
-        await load
+    gw = await start_gateway([{"prefix": "/api/stock", "upstream": "svc"}], {"svc": upstream})
+    concurrency = 8
+    load = LoadConfig(
+        url=gw.url, concurrency=concurrency, duration_s=5.0, max_requests=50_000,
+        mix=parse_mix("stock=100"), timeout_s=5.0, seed=7,
+    )  # fmt: skip
+    during = asyncio.create_task(run_load(load))
+    await asyncio.sleep(1.5)
+    before = await scrape(client, gw.url)
+    c.process.send_signal(signal.SIGKILL)
+    c.process.wait(10)
+    summary = await during
     after = await scrape(client, gw.url)
-    sent_after_kill = metric_sum(
-        after, "yardarm_gateway_upstream_requests_total", endpoint=c.url, outcome="connect_error"
-    ) - metric_sum(
-        before, "yardarm_gateway_upstream_requests_total", endpoint=c.url, outcome="connect_error"
-    )
-    # Requests that reached c after the kill: at most the ejection threshold, plus the
-    # ones the 8 workers had already sent its way when the threshold was crossed.
-    assert 1 <= sent_after_kill <= consecutive + 8, sent_after_kill
-    failures_after = [t for t, status in timeline if t > killed_at and status != 200]
-    assert len(failures_after) <= consecutive + 8 + 8  # the in-flight ones at kill time too
-    last_second = [status for t, status in timeline if t > killed_at + 2.0]
-    assert last_second and all(status == 200 for status in last_second)
-    assert statuses[200] > 0
+
+    def connect_errors(samples: dict[str, float]) -> float:
+        return metric_sum(
+            samples, "yardarm_gateway_upstream_requests_total",
+            endpoint=c.url, outcome="connect_error",
+        )  # fmt: skip
+
+    sent_after_kill = connect_errors(after) - connect_errors(before)
+    # Requests sent to c after the kill: at most the ejection threshold, plus the ones the
+    # workers had already sent its way when the threshold was crossed.
+    assert 1 <= sent_after_kill <= consecutive + concurrency, sent_after_kill
+    failed = sum(n for code, n in summary.status_codes.items() if code != 200)
+    failed += summary.transport_errors
+    assert summary.status_codes.get(200, 0) > 0
+    assert failed <= consecutive + 2 * concurrency, summary.status_codes  # + in flight at kill
     ejected = metric_sum(after, "yardarm_gateway_ejections_total", endpoint=c.url)
     unhealthy = metric_sum(after, "yardarm_gateway_endpoint_healthy", endpoint=c.url) == 0
     assert ejected >= 1 or unhealthy
+
+    # Once detected, c gets nothing and nothing fails.
+    steady = await run_load(load.model_copy(update={"duration_s": 1.5}))
+    assert set(steady.status_codes) == {200}, steady.status_codes
+    assert steady.transport_errors == 0
+    assert connect_errors(await scrape(client, gw.url)) == connect_errors(after)
 
 
 async def test_a_slow_backend_opens_its_circuit_then_half_open_probes_close_it(
