@@ -206,3 +206,27 @@ async def test_tls_on_the_public_listener(
         with pytest.raises(aiohttp.ClientError):
             async with session.get(f"{gw.url}/api/work"):
                 pass  # plain HTTP on the TLS port is refused
+
+
+async def test_the_callers_deadline_bounds_every_attempt_and_travels_upstream(
+    start_backend: StartBackend, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    seen: list[int] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        seen.append(int(request.headers["yardarm-timeout-ms"]))
+        await asyncio.sleep(2.0)
+        return web.json_response({"backend": "slow"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    url = await start_backend(app)
+    upstreams = {"svc": {"endpoints": [url], "health": {"enabled": False}}, "kv": [url]}
+    gw = await start_gateway([{"prefix": "/api/work", "upstream": "svc"}, ROUTES[1]], upstreams)
+    started = asyncio.get_running_loop().time()
+    async with client.get(f"{gw.url}/api/work", headers={"yardarm-timeout-ms": "300"}) as resp:
+        assert resp.status == 504
+        assert resp.content_type == PROBLEM
+    elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 1.5  # the caller's 0.3 s, not the route's 15 s nor the backend's 2 s
+    assert seen and all(0 < budget <= 300 for budget in seen)  # every try got the remainder

@@ -222,6 +222,12 @@ async def test_a_slow_backend_opens_its_circuit_then_half_open_probes_close_it(
     async with client.get(f"{gw.admin_url}/admin/upstreams", headers=headers) as resp:
         view = await resp.json()
     assert view["svc"]["endpoints"][0]["breaker"]["state"] == "closed"
+    transitions = [
+        json.loads(line)
+        for line in gw.log().splitlines()
+        if line.startswith("{") and '"event": "breaker"' in line
+    ]
+    assert {t["to"] for t in transitions} >= {"open", "half_open", "closed"}
 
 
 @pytest.fixture
