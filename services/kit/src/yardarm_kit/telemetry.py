@@ -2,50 +2,32 @@
 
 Each process appends to `<state>/telemetry/<instance>.jsonl`: one
 `ExportTraceServiceRequest` per line, ids in lowercase hex as the OTLP/JSON spec says
-(protobuf's JSON writes bytes as base64). `yardarm trace` reads these files, so the local
-target needs no collector. OTLP/HTTP export is added when the standard
+(written by `yardarm_kit.otlp_json`, without protobuf). `yardarm trace` reads these
+files, so the local target needs no collector. OTLP/HTTP export is added when the standard
 `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from yardarm_kit.otlp_json import encode_spans_json
 from yardarm_kit.settings import ServiceSettings
 
 ROTATE_BYTES = 20 * 1024 * 1024
 KEEP_ROTATED = 3
-_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
-
-
-def _hex_ids(node: Any) -> Any:
-    """Rewrite base64 trace/span ids to hex throughout an OTLP/JSON document."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _ID_FIELDS and isinstance(value, str) and value:
-                node[key] = base64.b64decode(value).hex()
-            else:
-                _hex_ids(value)
-    elif isinstance(node, list):
-        for item in node:
-            _hex_ids(item)
-    return node
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -58,7 +40,7 @@ class JsonLinesSpanExporter(SpanExporter):
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        document = _hex_ids(MessageToDict(encode_spans(spans)))
+        document = encode_spans_json(spans)
         line = json.dumps(document, separators=(",", ":")) + "\n"
         with self._lock:
             try:
