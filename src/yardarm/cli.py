@@ -17,6 +17,14 @@ from rich.table import Table
 
 from yardarm import tracing_view
 from yardarm.catalog import seed_catalog
+from yardarm.load import (
+    LoadOptionError,
+    LoadSetupError,
+    NoTargetError,
+    build_config,
+    run_load_sync,
+)
+from yardarm.load.report import LiveLine, render_summary
 from yardarm.local import control
 from yardarm.topology import Topology, TopologyError, load_topology, urls, validate_file
 
@@ -303,6 +311,113 @@ def validate(
             err.print(f"[red]{config}:[/] {message}")
         raise typer.Exit(code=1)
     console.print(f"[green]{config} is valid[/]")
+
+
+@app.command()
+def load(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Base URL to load (default: the running local stack's gateway). Must be "
+            "loopback (127.0.0.0/8, ::1, localhost) unless --allow-remote.",
+        ),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            help="Open loop: requests per second on a fixed schedule, whatever the answers; "
+            "latency counts from each scheduled start.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            help="Closed loop (the default, 8): workers that each send when the last answered.",
+        ),
+    ] = None,
+    connections: Annotated[
+        int | None,
+        typer.Option("--connections", help="Open loop: connections and senders (default 64)."),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-in-flight",
+            help="Open loop: requests waiting for a connection or answer (default 1000); "
+            "slots beyond it are dropped and counted.",
+        ),
+    ] = None,
+    duration: Annotated[
+        str, typer.Option("--duration", help="Stop sending after: 30s, 500ms, 2m, 1m30s.")
+    ] = "30s",
+    max_requests: Annotated[
+        int, typer.Option("--max-requests", help="Stop sending after this many requests.")
+    ] = 1_000_000,
+    mix: Annotated[
+        str,
+        typer.Option(
+            "--mix",
+            help="Weights: orders places an order, reads reads back one placed in this run, "
+            "stock reads one SKU's stock.",
+        ),
+    ] = "orders=20,reads=70,stock=10",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only the summary, as one JSON document.")
+    ] = False,
+    timeout: Annotated[str, typer.Option("--timeout", help="Per-request timeout.")] = "5s",
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Repeat the same sequence of requests.")
+    ] = None,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Allow a non-loopback --url. Off by default so that a typo cannot point "
+            "load at someone else's service: load stays on this machine.",
+        ),
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Send a realistic mix of orders and reads at the gateway; report latency and errors.
+
+    No retries: every failure is counted. Exits 0 whenever the load ran, failures included.
+    """
+    try:
+        config = build_config(
+            url=url,
+            default_url=lambda: control.gateway_url(_home(home)),
+            rate=rate,
+            concurrency=concurrency,
+            connections=connections,
+            max_in_flight=max_in_flight,
+            duration=duration,
+            max_requests=max_requests,
+            mix=mix,
+            timeout=timeout,
+            seed=seed,
+            allow_remote=allow_remote,
+        )
+    except NoTargetError as exc:
+        raise _fail(
+            f"{exc} ({_home(home)})", "start it with `uv run yardarm up`, or pass --url"
+        ) from exc
+    except LoadOptionError as exc:
+        raise _fail(str(exc), "see `yardarm load --help`") from exc
+    try:
+        if as_json:
+            summary = run_load_sync(config)
+        else:
+            with LiveLine(console) as line:
+                summary = run_load_sync(config, on_progress=line.update)
+    except LoadSetupError as exc:
+        raise _fail(str(exc), exc.hint) from exc
+    if as_json:
+        typer.echo(summary.to_json())
+    else:
+        console.print(render_summary(summary))
 
 
 def main() -> None:
