@@ -57,6 +57,21 @@ def spawn(
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+async def wait_ready(url: str, log: Path, within_s: float = 15.0) -> None:
+    """Until `url/readyz` answers 200; the process log in the error otherwise."""
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {within_s}s; see {log}")
+
+
 @pytest.fixture
 async def backends(tmp_path: Path) -> AsyncIterator[StartBackends]:
     started: list[Backend] = []
@@ -71,18 +86,8 @@ async def backends(tmp_path: Path) -> AsyncIterator[StartBackends]:
             backend = Backend(name, f"http://127.0.0.1:{port}", process)
             started.append(backend)
             batch.append(backend)
-        async with aiohttp.ClientSession() as session:
-            for backend in batch:
-                for _ in range(200):
-                    try:
-                        async with session.get(f"{backend.url}/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.05)
-                else:
-                    raise TimeoutError(f"backend {backend.name} did not start")
+        for backend in batch:
+            await wait_ready(backend.url, tmp_path / f"{backend.name}.log")
         return batch
 
     yield start
@@ -244,17 +249,7 @@ async def datastore_url(tmp_path: Path) -> AsyncIterator[str]:
     )
     process = spawn([sys.executable, "-m", "yardarm_datastore"], tmp_path / "datastore.log", env)
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(f"{url}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        else:
-            raise TimeoutError((tmp_path / "datastore.log").read_text())
+    await wait_ready(url, tmp_path / "datastore.log")
     yield url
     process.send_signal(signal.SIGTERM)
     process.wait(20)
