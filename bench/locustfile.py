@@ -23,9 +23,9 @@ import uuid
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import gevent  # type: ignore[import-untyped]
-from locust import HttpUser, between, events  # type: ignore[import-not-found]
-from locust.exception import StopUser  # type: ignore[import-not-found]
+import gevent
+from locust import HttpUser, between, events
+from locust.exception import StopUser
 
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000002"
