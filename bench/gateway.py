@@ -68,6 +68,17 @@ PROFILE_FILE = "gateway-profile.txt"
 
 Scaling = Literal["workers", "reuse_port"]
 
+# Other configurations of the gateway on one core, each against HAProxy on one core:
+# the HTTP client of the hot path the gateway did not choose, and the trace sampling a
+# production deployment would set (the default traces every request).
+VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("aiohttp upstream client", {"YARDARM_GATEWAY_UPSTREAM_HTTP": "aiohttp"}),
+    (
+        "1% trace sampling",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+    ),
+]
+
 
 # -- configuration of the targets -----------------------------------------------------
 
@@ -282,7 +293,13 @@ class GatewayBench:
             proc.stop()
 
     @contextmanager
-    def gateway(self, plan: CpuPlan, scaling: Scaling | None) -> Iterator[Target]:
+    def gateway(
+        self,
+        plan: CpuPlan,
+        scaling: Scaling | None,
+        raw_env: dict[str, str] | None = None,
+        variant: str = "",
+    ) -> Iterator[Target]:
         cores = plan.proxy_cores
         port = free_port()
         if cores == 1 or scaling is None:
@@ -299,6 +316,7 @@ class GatewayBench:
                 env = gateway_env(
                     port, self.backend_ports, state, f"gateway-bench-{index}", **extra
                 )
+                env.update(raw_env or {})
                 processes.append(
                     start_process(
                         f"gateway-{cores}-{index}",
@@ -313,7 +331,8 @@ class GatewayBench:
             wait_http_ok(f"http://{LOOPBACK}:{port}/readyz", processes[0], timeout_s=60)
             url = f"http://{LOOPBACK}:{port}/"
             self._check_body(url, "the gateway")
-            yield Target(f"gateway ({cores} core)", url, processes, setup)
+            label = f"gateway ({cores} core{', ' + variant if variant else ''})"
+            yield Target(label, url, processes, setup + (f", {variant}" if variant else ""))
         finally:
             for proc in processes:
                 proc.stop()
@@ -448,6 +467,7 @@ class Outcome:
     direct_at_rate: Measured
     pairs: list[Pair]
     load_avg: dict[str, list[float]]
+    variants: list[tuple[str, dict[str, str], Measured]]
 
 
 def build_rows(outcome: Outcome, options: Options, date: str) -> list[Row]:
@@ -551,6 +571,28 @@ def build_rows(outcome: Outcome, options: Options, date: str) -> list[Row]:
             with_ratio=False,
         )
 
+    one_core = outcome.pairs[0]
+    for variant, env, measured in outcome.variants:
+        params = {
+            **base,
+            **at_max_load,
+            "setup": "1 proxy core",
+            "pinning": one_core.plan.describe(),
+            "gateway": f"1 process, {variant}",
+            "gateway_env": env,
+            "default_gateway_rps": round(one_core.gateway_at_max.rps, 1),
+            "yardarm_runs": measured.details(),
+            "peer_runs": one_core.haproxy_at_max.details(),
+        }
+        add(f"throughput_rps ({variant})", measured.rps, params, one_core.haproxy_at_max.rps)
+        add(
+            f"p50_latency_ms_at_max_throughput ({variant})",
+            measured.p50_ms,
+            params,
+            one_core.haproxy_at_max.p50_ms,
+            lower_is_better=True,
+        )
+
     direct = {
         **base,
         "setup": "no proxy",
@@ -609,6 +651,7 @@ def run(options: Options, console: Console) -> list[Row]:
     if load_before[0] > 1.0:
         console.log("[yellow]the machine is busy: expect noisy numbers[/yellow]")
     steps = (len(budgets) * 2 + 1) * 2 * (options.runs + 1) + int(options.profile)
+    steps += len(VARIANTS) * (options.runs + 1)
     with (
         tempfile.TemporaryDirectory(prefix="yardarm-bench-gateway-") as tmp_name,
         ExitStack() as stack,
@@ -655,9 +698,13 @@ def run(options: Options, console: Console) -> list[Row]:
                     haproxy_at_rate,
                 )
             )
+        variants: list[tuple[str, dict[str, str], Measured]] = []
+        for variant, env in VARIANTS:
+            with bench.gateway(plan_cpus(1), scaling, env, variant) as gateway:
+                variants.append((variant, env, bench.measure(gateway, plan_cpus(1), None)))
         direct_at_max = bench.measure(direct, bench.base_plan, None)
         direct_at_rate = bench.measure(direct, bench.base_plan, rate)
         progress.advance(task)
     load_avg = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
-    outcome = Outcome(versions, rate, direct_at_max, direct_at_rate, pairs, load_avg)
+    outcome = Outcome(versions, rate, direct_at_max, direct_at_rate, pairs, load_avg, variants)
     return build_rows(outcome, options, datetime.now(UTC).isoformat(timespec="seconds"))

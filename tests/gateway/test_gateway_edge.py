@@ -143,8 +143,11 @@ async def test_bulkhead_refuses_beyond_the_concurrency_limit_with_503(
         await release.wait()
         return web.json_response({"backend": "slow"})
 
+    async def ready(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     app = web.Application()
-    app.router.add_get("/readyz", lambda _: asyncio.sleep(0, web.Response(text="ok")))
+    app.router.add_get("/readyz", ready)
     app.router.add_route("*", "/{tail:.*}", slow)
     url = await start_backend(app)
     upstreams = {"svc": {"endpoints": [url], "max_concurrent": 2}, "kv": [url]}

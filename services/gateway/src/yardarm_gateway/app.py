@@ -20,6 +20,7 @@ from yardarm_gateway.routeconfig import RoutingDoc, RoutingSync
 from yardarm_gateway.routing import RouteTable, check_routes
 from yardarm_gateway.settings import GatewaySettings
 from yardarm_gateway.telemetry import GatewayTelemetry
+from yardarm_gateway.upstream_client import UpstreamPool
 from yardarm_gateway.upstreams import Upstream
 
 SWEEP_TICK_S = 0.5
@@ -148,6 +149,8 @@ def create_gateway(settings: GatewaySettings) -> Service:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
+        if settings.upstream_http == "native":
+            proxy.pool = UpstreamPool(max_response_bytes=settings.max_response_bytes)
         for upstream in upstreams.values():
             for endpoint in upstream.endpoints:
                 telemetry.health_change(upstream.name, endpoint, True)
@@ -164,6 +167,8 @@ def create_gateway(settings: GatewaySettings) -> Service:
         await asyncio.gather(*(checker.stop() for checker in checkers))
         if proxy.session is not None:
             await proxy.session.close()
+        if proxy.pool is not None:
+            await proxy.pool.close()
 
     service.on_startup(start)
     service.on_shutdown(stop)

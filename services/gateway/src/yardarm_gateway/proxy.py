@@ -47,6 +47,12 @@ from yardarm_gateway.retry import backoff_s, is_retryable_request
 from yardarm_gateway.routing import DotSegmentError, Route, RouteTable
 from yardarm_gateway.split import TrafficSplit
 from yardarm_gateway.telemetry import GatewayTelemetry
+from yardarm_gateway.upstream_client import (
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
 from yardarm_gateway.upstreams import ALL_TRACKS, Pool, Upstream
 
 TRACK_HEADER = "x-yardarm-track"
@@ -127,7 +133,9 @@ class Proxy:
         self._rate_limit = rate_limit
         self._limiter = RateLimiter(rate_limit) if rate_limit.enabled else None
         self._rng = rng or random.Random()
+        # HTTP/1.1 upstreams go through the lean pool; https ones through aiohttp.
         self.session: aiohttp.ClientSession | None = None
+        self.pool: UpstreamPool | None = None
 
     # -- edge ---------------------------------------------------------------------
 
@@ -395,22 +403,30 @@ class Proxy:
         endpoint.active += 1
         started = time.perf_counter()
         try:
-            async with self.session.request(
-                method,
-                endpoint.url + path,
-                data=body or None,
-                headers=out,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as response:
-                result.body = await response.read()
-                result.status = response.status
-                result.headers = response.headers
-        except TimeoutError:
+            if self.pool is not None and endpoint.url.startswith("http://"):
+                answer = await self.pool.request(
+                    endpoint.url, method, path, list(out.items()), body, timeout
+                )
+                result.status = answer.status
+                result.headers = CIMultiDictProxy(CIMultiDict(answer.headers))
+                result.body = answer.body
+            else:
+                async with self.session.request(
+                    method,
+                    endpoint.url + path,
+                    data=body or None,
+                    headers=out,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    allow_redirects=False,
+                ) as response:
+                    result.body = await response.read()
+                    result.status = response.status
+                    result.headers = response.headers
+        except (TimeoutError, UpstreamTimeoutError):
             result.failure = "timeout"
-        except aiohttp.ClientConnectorError:
+        except (aiohttp.ClientConnectorError, UpstreamConnectError):
             result.failure = "connect_error"
-        except (aiohttp.ClientError, OSError, ValueError):
+        except (aiohttp.ClientError, OSError, ValueError, UpstreamProtocolError):
             result.failure = "invalid_response"
         finally:
             endpoint.active -= 1
