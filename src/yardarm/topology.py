@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from yardarm_gateway.admission import RateLimitConfig
+from yardarm_gateway.settings import UpstreamPolicy
 
 from yardarm.local import infra
 
@@ -61,9 +63,17 @@ class DatastoreSpec(ServiceSpec):
 
 class GatewaySpec(ServiceSpec):
     """Gateway replicas share the base port (SO_REUSEPORT; the kernel spreads connections);
-    replica i has its own admin port, base + 1 + i."""
+    replica i has its own admin port, base + 1 + i.
+
+    `upstreams` sets the policies of the `orders` and `datastore` upstreams (balancer,
+    health checks, outlier detection, breakers, retries, concurrency limit), with the
+    gateway's own models, so `yardarm validate` catches a bad value before `up`.
+    """
 
     replicas: int = Field(default=1, ge=1, le=MAX_GATEWAYS)
+    upstreams: dict[Literal["orders", "datastore"], UpstreamPolicy] = Field(default_factory=dict)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    route_timeout_s: float = Field(default=15.0, gt=0, le=300)
 
 
 class Services(BaseModel):
@@ -526,10 +536,16 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 NATS_URL=nats_url,
             )
         )
-    upstreams = {
+    endpoints = {
         "orders": [{"url": url, "track": svc.orders.track} for url in orders_urls],
         "datastore": [{"url": url, "track": svc.datastore.track} for url in datastore_urls],
     }
+    policies: dict[str, UpstreamPolicy] = {str(k): v for k, v in svc.gateway.upstreams.items()}
+    upstreams: dict[str, Any] = {}
+    for name, listed in endpoints.items():
+        policy = policies.get(name)
+        overrides = {} if policy is None else policy.model_dump(mode="json", exclude_unset=True)
+        upstreams[name] = {"endpoints": listed, **overrides} if overrides else listed
     for i in range(svc.gateway.replicas):
         admin = topology.gateway_admin_port(i)
         spec = service(
@@ -543,6 +559,8 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             ADMIN_PORT=str(admin),
             ADMIN_TOKEN=admin_token(home),
             REUSE_PORT="true" if svc.gateway.replicas > 1 else "false",
+            RATE_LIMIT=svc.gateway.rate_limit.model_dump_json(),
+            ROUTE_TIMEOUT_S=str(svc.gateway.route_timeout_s),
         )
         # Replicas share the public port, so each is probed on its own admin port.
         specs.append(spec.model_copy(update={"readiness_url": f"http://127.0.0.1:{admin}/readyz"}))

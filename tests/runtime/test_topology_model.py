@@ -290,3 +290,49 @@ def test_port_plan_never_overlaps_even_at_the_limits(base_port: int) -> None:
     assert {s.name: s.port for s in specs} == {
         k: v for k, v in plan.items() if k not in ("gateway-admin", "nats-monitor")
     }
+
+
+def test_gateway_policies_from_yaml_reach_the_gateway(tmp_path: Path) -> None:
+    text = (
+        "services:\n"
+        "  gateway:\n"
+        "    route_timeout_s: 5\n"
+        "    rate_limit: {enabled: true, requests_per_s: 50, burst: 100}\n"
+        "    upstreams:\n"
+        "      orders:\n"
+        "        balancer: {policy: least_request}\n"
+        "        retry: {max_retries: 1}\n"
+    )
+    topology = load_topology(write(tmp_path, text), None)
+    (gateway,) = [i for i in instances(topology, tmp_path) if i.service == "gateway"]
+    upstreams = json.loads(gateway.env["YARDARM_GATEWAY_UPSTREAMS"])
+    assert upstreams["orders"]["balancer"] == {"policy": "least_request"}
+    assert upstreams["orders"]["retry"] == {"max_retries": 1}
+    assert len(upstreams["orders"]["endpoints"]) == 2
+    assert isinstance(upstreams["datastore"], list)  # nothing set: the plain endpoint list
+    assert json.loads(gateway.env["YARDARM_GATEWAY_RATE_LIMIT"])["requests_per_s"] == 50
+    assert gateway.env["YARDARM_GATEWAY_ROUTE_TIMEOUT_S"] == "5.0"
+    # What the topology renders, the gateway accepts.
+    from yardarm_gateway.settings import GatewaySettings
+
+    settings = GatewaySettings.model_validate(
+        {
+            "port": 1,
+            "upstreams": upstreams,
+            "routes": json.loads(gateway.env["YARDARM_GATEWAY_ROUTES"]),
+        }
+    )
+    assert settings.upstreams["orders"].balancer.policy == "least_request"
+
+
+def test_invalid_gateway_policy_is_reported_with_its_place(tmp_path: Path) -> None:
+    text = (
+        "services:\n  gateway:\n    upstreams:\n      orders:\n"
+        "        balancer: {policy: fastest}\n"
+    )
+    errors = validate_file(write(tmp_path, text))
+    assert len(errors) == 1
+    assert errors[0].startswith("services.gateway.upstreams.orders.balancer.policy")
+    assert "line 5" in errors[0]
+    text = "services:\n  gateway:\n    upstreams:\n      payments: {}\n"
+    assert "payments" in validate_file(write(tmp_path, text))[0]

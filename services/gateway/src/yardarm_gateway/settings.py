@@ -55,8 +55,8 @@ class EndpointSpec(BaseModel):
         return _base_url(value)
 
 
-class UpstreamSpec(BaseModel):
-    """An upstream service: its endpoints and the policies that protect it.
+class UpstreamPolicy(BaseModel):
+    """The policies that protect one upstream (everything but its endpoints).
 
     `breaker` applies to each endpoint; `track_breaker` to each track as a whole, so a
     failing canary opens the canary's circuit and never stable's.
@@ -64,7 +64,6 @@ class UpstreamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    endpoints: list[EndpointSpec] = Field(min_length=1)
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
@@ -72,6 +71,12 @@ class UpstreamSpec(BaseModel):
     track_breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     max_concurrent: int = Field(default=1024, ge=1)
+
+
+class UpstreamSpec(UpstreamPolicy):
+    """An upstream service: its endpoints and the policies that protect it."""
+
+    endpoints: list[EndpointSpec] = Field(min_length=1)
 
     @model_validator(mode="before")
     @classmethod
