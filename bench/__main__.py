@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from bench import gateway
-from bench.common import RESULTS_DIR, BenchError, Options, Row, results_table, write_results
+from bench.options import BenchError, Options
+from bench.rows import RESULTS_DIR, Row, results_table, write_results
 
 Benchmark = Callable[[Options, Console], list[Row]]
 
