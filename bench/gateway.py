@@ -5,9 +5,6 @@ gateway and HAProxy each balance round-robin across them with the same CPU budge
 the same core placement; wrk drives each target, and the same load straight at one
 nginx port gives the ceiling. Max throughput is a closed loop; latency is then compared
 at a fixed rate, half the gateway's max, where neither proxy should be saturated.
-
-This module runs it; `gateway_config` configures the targets and `gateway_rows` turns
-what was measured into result rows.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The gateway benchmark's setup: the backends, the load, and each target's configuration.
 
-nginx serves the backends, and HAProxy and the gateway are configured from the same list
-of their ports, so both proxies always balance over the same backends.
+nginx, HAProxy and the gateway are configured here from one set of ports, so the three
+always see the same backends.
 """
 
 from __future__ import annotations
