@@ -144,13 +144,13 @@ def create_gateway(settings: GatewaySettings) -> Service:
                     due[name] = now + upstream.spec.outlier.interval_s
 
     async def start() -> None:
-        proxy.session = aiohttp.ClientSession(
+        proxy.dispatcher.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         if settings.upstream_http == "native":
-            proxy.pool = UpstreamPool(max_response_bytes=settings.max_response_bytes)
+            proxy.dispatcher.pool = UpstreamPool(max_response_bytes=settings.max_response_bytes)
         for upstream in upstreams.values():
             for endpoint in upstream.endpoints:
                 telemetry.health_change(upstream.name, endpoint, True)
@@ -165,10 +165,10 @@ def create_gateway(settings: GatewaySettings) -> Service:
                 await task
         await sync.stop()
         await asyncio.gather(*(checker.stop() for checker in checkers))
-        if proxy.session is not None:
-            await proxy.session.close()
-        if proxy.pool is not None:
-            await proxy.pool.close()
+        if proxy.dispatcher.session is not None:
+            await proxy.dispatcher.session.close()
+        if proxy.dispatcher.pool is not None:
+            await proxy.dispatcher.pool.close()
 
     service.on_startup(start)
     service.on_shutdown(stop)

@@ -27,39 +27,28 @@ import asyncio
 import hmac
 import random
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from multidict import CIMultiDict
+from opentelemetry import trace
 from yardarm_kit import ROUTE_KEY, Problem, deadline
 
 from yardarm_gateway.admission import RateLimitConfig, RateLimiter, retry_after_header
 from yardarm_gateway.balancer import request_hash_key
+from yardarm_gateway.dispatch import Attempt, Dispatcher
 from yardarm_gateway.endpoints import Endpoint
 from yardarm_gateway.forwarding import downstream_response_headers, upstream_request_headers
 from yardarm_gateway.retry import backoff_s, is_retryable_request
 from yardarm_gateway.routing import DotSegmentError, Route, RouteTable
 from yardarm_gateway.split import TrafficSplit
 from yardarm_gateway.telemetry import GatewayTelemetry
-from yardarm_gateway.upstream_client import (
-    UpstreamConnectError,
-    UpstreamPool,
-    UpstreamProtocolError,
-    UpstreamTimeoutError,
-)
 from yardarm_gateway.upstreams import ALL_TRACKS, Pool, Upstream
 
 TRACK_HEADER = "x-yardarm-track"
 TOKEN_HEADER = "x-yardarm-admin-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-Failure = Literal["connect_error", "timeout", "invalid_response"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +66,6 @@ class RoutingState:
     def build(cls, table: RouteTable, version: int) -> RoutingState:
         splits = {r.name: TrafficSplit(r.split) for r in table.routes if r.split is not None}
         return cls(table, splits, version)
-
-
-@dataclass(slots=True)
-class Attempt:
-    """The outcome of one upstream attempt: a response, or why there is none."""
-
-    endpoint: Endpoint
-    status: int | None = None
-    headers: CIMultiDictProxy[str] | None = None
-    body: bytes = b""
-    failure: Failure | None = None
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -133,9 +111,7 @@ class Proxy:
         self._rate_limit = rate_limit
         self._limiter = RateLimiter(rate_limit) if rate_limit.enabled else None
         self._rng = rng or random.Random()
-        # HTTP/1.1 upstreams go through the lean pool; https ones through aiohttp.
-        self.session: aiohttp.ClientSession | None = None
-        self.pool: UpstreamPool | None = None
+        self.dispatcher = Dispatcher(telemetry, tracer)
 
     # -- edge ---------------------------------------------------------------------
 
@@ -337,7 +313,7 @@ class Proxy:
                 timeout = remaining if per_try is None else min(per_try, remaining)
                 is_retry = retries > 0
                 try:
-                    last = await self._attempt(
+                    last = await self.dispatcher.send(
                         request.method, endpoint, path, body, headers, timeout, upstream
                     )
                 finally:
@@ -372,87 +348,6 @@ class Proxy:
         if not idempotent:
             return False
         return attempt.failure is not None or attempt.status in retry_on
-
-    async def _attempt(
-        self,
-        method: str,
-        endpoint: Endpoint,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        timeout: float,
-        upstream: Upstream,
-    ) -> Attempt:
-        """One try against one endpoint, as a CLIENT span; every outcome is recorded."""
-        assert self.session is not None
-        breaker = upstream.breakers[endpoint]
-        result = Attempt(endpoint)
-        span = self._tracer.start_span(
-            f"{method} {upstream.name}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "http.request.method": method,
-                "url.full": endpoint.url + path,
-                "yardarm.upstream": upstream.name,
-                "yardarm.track": endpoint.track,
-            },
-        )
-        out = dict(headers)
-        propagate.inject(out, context=trace.set_span_in_context(span))
-        out[deadline.TIMEOUT_HEADER] = str(max(1, int(timeout * 1000)))
-        endpoint.active += 1
-        started = time.perf_counter()
-        try:
-            if self.pool is not None and endpoint.url.startswith("http://"):
-                answer = await self.pool.request(
-                    endpoint.url, method, path, list(out.items()), body, timeout
-                )
-                result.status = answer.status
-                result.headers = CIMultiDictProxy(CIMultiDict(answer.headers))
-                result.body = answer.body
-            else:
-                async with self.session.request(
-                    method,
-                    endpoint.url + path,
-                    data=body or None,
-                    headers=out,
-                    timeout=aiohttp.ClientTimeout(total=timeout),
-                    allow_redirects=False,
-                ) as response:
-                    result.body = await response.read()
-                    result.status = response.status
-                    result.headers = response.headers
-        except (TimeoutError, UpstreamTimeoutError):
-            result.failure = "timeout"
-        except (aiohttp.ClientConnectorError, UpstreamConnectError):
-            result.failure = "connect_error"
-        except (aiohttp.ClientError, OSError, ValueError, UpstreamProtocolError):
-            result.failure = "invalid_response"
-        finally:
-            endpoint.active -= 1
-        elapsed = time.perf_counter() - started
-        now = asyncio.get_running_loop().time()
-        failed = result.failure is not None or (result.status or 0) >= 500
-        breaker.record(now, elapsed, failed)
-        upstream.outlier.record(endpoint, result.status, now)
-        if result.failure is None:
-            upstream.pools[endpoint.track].balancer.observe(endpoint, elapsed, now)
-            upstream.pools[ALL_TRACKS].balancer.observe(endpoint, elapsed, now)
-            span.set_attribute("http.response.status_code", result.status or 0)
-            if failed:
-                span.set_status(Status(StatusCode.ERROR))
-        else:
-            span.set_status(Status(StatusCode.ERROR, result.failure))
-        span.end()
-        telemetry = self._telemetry
-        telemetry.attempts.inc(
-            upstream=upstream.name, upstream_track=endpoint.track, endpoint=endpoint.url,
-            outcome=result.failure or "response",
-        )  # fmt: skip
-        telemetry.attempt_duration.observe(
-            elapsed, upstream=upstream.name, upstream_track=endpoint.track
-        )
-        return result
 
     def _respond(
         self,
