@@ -447,6 +447,18 @@ def test_an_unavailable_owner_passes_its_keys_clockwise_and_gets_them_back() -> 
     assert balancer.pick(lambda e: False, KEYS[0], 0.0) is None
 
 
+def test_an_unavailable_owners_keys_spread_over_the_others_not_onto_one() -> None:
+    endpoints = pool(5)
+    down = endpoints[2]
+    balancer = make_balancer(HASHED, endpoints)
+    orphans = [key for key in KEYS[:5000] if balancer.pick(everything, key, 0.0) is down]
+    heirs = Counter(balancer.pick(lambda e: e is not down, key, 0.0) for key in orphans)
+    # Walking clockwise hands each orphaned point to its neighbour: every survivor takes
+    # a share, none takes them all (a failover must not create a hot spot).
+    assert set(heirs) == set(endpoints) - {down}
+    assert max(heirs.values()) < 0.5 * len(orphans)
+
+
 def test_requests_without_a_key_are_round_robined() -> None:
     endpoints = pool(3)
     balancer = make_balancer(HASHED, endpoints)
