@@ -1,4 +1,4 @@
-"""yardarm gateway: path-prefix routing, round robin and timeouts in front of the services.
+"""yardarm gateway: routing, balancing, health, breakers, retries and track splits.
 
 The package root exposes the routing core only, so it imports without the service
 kit; the process entry points are `yardarm_gateway.app.create_gateway` and

@@ -60,6 +60,14 @@ class EjectBody(BaseModel):
     reason: str = Field(default="admin", max_length=200)
 
 
+def _others(doc: RoutingDoc, upstream: str, url: str) -> list[Ejection]:
+    """The document's ejections but this endpoint's, dropping the expired ones."""
+    now = time.time()
+    return [
+        e for e in doc.ejections if (e.upstream, e.endpoint) != (upstream, url) and e.until > now
+    ]
+
+
 def _authorized(request: web.Request, token: str) -> bool:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(
@@ -211,8 +219,7 @@ class AdminApi:
         entry = Ejection(upstream=upstream.name, endpoint=url, until=until, reason=body.reason)
 
         def change(doc: RoutingDoc) -> RoutingDoc:
-            kept = [e for e in doc.ejections if (e.upstream, e.endpoint) != (upstream.name, url)]
-            return doc.model_copy(update={"ejections": [*kept, entry]})
+            return doc.model_copy(update={"ejections": [*_others(doc, upstream.name, url), entry]})
 
         await self._update(change)
         return web.json_response(entry.model_dump(mode="json"), status=201)
@@ -227,8 +234,7 @@ class AdminApi:
             raise Problem(404, "not ejected", f"{url} has no manual ejection")
 
         def change(doc: RoutingDoc) -> RoutingDoc:
-            kept = [e for e in doc.ejections if (e.upstream, e.endpoint) != (upstream.name, url)]
-            return doc.model_copy(update={"ejections": kept})
+            return doc.model_copy(update={"ejections": _others(doc, upstream.name, url)})
 
         await self._update(change)
         return web.json_response(self._view())
