@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ssl
 import time
@@ -12,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from yardarm_kit import Service
 from yardarm_kit.datastore_client import DatastoreClient
+from yardarm_kit.lifecycle import cancel_task
 
 from yardarm_gateway.admin import AdminApi, admin_app
 from yardarm_gateway.health import HealthChecker
@@ -160,9 +160,7 @@ def create_gateway(settings: GatewaySettings) -> Service:
 
     async def stop() -> None:
         for task in sweeper:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_task(task)
         await sync.stop()
         await asyncio.gather(*(checker.stop() for checker in checkers))
         if proxy.dispatcher.session is not None:

@@ -10,12 +10,12 @@ plain, untraced session so health polling does not flood the trace store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
+from yardarm_kit.lifecycle import cancel_task
 
 from yardarm_gateway.endpoints import Endpoint
 
@@ -105,11 +105,8 @@ class HealthChecker:
         self._task = asyncio.create_task(self._loop(), name=f"health-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable
+from yardarm_kit.lifecycle import cancel_task
 
 from yardarm_gateway.routing import Route
 
@@ -102,11 +103,8 @@ class RoutingSync:
         self._task = asyncio.create_task(self._loop(), name="routing-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
 
     async def refresh(self) -> None:
         """Apply the stored document if its version is new."""

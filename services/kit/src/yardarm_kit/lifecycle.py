@@ -15,3 +15,12 @@ async def finish_task(task: asyncio.Task[Any], grace_s: float) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def cancel_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background loop that has nothing to finish, and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
