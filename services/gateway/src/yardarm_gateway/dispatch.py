@@ -107,6 +107,11 @@ class Dispatcher:
             result.failure = "connect_error"
         except (aiohttp.ClientError, OSError, ValueError, UpstreamProtocolError):
             result.failure = "invalid_response"
+        except BaseException:  # cancelled (the client left): no outcome to judge by
+            breaker.release()  # a half-open permit must not leak
+            span.set_status(Status(StatusCode.ERROR, "cancelled"))
+            span.end()
+            raise
         finally:
             endpoint.active -= 1
         elapsed = time.perf_counter() - started
