@@ -69,7 +69,7 @@ def test_response_keeps_end_to_end_headers() -> None:
             ("Content-Length", "10"),
         ]
     )
-    out = downstream_response_headers(upstream)
+    out = downstream_response_headers(list(upstream.items()))
     assert list(out.items()) == [
         ("Content-Type", "application/problem+json"),
         ("Location", "/orders/1"),

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from yardarm_kit import deadline
@@ -38,7 +37,7 @@ class Attempt:
 
     endpoint: Endpoint
     status: int | None = None
-    headers: CIMultiDictProxy[str] | None = None
+    headers: list[tuple[str, str]] | None = None  # wire order, repeats kept
     body: bytes = b""
     failure: Failure | None = None
 
@@ -87,7 +86,7 @@ class Dispatcher:
                     endpoint.url, method, path, list(out.items()), body, timeout
                 )
                 result.status = answer.status
-                result.headers = CIMultiDictProxy(CIMultiDict(answer.headers))
+                result.headers = answer.headers
                 result.body = answer.body
             else:
                 async with self.session.request(
@@ -100,7 +99,7 @@ class Dispatcher:
                 ) as response:
                     result.body = await response.read()
                     result.status = response.status
-                    result.headers = response.headers
+                    result.headers = list(response.headers.items())
         except (TimeoutError, UpstreamTimeoutError):
             result.failure = "timeout"
         except (aiohttp.ClientConnectorError, UpstreamConnectError):

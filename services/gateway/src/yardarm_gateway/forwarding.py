@@ -9,7 +9,7 @@ the remaining deadline) are dropped too, so each is sent exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict, MultiMapping
 
@@ -45,9 +45,13 @@ _REQUEST_REWRITTEN = frozenset(
 _RESPONSE_REWRITTEN = frozenset({"content-length"})
 
 
-def _connection_tokens(headers: MultiMapping[str]) -> set[str]:
-    values = headers.getall("Connection", [])
-    return {token.strip().lower() for value in values for token in value.split(",")}
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
 
 
 def _filtered(items: Iterable[tuple[str, str]], drop: set[str]) -> CIMultiDict[str]:
@@ -72,7 +76,7 @@ def upstream_request_headers(
     Repeated request headers are folded into one line (RFC 9110 section 5.3; `; ` for
     Cookie, RFC 6265 section 5.4), which is how the kit's client takes them.
     """
-    drop = _connection_tokens(inbound) | _REQUEST_REWRITTEN
+    drop = _connection_tokens(inbound.items()) | _REQUEST_REWRITTEN
     filtered = _filtered(inbound.items(), drop)
     if client_ip:
         filtered.add("X-Forwarded-For", client_ip)
@@ -91,7 +95,7 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:
-    """The upstream response headers as returned to the client."""
+def downstream_response_headers(upstream: Sequence[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream response headers (in wire order, repeats kept) as returned to the client."""
     drop = _connection_tokens(upstream) | _RESPONSE_REWRITTEN
-    return _filtered(upstream.items(), drop)
+    return _filtered(upstream, drop)

@@ -8,21 +8,18 @@ and a retry budget.
 
 from __future__ import annotations
 
-import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from yardarm_gateway.admission import Bulkhead
 from yardarm_gateway.balancer import Balancer, make_balancer
-from yardarm_gateway.breaker import BreakerState, CircuitBreaker, Transition
+from yardarm_gateway.breaker import CircuitBreaker, Transition
 from yardarm_gateway.endpoints import Endpoint
 from yardarm_gateway.health import HealthTracker
 from yardarm_gateway.outlier import OutlierDetector, OutlierEvent
 from yardarm_gateway.retry import RetryBudget
 from yardarm_gateway.settings import UpstreamSpec
-
-log = logging.getLogger(__name__)
 
 ALL_TRACKS = "*"
 
@@ -152,6 +149,3 @@ class Upstream:
                 for e in self.endpoints
             ],
         }
-
-
-STATE_VALUE: Mapping[BreakerState, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from openfeature import api
 from openfeature.client import OpenFeatureClient
@@ -23,6 +23,7 @@ log = logging.getLogger("yardarm.flags")
 
 
 CACHE_TTL_S = 0.5
+Kind = Literal["bool", "float", "int", "str"]
 
 
 class Flags:
@@ -35,7 +36,7 @@ class Flags:
     """
 
     def __init__(self, settings: ServiceSettings) -> None:
-        self._cache: dict[tuple[str, str, Any], tuple[float, Any]] = {}
+        self._cache: dict[tuple[Kind, str, Any], tuple[float, Any]] = {}
         self._client: OpenFeatureClient | None = None
         self._provider: FeatureProvider | None = None
         self._context = EvaluationContext(
@@ -79,47 +80,33 @@ class Flags:
             self._provider = None
         self._client = None
 
-    def _cached(self, kind: str, key: str, default: Any, evaluate: Callable[[], Any]) -> Any:
+    def _value(self, kind: Kind, key: str, default: Any) -> Any:
+        """The flag's value, evaluated at most once per CACHE_TTL_S for each (kind, key)."""
+        client = self._client
+        if client is None:
+            return default
         now = time.monotonic()
         entry = self._cache.get((kind, key, default))
         if entry is not None and entry[0] > now:
             return entry[1]
-        value = evaluate()
+        methods: dict[Kind, Callable[..., Any]] = {
+            "bool": client.get_boolean_value,
+            "float": client.get_float_value,
+            "int": client.get_integer_value,
+            "str": client.get_string_value,
+        }
+        value = methods[kind](key, default, self._context)
         self._cache[(kind, key, default)] = (now + CACHE_TTL_S, value)
         return value
 
     def bool(self, key: str, default: bool) -> bool:
-        client = self._client
-        if client is None:
-            return default
-        return bool(
-            self._cached("bool", key, default,
-                         lambda: client.get_boolean_value(key, default, self._context))
-        )  # fmt: skip
+        return bool(self._value("bool", key, default))
 
     def float(self, key: str, default: float) -> float:
-        client = self._client
-        if client is None:
-            return default
-        return float(
-            self._cached("float", key, default,
-                         lambda: client.get_float_value(key, default, self._context))
-        )  # fmt: skip
+        return float(self._value("float", key, default))
 
     def int(self, key: str, default: int) -> int:
-        client = self._client
-        if client is None:
-            return default
-        return int(
-            self._cached("int", key, default,
-                         lambda: client.get_integer_value(key, default, self._context))
-        )  # fmt: skip
+        return int(self._value("int", key, default))
 
     def str(self, key: str, default: str) -> str:
-        client = self._client
-        if client is None:
-            return default
-        return str(
-            self._cached("str", key, default,
-                         lambda: client.get_string_value(key, default, self._context))
-        )  # fmt: skip
+        return str(self._value("str", key, default))
