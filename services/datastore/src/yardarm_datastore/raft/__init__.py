@@ -1,0 +1,1 @@
+"""Raft consensus as a pure state machine: no sockets, clocks or disks inside."""
