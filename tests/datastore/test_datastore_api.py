@@ -224,4 +224,8 @@ async def test_metrics_count_writes_and_the_log(http: Http) -> None:
     assert sample("yardarm_datastore_keys") == 1
     assert sample("yardarm_datastore_revision") == 3
     assert sample("yardarm_datastore_wal_fsync_seconds_count") >= 1
-    assert sample("yardarm_datastore_wal_batch_size_sum") == 3
+    # Four proposals (a refused write is decided on the committed state, so it is logged
+    # too) and the leader's no-op.
+    assert sample("yardarm_datastore_wal_batch_size_sum") == 5
+    assert sample("yardarm_datastore_raft_role", 'role="leader"') == 1
+    assert sample("yardarm_datastore_raft_commit_index") == 5

@@ -25,7 +25,7 @@ def _start(tmp: Path, port: int) -> subprocess.Popen[bytes]:
         "YARDARM_DATASTORE_HOST": "127.0.0.1",
         "YARDARM_DATASTORE_DATA_DIR": str(tmp / "data"),
         "YARDARM_DATASTORE_STATE_DIR": str(tmp / "state"),
-        "YARDARM_DATASTORE_COMPACT_BYTES": "65536",  # compaction happens during the run too
+        "YARDARM_DATASTORE_SNAPSHOT_ENTRIES": "50",  # snapshots happen during the run too
     }
     with (tmp / "datastore.log").open("ab") as log:
         return subprocess.Popen(

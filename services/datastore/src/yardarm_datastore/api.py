@@ -1,4 +1,8 @@
-"""The KV HTTP API over the durable store; every bad input is a precise problem."""
+"""The KV HTTP API over a Raft replica; every bad input is a precise problem.
+
+Any replica answers: a follower forwards writes and linearizable reads to the leader;
+`consistency=stale` reads are served from the replica's own applied state.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from opentelemetry.trace import Span
 from pydantic import BaseModel, ConfigDict, Field
 from yardarm_kit import Problem, Service, parse_json
 
-from yardarm_datastore.state import Outcome
-from yardarm_datastore.store import Store, StoreUnavailable
+from yardarm_datastore.forward import forward
+from yardarm_datastore.replica import Redirect, Replica, Unavailable
+from yardarm_datastore.state import Command, Outcome, delete_command, put_command
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 256 * 1024
@@ -94,7 +99,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-def _consistency(request: web.Request) -> None:
+def _linearizable(request: web.Request) -> bool:
     value = request.query.get("consistency", "linearizable")
     if value not in CONSISTENCY:
         raise Problem(
@@ -102,6 +107,7 @@ def _consistency(request: web.Request) -> None:
             "Invalid consistency",
             f"consistency must be one of {', '.join(CONSISTENCY)} (got {value!r})",
         )
+    return value == "linearizable"
 
 
 async def _put_body(request: web.Request) -> PutBody:
@@ -132,9 +138,10 @@ async def _put_body(request: web.Request) -> PutBody:
 class KVApi:
     """Routes for /kv on the service's app."""
 
-    def __init__(self, service: Service, store: Store) -> None:
+    def __init__(self, service: Service, replica: Replica) -> None:
         self._service = service
-        self._store = store
+        self._replica = replica
+        self._leader = service.http_client("datastore-leader")
         self._writes = service.metrics.counter(
             "yardarm_datastore_writes_total",
             "KV writes by operation (put, delete) and outcome.",
@@ -153,10 +160,12 @@ class KVApi:
 
     async def get(self, request: web.Request) -> web.Response:
         key = _key(request)
-        _consistency(request)
+        linearizable = _linearizable(request)
         try:
-            entry = await self._store.get(key)
-        except StoreUnavailable as exc:
+            entry = await self._replica.get(key, linearizable=linearizable)
+        except Redirect as leader:
+            return await forward(self._leader, request, leader.url, self._replica.config.node_id)
+        except Unavailable as exc:
             raise _unavailable(exc) from None
         if entry is None:
             raise Problem(404, "Key not found", f"there is no key {key!r}", extra={"key": key})
@@ -168,10 +177,14 @@ class KVApi:
         if after is not None:
             after = _text(after, "after", minimum=1)
         limit = _limit(request)
-        _consistency(request)
+        linearizable = _linearizable(request)
         try:
-            items, next_key = await self._store.list(prefix, limit, after)
-        except StoreUnavailable as exc:
+            items, next_key = await self._replica.list(
+                prefix, limit, after, linearizable=linearizable
+            )
+        except Redirect as leader:
+            return await forward(self._leader, request, leader.url, self._replica.config.node_id)
+        except Unavailable as exc:
             raise _unavailable(exc) from None
         return web.json_response(
             {
@@ -184,27 +197,32 @@ class KVApi:
         key = _key(request)
         idem = _idempotency_key(request)
         body = await _put_body(request)
-        with self._service.tracer.start_as_current_span("kv.put") as span:
-            _describe(span, key, body.if_version, idem)
-            try:
-                outcome = await self._store.put(key, body.value, body.if_version, idem)
-            except StoreUnavailable as exc:
-                self._writes.inc(op="put", outcome="unavailable")
-                raise _unavailable(exc) from None
-            return self._answer("put", outcome, span)
+        command = put_command(key, body.value, body.if_version, idem)
+        return await self._write(request, "put", command)
 
     async def delete(self, request: web.Request) -> web.Response:
         key = _key(request)
         idem = _idempotency_key(request)
         if_version = _if_version_param(request)
-        with self._service.tracer.start_as_current_span("kv.delete") as span:
-            _describe(span, key, if_version, idem)
+        return await self._write(request, "delete", delete_command(key, if_version, idem))
+
+    async def _write(self, request: web.Request, op: str, command: Command) -> web.Response:
+        with self._service.tracer.start_as_current_span(f"kv.{op}") as span:
+            _describe(span, command["k"], command.get("iv"), command.get("ik"))
+            # A write whose key was already applied is committed: replay it from here.
+            outcome = self._replica.state.recorded(command.get("ik"))
             try:
-                outcome = await self._store.delete(key, if_version, idem)
-            except StoreUnavailable as exc:
-                self._writes.inc(op="delete", outcome="unavailable")
+                if outcome is None:
+                    with self._service.tracer.start_as_current_span("raft.commit"):
+                        outcome = await self._replica.propose(command)
+            except Redirect as leader:
+                span.set_attribute("yardarm.kv.forwarded_to", leader.leader)
+                node = self._replica.config.node_id
+                return await forward(self._leader, request, leader.url, node)
+            except Unavailable as exc:
+                self._writes.inc(op=op, outcome="unavailable")
                 raise _unavailable(exc) from None
-            return self._answer("delete", outcome, span)
+            return self._answer(op, outcome, span)
 
     def _answer(self, op: str, outcome: Outcome, span: Span) -> web.Response:
         span.set_attribute("yardarm.kv.status", outcome.status)
@@ -247,5 +265,5 @@ def _outcome_label(op: str, outcome: Outcome) -> str:
     return "created" if outcome.status == 201 else "updated"
 
 
-def _unavailable(exc: StoreUnavailable) -> Problem:
+def _unavailable(exc: Exception) -> Problem:
     return Problem(503, "Datastore unavailable", str(exc), headers={"Retry-After": "1"})

@@ -1,0 +1,49 @@
+"""Followers hand client requests to the leader, so clients may call any replica.
+
+One hop only: a forwarded request that reaches a replica which is not (or no longer)
+the leader is answered 503 with Retry-After rather than passed on again, so a leader
+change can never bounce a request around the group.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from yardarm_kit import Problem
+from yardarm_kit.httpclient import HttpClient, UpstreamTimeout, UpstreamUnavailable
+
+FORWARDED = "X-Yardarm-Forwarded-By"
+PASS_REQUEST = ("Content-Type", "Idempotency-Key")
+PASS_RESPONSE = ("Content-Type", "Retry-After", "Idempotent-Replayed", "Location")
+
+
+def forwarded(request: web.Request) -> bool:
+    return FORWARDED in request.headers
+
+
+async def forward(
+    client: HttpClient, request: web.Request, leader_url: str, node_id: int
+) -> web.Response:
+    """Replay `request` on the leader and answer with the leader's response."""
+    if forwarded(request):
+        raise Problem(
+            503,
+            "Leader moved",
+            "this replica was named the leader but no longer leads; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    body = await request.read()
+    headers = {name: request.headers[name] for name in PASS_REQUEST if name in request.headers}
+    headers[FORWARDED] = str(node_id)
+    try:
+        answer = await client.request(
+            request.method, leader_url + request.rel_url.path_qs, data=body, headers=headers
+        )
+    except (UpstreamTimeout, UpstreamUnavailable) as exc:
+        raise Problem(
+            503,
+            "Leader unreachable",
+            f"the leader at {leader_url} did not answer ({exc}); retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
+    out = {name: answer.headers[name] for name in PASS_RESPONSE if name in answer.headers}
+    return web.Response(status=answer.status, body=answer.body, headers=out)
