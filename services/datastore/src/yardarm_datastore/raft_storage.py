@@ -38,7 +38,20 @@ from yardarm_datastore.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
-from yardarm_datastore.wal import HEADER, LENGTH, MAX_RECORD_BYTES, fsync_dir
+
+HEADER = struct.Struct(">II")  # record length, crc32 of the length and the body
+LENGTH = struct.Struct(">I")
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the creation, rename or removal of an entry in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 LOG_NAME = "raft.log"
 SNAPSHOT_NAME = "raft.snapshot"
