@@ -212,9 +212,8 @@ class KVApi:
             # A write whose key was already applied is committed: replay it from here.
             outcome = self._replica.state.recorded(command.get("ik"))
             try:
-                if outcome is None:
-                    with self._service.tracer.start_as_current_span("raft.commit"):
-                        outcome = await self._replica.propose(command)
+                if outcome is None:  # the span covers the proposal through commit and apply
+                    outcome = await self._replica.propose(command)
             except Redirect as leader:
                 span.set_attribute("yardarm.kv.forwarded_to", leader.leader)
                 node = self._replica.config.node_id
