@@ -70,9 +70,14 @@ class DatastoreClient:
                 last = exc
                 continue
             if response.status >= 500:
-                raise DatastoreUnavailable(
+                last = DatastoreUnavailable(
                     f"datastore {base} answered {response.status} to {method} {path}"
                 )
+                # Another replica may have a leader in view; only a read or a keyed write
+                # is safe to send again (a keyed write applies once).
+                if method == "GET" or (headers and "Idempotency-Key" in headers):
+                    continue
+                raise last
             return response
         raise DatastoreUnavailable(
             f"no datastore reachable for {method} {path} (tried {', '.join(self._urls)}): {last!r}"
