@@ -128,6 +128,7 @@ class Replica:
         self._soft = SoftState(Role.FOLLOWER, 0, 0)
         self._status = _Status()
         self._failed: BaseException | None = None
+        self._synced_term_vote = (0, 0)
         self._open = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -141,6 +142,7 @@ class Replica:
                 "dropped %d bytes of torn or corrupt log tail", recovered.truncated_bytes,
                 extra={"event": "log_truncated", "bytes": recovered.truncated_bytes},
             )  # fmt: skip
+        self._synced_term_vote = (recovered.hard_state.term, recovered.hard_state.vote)
         if recovered.snapshot is not None:
             self._restore(recovered.snapshot)
         voters = frozenset({self.config.node_id, *self.config.members})
@@ -242,9 +244,18 @@ class Replica:
         for msg in rd.early_messages:
             transport.send(msg)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            # Entries, a snapshot, a new term or a vote must be durable before anything
+            # goes out; a commit index alone is only a hint for restarts (etcd's MustSync).
+            hs = rd.hard_state
+            sync = bool(rd.snapshot is not None or rd.entries) or (
+                hs is not None and (hs.term, hs.vote) != self._synced_term_vote
+            )
             loop = asyncio.get_running_loop()
-            write_s, fsync_s = await loop.run_in_executor(self._disk, self._persist, rd)
-            self.hooks.on_persist(len(rd.entries), write_s, fsync_s)
+            write_s, fsync_s = await loop.run_in_executor(self._disk, self._persist, rd, sync)
+            if hs is not None:
+                self._synced_term_vote = (hs.term, hs.vote)
+            if sync:
+                self.hooks.on_persist(len(rd.entries), write_s, fsync_s)
         for msg in rd.messages:
             transport.send(msg)
         if rd.snapshot is not None:
@@ -274,11 +285,12 @@ class Replica:
         self.hooks.on_progress(node.commit, node.applied)
         self._maybe_snapshot()
 
-    def _persist(self, rd: Ready) -> tuple[float, float]:
+    def _persist(self, rd: Ready, sync: bool) -> tuple[float, float]:
         started = time.perf_counter()
         self._storage.write(snapshot=rd.snapshot, entries=rd.entries, hard_state=rd.hard_state)
         written = time.perf_counter()
-        self._storage.sync()
+        if sync:
+            self._storage.sync()
         return written - started, time.perf_counter() - written
 
     def _apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
