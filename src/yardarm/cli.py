@@ -17,6 +17,7 @@ from rich.table import Table
 
 from yardarm import tracing_view
 from yardarm.catalog import seed_catalog
+from yardarm.chaos import commands as chaos_commands
 from yardarm.load import (
     LoadOptionError,
     LoadSetupError,
@@ -33,6 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(chaos_commands.app, name="chaos")
 console = Console()
 err = Console(stderr=True)
 

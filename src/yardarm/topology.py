@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yardarm_gateway.admission import RateLimitConfig
 from yardarm_gateway.settings import UpstreamPolicy
 
+from yardarm.chaos.config import ChaosConfig, LinkConfig, config_path
 from yardarm.local import infra
 
 Track = Literal["stable", "canary", "baseline", "blue", "green"]
@@ -25,6 +26,8 @@ ReadinessKind = Literal["http", "tcp", "postgres"]
 
 CONFIG_FILE = "yardarm.yaml"
 MAX_GATEWAYS = 9  # admin ports base+1 .. base+9 sit below the datastore's base+10
+MAX_DATASTORES = 9  # link ports base+100+10*i+j need one decimal digit per replica
+CHAOS_INSTANCE = "chaos"
 SERVICE_DATABASES = ["orders", "fulfillment"]
 GATEWAY_ROUTES = [
     {"prefix": "/api/orders", "upstream": "orders"},
@@ -48,17 +51,13 @@ class ServiceSpec(BaseModel):
 
 
 class DatastoreSpec(ServiceSpec):
-    """The datastore is one node: its write-ahead log is not replicated across processes."""
+    """The datastore's replicas form one Raft group.
 
-    @field_validator("replicas")
-    @classmethod
-    def _single_node(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(
-                f"must be 1 (got {value}): the datastore runs as a single node, because "
-                "its write-ahead log is not replicated between processes"
-            )
-        return value
+    A group of n survives the loss of (n - 1) // 2 replicas, so an even count buys no
+    more tolerance than the odd count below it; it is allowed all the same.
+    """
+
+    replicas: int = Field(default=3, ge=1, le=MAX_DATASTORES)
 
 
 class GatewaySpec(ServiceSpec):
@@ -176,6 +175,36 @@ class Topology(BaseModel):
     def postgres_port(self) -> int:
         return self.base_port + 42
 
+    @property
+    def chaos_port(self) -> int:
+        """The chaos controller's API."""
+        return self.base_port + 49
+
+    def raft_port(self, index: int) -> int:
+        """Where datastore replica `index` listens for its peers' Raft traffic."""
+        return self.base_port + 60 + index
+
+    def link_port(self, src: int, dst: int) -> int:
+        """The chaos proxy through which datastore `src` reaches `dst`'s Raft port."""
+        return self.base_port + 100 + 10 * src + dst
+
+
+def chaos_links(topology: Topology) -> list[LinkConfig]:
+    """One proxied link per ordered pair of datastore replicas."""
+    count = topology.services.datastore.replicas
+    return [
+        LinkConfig(
+            name=f"datastore-{i}->datastore-{j}",
+            src=f"datastore-{i}",
+            dst=f"datastore-{j}",
+            listen_port=topology.link_port(i, j),
+            target_port=topology.raft_port(j),
+        )
+        for i in range(count)
+        for j in range(count)
+        if i != j
+    ]
+
 
 def port_plan(topology: Topology) -> dict[str, int]:
     """Every port the stack listens on, by what listens there."""
@@ -193,7 +222,10 @@ def port_plan(topology: Topology) -> dict[str, int]:
         "nats": topology.nats_port,
         "nats-monitor": topology.nats_monitor_port,
         "postgres": topology.postgres_port,
+        CHAOS_INSTANCE: topology.chaos_port,
     }
+    plan |= {f"datastore-{i}-raft": topology.raft_port(i) for i in range(svc.datastore.replicas)}
+    plan |= {f"chaos link {link.name}": link.listen_port for link in chaos_links(topology)}
     return plan
 
 
@@ -396,6 +428,7 @@ def urls(topology: Topology) -> dict[str, str]:
         "fulfillment": f"{host}:{topology.fulfillment_port(0)}",
         "nats": f"nats://127.0.0.1:{topology.nats_port}",
         "postgres": infra.postgres_dsn(topology.postgres_port),
+        "chaos": f"{host}:{topology.chaos_port}",
     }
 
 
@@ -428,6 +461,36 @@ def write_flags(topology: Topology, home: Path) -> Path:
     tmp.write_text(json.dumps({"flags": topology.flags}, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def write_chaos_config(topology: Topology, home: Path) -> Path:
+    """Render the chaos controller's config (atomically: a restart may be reading it)."""
+    config = ChaosConfig(
+        instance=CHAOS_INSTANCE,
+        control_port=topology.chaos_port,
+        home=home,
+        links=chaos_links(topology),
+        environment=topology.environment,
+    )
+    path = config_path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(config.model_dump_json(indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def datastore_peers(topology: Topology, index: int) -> dict[str, dict[str, str]]:
+    """The other replicas as replica `index` reaches them: Raft through its chaos links,
+    HTTP directly. Keyed by replica id (index + 1)."""
+    return {
+        str(j + 1): {
+            "raft": f"127.0.0.1:{topology.link_port(index, j)}",
+            "http": f"http://127.0.0.1:{topology.datastore_port(j)}",
+        }
+        for j in range(topology.services.datastore.replicas)
+        if j != index
+    }
 
 
 def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
@@ -468,6 +531,21 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             stop_signal=2,  # SIGINT: Postgres "fast" shutdown, no waiting for clients
             databases=SERVICE_DATABASES,
         ),
+        # Before the datastores: their Raft traffic runs through its link proxies.
+        InstanceSpec(
+            name=CHAOS_INSTANCE,
+            service=CHAOS_INSTANCE,
+            command=[
+                sys.executable,
+                "-m",
+                "yardarm.chaos",
+                "--config",
+                str(write_chaos_config(topology, home)),
+            ],
+            port=topology.chaos_port,
+            readiness="http",
+            readiness_url=f"http://127.0.0.1:{topology.chaos_port}/readyz",
+        ),
     ]
 
     def service(name: str, spec: ServiceSpec, index: int, port: int, **extra: str) -> InstanceSpec:
@@ -485,7 +563,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             **extra,
         }
         depends = {
-            "datastore": [],
+            "datastore": [CHAOS_INSTANCE],
             "orders": ["nats", "postgres", "datastore-0"],
             "fulfillment": ["nats", "postgres"],
             "gateway": [f"orders-{i}" for i in range(svc.orders.replicas)] + ["datastore-0"],
@@ -511,6 +589,9 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 i,
                 topology.datastore_port(i),
                 DATA_DIR=str(data / f"datastore-{i}"),
+                REPLICA_ID=str(i + 1),
+                RAFT_PORT=str(topology.raft_port(i)),
+                PEERS=json.dumps(datastore_peers(topology, i)),
             )
         )
     for i in range(svc.orders.replicas):

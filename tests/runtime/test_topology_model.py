@@ -34,7 +34,7 @@ def test_defaults_and_port_plan() -> None:
         name: getattr(topology.services, name).replicas
         for name in ("datastore", "orders", "fulfillment", "gateway")
     }
-    assert replicas == {"datastore": 1, "orders": 2, "fulfillment": 1, "gateway": 1}
+    assert replicas == {"datastore": 3, "orders": 2, "fulfillment": 1, "gateway": 1}
     assert topology.services.orders.version == "0.1.0"
     assert topology.services.orders.track == "stable"
     for flag in ("fault.error-rate", "fault.latency-ms"):
@@ -51,6 +51,7 @@ def test_defaults_and_port_plan() -> None:
     assert found["fulfillment"] == "http://127.0.0.1:9030"
     assert found["nats"] == "nats://127.0.0.1:9040"
     assert found["postgres"].endswith("@127.0.0.1:9042/postgres")
+    assert found["chaos"] == "http://127.0.0.1:9049"
 
 
 def test_yaml_overrides_defaults_and_base_port_flag_wins(tmp_path: Path) -> None:
@@ -99,13 +100,6 @@ def test_validation_messages(tmp_path: Path, text: str, expected: str) -> None:
         load_topology(path, None)
 
 
-def test_datastore_replicas_error_says_why(tmp_path: Path) -> None:
-    errors = validate_file(write(tmp_path, "services:\n  datastore:\n    replicas: 3\n"))
-    assert len(errors) == 1
-    assert errors[0].startswith("services.datastore.replicas: must be 1 (got 3)")
-    assert "single node" in errors[0]
-
-
 def test_every_error_is_reported(tmp_path: Path) -> None:
     text = "base_port: 1\nservices:\n  orders:\n    replicas: 0\n    track: purple\n"
     errors = validate_file(write(tmp_path, text))
@@ -133,7 +127,10 @@ def test_instances_are_in_dependency_order_with_consistent_env(tmp_path: Path) -
     assert names == [
         "nats",
         "postgres",
+        "chaos",
         "datastore-0",
+        "datastore-1",
+        "datastore-2",
         "orders-0",
         "orders-1",
         "fulfillment-0",
@@ -153,7 +150,8 @@ def test_instances_are_in_dependency_order_with_consistent_env(tmp_path: Path) -
     assert orders["YARDARM_ORDERS_HOST"] == "127.0.0.1"
     assert orders["YARDARM_ORDERS_DATABASE_URL"].endswith("@127.0.0.1:14042/orders")
     assert orders["YARDARM_ORDERS_NATS_URL"] == "nats://127.0.0.1:14040"
-    assert json.loads(orders["YARDARM_ORDERS_DATASTORE_URLS"]) == ["http://127.0.0.1:14010"]
+    datastores = [f"http://127.0.0.1:{port}" for port in (14010, 14011, 14012)]
+    assert json.loads(orders["YARDARM_ORDERS_DATASTORE_URLS"]) == datastores
     assert orders["YARDARM_ORDERS_FLAGS_FILE"] == str(tmp_path.resolve() / "flags.json")
     assert orders["YARDARM_ORDERS_STATE_DIR"] == str(tmp_path.resolve())
     assert by_name["orders-1"].readiness_url == "http://127.0.0.1:14021/readyz"
@@ -176,9 +174,9 @@ def test_instances_are_in_dependency_order_with_consistent_env(tmp_path: Path) -
             {"url": "http://127.0.0.1:14020", "track": "stable"},
             {"url": "http://127.0.0.1:14021", "track": "stable"},
         ],
-        "datastore": [{"url": "http://127.0.0.1:14010", "track": "stable"}],
+        "datastore": [{"url": url, "track": "stable"} for url in datastores],
     }
-    assert json.loads(gateway["YARDARM_GATEWAY_DATASTORE_URLS"]) == ["http://127.0.0.1:14010"]
+    assert json.loads(gateway["YARDARM_GATEWAY_DATASTORE_URLS"]) == datastores
     assert gateway["YARDARM_GATEWAY_REUSE_PORT"] == "false"
     prefixes = {r["prefix"]: r["upstream"] for r in json.loads(gateway["YARDARM_GATEWAY_ROUTES"])}
     assert prefixes == {"/api/orders": "orders", "/api/stock": "orders", "/api/kv": "datastore"}
@@ -275,20 +273,26 @@ def test_flag_errors(tmp_path: Path, files: dict[str, str], text: str, expected:
 
 
 @pytest.mark.parametrize("base_port", [1024, 8080, 65000])
-def test_port_plan_never_overlaps_even_at_the_limits(base_port: int) -> None:
+def test_port_plan_never_overlaps_even_at_the_limits(base_port: int, tmp_path: Path) -> None:
     widest = Topology.model_validate(
         {
             "base_port": base_port,
-            "services": {"orders": {"replicas": 9}, "fulfillment": {"replicas": 9}},
+            "services": {name: {"replicas": 9} for name in ("datastore", "orders", "fulfillment")},
         }
     )
     plan = port_plan(widest)
-    assert len(plan) == 2 + 1 + 9 + 9 + 3
+    # gateway and its admin port, 3 x 9 replicas, NATS x2 + Postgres, chaos control,
+    # 9 Raft ports and a chaos link per ordered pair of datastores
+    assert len(plan) == 2 + 3 * 9 + 3 + 1 + 9 + 9 * 8
     assert len(set(plan.values())) == len(plan)
     assert all(1024 <= port <= 65535 for port in plan.values())
-    specs = instances(widest, Path("/nonexistent-home-for-rendering"))
+    specs = instances(widest, tmp_path)
     assert {s.name: s.port for s in specs} == {
-        k: v for k, v in plan.items() if k not in ("gateway-admin", "nats-monitor")
+        k: v
+        for k, v in plan.items()
+        if k not in ("gateway-admin", "nats-monitor")
+        and not k.endswith("-raft")
+        and not k.startswith("chaos link ")
     }
 
 

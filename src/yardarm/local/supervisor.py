@@ -316,6 +316,9 @@ class Supervisor:
             return
         if proc.poll() is None:
             kill_group(proc.pid, inst.spec.stop_signal)
+            # A paused (SIGSTOPped) process would sit on its stop signal until the grace
+            # runs out; SIGCONT after it, as systemd does, so it stops cleanly instead.
+            kill_group(proc.pid, signal.SIGCONT)
             if await wait_process(proc, self.timings.stop_grace) is None:
                 log.warning("%s ignored its stop signal; killing it", inst.spec.name)
                 kill_group(proc.pid, signal.SIGKILL)
