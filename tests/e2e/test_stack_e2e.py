@@ -146,7 +146,8 @@ def test_status_lists_every_instance_ready(stack: Stack) -> None:
     for row in rows:
         by_service.setdefault(row["service"], []).append(row)
     assert len(by_service["orders"]) == 2
-    for name in ("gateway", "fulfillment", "datastore", "nats", "postgres"):
+    assert len(by_service["datastore"]) == 3
+    for name in ("gateway", "fulfillment", "chaos", "nats", "postgres"):
         assert len(by_service[name]) == 1, name
     for row in rows:
         assert row["state"] == "ready", row
