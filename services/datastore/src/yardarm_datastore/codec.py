@@ -16,7 +16,9 @@ unknown code raise `CodecError`, so a damaged frame is refused rather than half-
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+from collections.abc import Callable
 
 from yardarm_datastore.raft.types import (
     ConfState,
@@ -49,6 +51,9 @@ _TYPE_CODES: dict[MsgType, int] = {
     MsgType.HEARTBEAT_RESP: 8,
     MsgType.SNAPSHOT: 9,
     MsgType.TIMEOUT_NOW: 10,
+    MsgType.PROPOSE: 11,
+    MsgType.READ_INDEX: 12,
+    MsgType.READ_INDEX_RESP: 13,
 }
 _TYPES: dict[int, MsgType] = {code: kind for kind, code in _TYPE_CODES.items()}
 
@@ -62,6 +67,33 @@ _KINDS: dict[int, EntryKind] = {code: kind for kind, code in _KIND_CODES.items()
 
 class CodecError(ValueError):
     """The bytes are not a valid encoded message, or the message cannot be encoded."""
+
+
+def _entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
+    """A faster `Entry(term, index, kind, data)` for decoding.
+
+    A frozen dataclass's `__init__` sets each field through `object.__setattr__`, which is
+    most of what decoding an entry costs; filling the slots directly halves it. Used only
+    while `Entry` is the plain four-slot dataclass this was written against.
+    """
+    names = tuple(f.name for f in dataclasses.fields(Entry))
+    if names != ("term", "index", "kind", "data") or hasattr(Entry, "__post_init__"):
+        return Entry
+    new = object.__new__
+    set_term, set_index, set_kind, set_data = (getattr(Entry, name).__set__ for name in names)
+
+    def build(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
+        entry: Entry = new(Entry)
+        set_term(entry, term)
+        set_index(entry, index)
+        set_kind(entry, kind)
+        set_data(entry, data)
+        return entry
+
+    return build
+
+
+_new_entry = _entry_builder()
 
 
 def encode_message(msg: Message) -> bytes:
@@ -141,6 +173,7 @@ def decode_message(data: bytes | memoryview) -> Message:
     unpack_entry = _ENTRY.unpack_from
     entry_size = _ENTRY.size
     kinds = _KINDS
+    new_entry = _new_entry
     for _ in range(count):
         if offset + entry_size > size:
             raise CodecError(f"entry header cut short at byte {offset}")
@@ -152,7 +185,7 @@ def decode_message(data: bytes | memoryview) -> Message:
         kind = kinds.get(kind_code)
         if kind is None:
             raise CodecError(f"unknown entry kind code {kind_code}")
-        append(Entry(e_term, e_index, kind, buf[start:offset]))
+        append(new_entry(e_term, e_index, kind, buf[start:offset]))
     snapshot = None
     if flags & _HAS_SNAPSHOT:
         snapshot, offset = _decode_snapshot(buf, offset)

@@ -123,6 +123,8 @@ class Replica:
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._forwarded: dict[str, asyncio.Future[Outcome | None]] = {}
         self._since_snapshot = 0
         self._compacting = False
         self._soft = SoftState(Role.FOLLOWER, 0, 0)
@@ -278,8 +280,11 @@ class Replica:
                     rd.soft_state.leader or "unknown", rd.soft_state.term, rd.soft_state.role,
                     extra={"event": "leader_changed", "leader": rd.soft_state.leader},
                 )  # fmt: skip
-            if self._soft.role is Role.LEADER and rd.soft_state.role is not Role.LEADER:
-                self._fail_reads(Unavailable("leadership was lost before the read was confirmed"))
+            if changed or (
+                self._soft.role is Role.LEADER and rd.soft_state.role is not Role.LEADER
+            ):
+                # Reads waiting on a leader (ours or the one we forwarded to) are lost.
+                self._fail_reads(Unavailable("the leader changed before the read was confirmed"))
             self._soft = rd.soft_state
             self.hooks.on_soft_state(rd.soft_state, changed)
         self.hooks.on_progress(node.commit, node.applied)
@@ -298,6 +303,11 @@ class Replica:
         if kind is EntryKind.NORMAL:
             command: Command = json.loads(data)
             outcome = self.state.apply(command)
+            rid = command.get("rid")
+            if rid is not None:
+                waiting = self._forwarded.pop(rid, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(outcome)
         elif kind is EntryKind.CONF:
             self._apply_membership(ConfChange.decode(data))
         self._since_snapshot += 1
@@ -402,8 +412,11 @@ class Replica:
         for proposal in proposals.values():
             if not proposal.future.done():
                 proposal.future.set_exception(exc)
+        forwarded, self._forwarded = self._forwarded, {}
         waiters, self._apply_waiters = self._apply_waiters, []
-        for _, future in waiters:
+        pending: list[asyncio.Future[Any]] = [*forwarded.values()]
+        pending += [waiting for _, waiting in waiters]
+        for future in pending:
             if not future.done():
                 future.set_exception(exc)
 
@@ -423,17 +436,30 @@ class Replica:
     # -- the API -------------------------------------------------------------------
 
     async def propose(self, command: Command) -> Outcome:
-        """Commit a write through Raft and return what applying it answered."""
+        """Commit a write through Raft and return what applying it answered.
+
+        On the leader the entry's (term, index) tells whether it took effect. A follower
+        hands the command to the leader over the Raft stream (as etcd's followers do)
+        and recognizes it by a request id when its own state machine applies it, so the
+        answer comes from here without a second HTTP hop."""
         node = self._check()
-        data = json.dumps(command, separators=(",", ":"), allow_nan=False).encode()
+        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         try:
-            term, index = node.propose(data)
+            if node.role is Role.LEADER:
+                data = json.dumps(command, separators=(",", ":"), allow_nan=False).encode()
+                term, index = node.propose(data)
+                self._proposals[index] = _Proposal(term, future)
+            else:
+                rid = f"{self.config.node_id}.{next(self._request_ids)}"
+                command = {**command, "rid": rid}
+                data = json.dumps(command, separators=(",", ":"), allow_nan=False).encode()
+                node.forward_proposal(data)
+                self._forwarded[rid] = future
+                future.add_done_callback(lambda _: self._forwarded.pop(rid, None))
         except NotLeader as exc:
             raise self._redirect(exc.leader) from None
         except ProposalRefused as exc:
             raise Unavailable(str(exc)) from None
-        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = _Proposal(term, future)
         self._wake.set()
         try:
             outcome = await asyncio.wait_for(asyncio.shield(future), self.config.commit_timeout_s)

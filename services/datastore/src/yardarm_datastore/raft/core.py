@@ -38,7 +38,18 @@ from yardarm_datastore.raft.types import (
     SoftState,
 )
 
-LEADER_SENT = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW})
+# Messages that promise nothing about the sender's disk (see `Ready.early_messages`).
+EARLY = frozenset(
+    {
+        MsgType.APPEND,
+        MsgType.HEARTBEAT,
+        MsgType.SNAPSHOT,
+        MsgType.TIMEOUT_NOW,
+        MsgType.PROPOSE,
+        MsgType.READ_INDEX,
+        MsgType.READ_INDEX_RESP,
+    }
+)
 
 
 class NotLeader(Exception):
@@ -82,6 +93,7 @@ class RaftConfig:
 @dataclass
 class _PendingRead:
     context: int  # the heartbeat round that must be acknowledged by a quorum
+    origin: int  # the node that asked (this leader, or a follower that forwarded it)
     request: int
     index: int
 
@@ -138,8 +150,8 @@ class RaftNode:
         self._early: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads: list[_PendingRead] = []
-        self._unsent_reads: list[tuple[int, int]] = []  # (request, index) awaiting a round
-        self._reads_awaiting_commit: list[int] = []
+        self._unsent_reads: list[tuple[int, int, int]] = []  # (origin, request, index)
+        self._reads_awaiting_commit: list[tuple[int, int]] = []  # (origin, request)
         self._hb_seq = 0
         self._hb_sent_tick: dict[int, int] = {}
         self._hb_acks: dict[int, int] = {}
@@ -307,7 +319,7 @@ class RaftNode:
     # -- messages ----------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
-        if msg.type in LEADER_SENT:
+        if msg.type in EARLY:
             self._early.append(msg)
         else:
             self._msgs.append(msg)
@@ -446,6 +458,30 @@ class RaftNode:
         the entry committed at that index has that term."""
         self._check_can_propose()
         return self._append_local([(EntryKind.NORMAL, data)])
+
+    def forward_proposal(self, data: bytes) -> None:
+        """A follower's way to propose: hand the command to the leader, which appends it
+        if it still leads. Nothing reports back: the caller recognizes its command when
+        it is applied, or gives up after a timeout (the outcome is then unknown)."""
+        if self.role is Role.LEADER:
+            self.propose(data)
+            return
+        if not self.leader:
+            raise NotLeader(0)
+        self._send(
+            Message(
+                MsgType.PROPOSE,
+                self.id,
+                self.leader,
+                self.term,
+                entries=(Entry(0, 0, EntryKind.NORMAL, data),),
+            )
+        )
+
+    def _on_propose(self, msg: Message) -> None:
+        if self.role is not Role.LEADER or self._transferee:
+            return  # dropped: the follower's caller times out and may retry
+        self._append_local([(EntryKind.NORMAL, e.data) for e in msg.entries])
 
     def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
         """Add or remove one voter. Refused while another change is uncommitted, or until
@@ -595,8 +631,8 @@ class RaftNode:
     def _broadcast_heartbeat(self) -> None:
         self._hb_seq += 1
         self._hb_sent_tick[self._hb_seq] = self._now
-        for request, index in self._unsent_reads:
-            self._reads.append(_PendingRead(self._hb_seq, request, index))
+        for origin, request, index in self._unsent_reads:
+            self._reads.append(_PendingRead(self._hb_seq, origin, request, index))
         self._unsent_reads = []
         for node in self.voters:
             if node == self.id:
@@ -642,7 +678,7 @@ class RaftNode:
         confirmed = self._confirmed_round()
         while self._reads and self._reads[0].context <= confirmed:
             read = self._reads.pop(0)
-            self._read_states.append(ReadState(read.request, read.index))
+            self._answer_read(read.origin, read.request, read.index)
         for old in [s for s in self._hb_sent_tick if s < confirmed]:
             del self._hb_sent_tick[old]
 
@@ -658,27 +694,55 @@ class RaftNode:
 
     def read_index(self, request: int) -> None:
         """Ask for a linearizable read; a `ReadState(request, index)` follows in a Ready
-        once this node is known to still lead (a quorum answered a heartbeat sent after
-        the request) and the read may be served at `index`."""
+        once the leader is known to still lead (a quorum answered a heartbeat sent after
+        the request) and the read may be served at `index`. A follower forwards the
+        request to its leader (NotLeader when it knows none)."""
         if self.role is not Role.LEADER:
-            raise NotLeader(self.leader)
-        if self.log.term(self.commit) != self.term:
-            self._reads_awaiting_commit.append(request)  # our commit index is not yet known
+            if not self.leader:
+                raise NotLeader(0)
+            self._send(
+                Message(MsgType.READ_INDEX, self.id, self.leader, self.term, context=request)
+            )
             return
-        self._read_at(request)
+        self._leader_read(self.id, request)
 
-    def _read_at(self, request: int) -> None:
+    def _leader_read(self, origin: int, request: int) -> None:
+        if self.log.term(self.commit) != self.term:
+            self._reads_awaiting_commit.append((origin, request))  # commit not yet known
+            return
         lease = self.config.read_mode == "lease" and self._lease_valid()
         if len(self.voters) == 1 or lease:
-            self._read_states.append(ReadState(request, self.commit))
+            self._answer_read(origin, request, self.commit)
         else:
-            self._unsent_reads.append((request, self.commit))
+            self._unsent_reads.append((origin, request, self.commit))
+
+    def _answer_read(self, origin: int, request: int, index: int) -> None:
+        if origin == self.id:
+            self._read_states.append(ReadState(request, index))
+        else:
+            self._send(
+                Message(
+                    MsgType.READ_INDEX_RESP,
+                    self.id,
+                    origin,
+                    self.term,
+                    context=request,
+                    index=index,
+                )
+            )
+
+    def _on_read_index(self, msg: Message) -> None:
+        if self.role is Role.LEADER:
+            self._leader_read(msg.src, msg.context)
+
+    def _on_read_index_resp(self, msg: Message) -> None:
+        self._read_states.append(ReadState(msg.context, msg.index))
 
     def _release_reads_awaiting_commit(self) -> None:
         if self._reads_awaiting_commit and self.log.term(self.commit) == self.term:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
-            for request in waiting:
-                self._read_at(request)
+            for origin, request in waiting:
+                self._leader_read(origin, request)
 
     # -- leader transfer -----------------------------------------------------------------
 
@@ -787,4 +851,7 @@ _HANDLERS = {
     MsgType.HEARTBEAT_RESP: RaftNode._on_heartbeat_resp,
     MsgType.SNAPSHOT: RaftNode._on_snapshot,
     MsgType.TIMEOUT_NOW: RaftNode._on_timeout_now,
+    MsgType.PROPOSE: RaftNode._on_propose,
+    MsgType.READ_INDEX: RaftNode._on_read_index,
+    MsgType.READ_INDEX_RESP: RaftNode._on_read_index_resp,
 }

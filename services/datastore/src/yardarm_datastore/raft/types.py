@@ -35,6 +35,9 @@ class MsgType(enum.StrEnum):
     HEARTBEAT_RESP = "heartbeat_resp"
     SNAPSHOT = "snapshot"  # InstallSnapshot; answered with APPEND_RESP
     TIMEOUT_NOW = "timeout_now"  # leader transfer: start an election at once
+    PROPOSE = "propose"  # a follower hands client commands (`entries`' data) to the leader
+    READ_INDEX = "read_index"  # a follower asks the leader to confirm a read (`context`)
+    READ_INDEX_RESP = "read_index_resp"  # confirmed: serve read `context` at `index`
 
 
 class Mutation(enum.StrEnum):
@@ -114,6 +117,9 @@ class Message:
     - HEARTBEAT / HEARTBEAT_RESP: `commit` (capped at what the follower matches) and
       `context`, the leader's read-index round being confirmed (0 = none).
     - SNAPSHOT: `snapshot`; answered by APPEND_RESP with `index` = snapshot index.
+    - PROPOSE: `entries` carry the commands (their term and index are assigned by the
+      leader); READ_INDEX / READ_INDEX_RESP: `context` = the follower's read request,
+      `index` = where it may be served.
     """
 
     type: MsgType
@@ -159,9 +165,9 @@ class Ready:
        serve `read_states` whose index is applied;
     4. call `node.advance(ready)`.
 
-    `early_messages` are the leader's appends and heartbeats: they may be sent before
-    step 1, since the leader counts its own copy only after `advance`, so its disk write
-    overlaps its followers'.
+    `early_messages` promise nothing about this node's disk and may be sent before step
+    1: the leader's appends and heartbeats (it counts its own copy only after `advance`,
+    so its disk write overlaps its followers'), and requests forwarded to the leader.
     """
 
     soft_state: SoftState
