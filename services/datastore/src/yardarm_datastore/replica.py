@@ -120,7 +120,8 @@ class Replica:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._proposals: dict[int, _Proposal] = {}
-        self._reads: dict[int, asyncio.Future[int]] = {}
+        # read request -> (the leader that confirms it, the answer)
+        self._reads: dict[int, tuple[int, asyncio.Future[int]]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
@@ -267,7 +268,7 @@ class Replica:
             self._apply(entry.index, entry.term, entry.kind, entry.data)
         node.advance(rd)
         for read in rd.read_states:
-            future = self._reads.pop(read.request, None)
+            _, future = self._reads.pop(read.request, (0, None))
             if future is not None and not future.done():
                 future.set_result(read.index)
         self._release_applied()
@@ -280,11 +281,12 @@ class Replica:
                     rd.soft_state.leader or "unknown", rd.soft_state.term, rd.soft_state.role,
                     extra={"event": "leader_changed", "leader": rd.soft_state.leader},
                 )  # fmt: skip
-            if changed or (
-                self._soft.role is Role.LEADER and rd.soft_state.role is not Role.LEADER
-            ):
-                # Reads waiting on a leader (ours or the one we forwarded to) are lost.
-                self._fail_reads(Unavailable("the leader changed before the read was confirmed"))
+            if changed:
+                # Reads waiting on another leader (or on us, if we lost it) are lost.
+                self._fail_reads(
+                    Unavailable("the leader changed before the read was confirmed"),
+                    keep=rd.soft_state.leader,
+                )
             self._soft = rd.soft_state
             self.hooks.on_soft_state(rd.soft_state, changed)
         self.hooks.on_progress(node.commit, node.applied)
@@ -400,10 +402,12 @@ class Replica:
                     Unavailable("the write's outcome is unknown (replaced by a snapshot); retry it")
                 )
 
-    def _fail_reads(self, exc: Exception) -> None:
-        reads, self._reads = self._reads, {}
-        for future in reads.values():
-            if not future.done():
+    def _fail_reads(self, exc: Exception, keep: int = 0) -> None:
+        """Fail waiting reads, except those the leader `keep` is confirming."""
+        reads = self._reads
+        self._reads = {r: (at, f) for r, (at, f) in reads.items() if keep and at == keep}
+        for request, (_, future) in reads.items():
+            if request not in self._reads and not future.done():
                 future.set_exception(exc)
 
     def _fail_waiters(self, exc: Exception) -> None:
@@ -481,7 +485,7 @@ class Replica:
             raise self._redirect(exc.leader) from None
         loop = asyncio.get_running_loop()
         confirmed: asyncio.Future[int] = loop.create_future()
-        self._reads[request] = confirmed
+        self._reads[request] = (node.leader, confirmed)
         self._wake.set()
         applied: asyncio.Future[None] = loop.create_future()
         try:
