@@ -360,6 +360,8 @@ class Replica:
         }
         data = json.dumps(doc, separators=(",", ":")).encode()
         snapshot = node.compact(node.applied, data)
+        if snapshot is None:
+            return
         self._compacting = True
         loop = asyncio.get_running_loop()
         started = time.perf_counter()

@@ -818,11 +818,15 @@ class RaftNode:
         if self.role is Role.LEADER:
             self._maybe_commit()
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
         """The driver captured its state machine at `index` (<= applied) as `data`: keep
-        that as the snapshot, drop the log up to it, and return the snapshot to persist."""
+        that as the snapshot, drop the log up to it, and return the snapshot to persist.
+        None when a snapshot at or past `index` is already held (one the leader sent may
+        have overtaken the driver's capture)."""
         if index > self.applied:
             raise ValueError(f"cannot compact to {index}: only {self.applied} is applied")
+        if index <= self.log.snap_index:
+            return None
         term = self.log.term(index)
         if term is None:
             raise ValueError(f"cannot compact to {index}: not in the log")
