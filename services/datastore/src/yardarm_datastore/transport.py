@@ -11,19 +11,23 @@ Frames are `[u32 length][payload]` (big-endian). A connection opens with a hello
 verdict before any message flows, so a sender learns at once that the peer behind the
 address (or behind a relay in front of it) is really there, and why it was refused.
 After that the stream carries encoded messages one way only.
+
+A sender's newest stream replaces its older one: bytes still on their way through an old
+stream (a relay holding them, a half-open socket) are never handed over after newer
+messages, and a peer that vanished without closing leaves no reader behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from yardarm_datastore.codec import CodecError, decode_message, encode_message
 from yardarm_datastore.raft.types import Message
@@ -47,14 +51,16 @@ _ACCEPTED = b"\x00"
 _REFUSED = b"\x01"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Peer:
+    """Where a member's Raft listener is."""
+
     id: int
     host: str
     port: int
 
 
-@dataclass
+@dataclasses.dataclass
 class DropCounts:
     """Messages given up on, by reason."""
 
@@ -66,20 +72,16 @@ class DropCounts:
 
     @property
     def total(self) -> int:
-        return (
-            self.queue_full
-            + self.unknown_peer
-            + self.disconnected
-            + self.too_large
-            + self.misrouted
-        )
+        return sum(dataclasses.astuple(self))
 
 
-@dataclass
+@dataclasses.dataclass
 class TransportStats:
+    """Counters for metrics and tests: loss is normal for Raft, but it should be visible."""
+
     sent: int = 0  # messages written and drained
     received: int = 0  # messages handed to `on_message`
-    dropped: DropCounts = field(default_factory=DropCounts)
+    dropped: DropCounts = dataclasses.field(default_factory=DropCounts)
     connects: int = 0  # outbound streams accepted by their peer
     connect_failures: int = 0  # outbound attempts refused, timed out or cut
     writes: int = 0  # write calls (fewer than `sent` when batching)
@@ -150,10 +152,11 @@ class _Link:
         while True:
             try:
                 reader, writer = await self._connect()
-            except (OSError, TimeoutError, EOFError, CodecError) as exc:
+            except Exception as exc:
                 stats.connect_failures += 1
-                level = logging.DEBUG if reported else logging.WARNING
-                log.log(level, "cannot reach raft peer %s: %s", self._where(), exc or type(exc))
+                expected = isinstance(exc, (OSError, TimeoutError, EOFError, CodecError))
+                level = logging.DEBUG if reported and expected else logging.WARNING
+                log.log(level, "cannot reach raft peer %s: %s", self._where(), _why(exc))
                 reported = True
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_CAP)
@@ -165,7 +168,9 @@ class _Link:
             try:
                 await self._pump(reader, writer)
             except (OSError, TimeoutError) as exc:
-                log.warning("stream to raft peer %s broke: %s", self._where(), exc or type(exc))
+                log.warning("stream to raft peer %s broke: %s", self._where(), _why(exc))
+            except Exception:
+                log.exception("stream to raft peer %s failed", self._where())
             finally:
                 await _shut(writer)
             # A stream that lived a while earns a quick reconnect; one cut at once backs off.
@@ -214,6 +219,9 @@ class _Link:
                     writer.write(data)
                     async with asyncio.timeout(STALL_TIMEOUT):
                         await writer.drain()
+                except TimeoutError:
+                    stats.dropped.disconnected += len(batch)
+                    raise _StreamBroken(f"peer read nothing for {STALL_TIMEOUT:g}s") from None
                 except BaseException:
                     stats.dropped.disconnected += len(batch)
                     raise
@@ -222,8 +230,7 @@ class _Link:
                 stats.bytes_sent += len(data)
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await asyncio.gather(watcher, return_exceptions=True)
 
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         """Notice a peer that closes while we have nothing to write; it never speaks."""
@@ -235,8 +242,7 @@ class _Link:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
 
 
@@ -267,6 +273,7 @@ class Transport:
         self._links: dict[int, _Link] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # inbound readers, retired writers
+        self._readers: dict[int, asyncio.Task[None]] = {}  # the live inbound stream per sender
         self._started = False
         self._closed = False
         self.set_peers(peers)
@@ -277,16 +284,20 @@ class Transport:
             raise RuntimeError("transport already started")
         self._started = True
         self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, limit=READ_CHUNK
+            self._on_connect, self.host, self.port, limit=READ_CHUNK
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         for link in self._links.values():
             link.start()
 
     def send(self, msg: Message) -> None:
-        """Queue `msg` for its destination; drops (and counts) rather than block or raise."""
+        """Queue `msg` for its destination; drops (and counts) rather than block or wait for
+        a peer. Raises CodecError only for a message no peer could decode (a bug)."""
         link = self._links.get(msg.dst)
         if link is None:
+            if self._closed:
+                self.stats.dropped.disconnected += 1
+                return
             self.stats.dropped.unknown_peer += 1
             return
         if len(link.queue) >= self.max_queue:
@@ -333,10 +344,6 @@ class Transport:
         for link in links:
             self.stats.dropped.disconnected += len(link.queue)
         await asyncio.gather(*(link.stop() for link in links))
-        # Connections accepted just before the listener closed start their task a few
-        # loop turns later; let them run far enough to see `_closed` and leave.
-        for _ in range(3):
-            await asyncio.sleep(0)
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
@@ -345,30 +352,45 @@ class Transport:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve each inbound stream in a task of our own, so `close` can end them all."""
+        if self._closed:  # accepted just before the listener closed
+            writer.transport.abort()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._serve(reader, writer), name=f"raft-inbound-{self.node_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)  # once its socket is closed too
+        sender = None
         try:
-            if self._closed:
-                return
             _nodelay(writer)
-            peer = await self._accept(reader, writer)
-            if peer is not None:
-                await self._read_messages(reader, peer)
+            sender = await self._accept(reader, writer)
+            if sender is not None and task is not None:
+                older = self._readers.get(sender)
+                if older is not None:
+                    older.cancel()
+                self._readers[sender] = task
+                await self._read_messages(reader, sender)
         except CodecError as exc:
             self.stats.malformed += 1
             log.warning("closed a raft stream from %s: %s", _remote(writer), exc)
         except (OSError, EOFError, TimeoutError):
             pass  # the sender reconnects; nothing here to report
+        except Exception:
+            log.exception("raft stream from %s failed", _remote(writer))
         finally:
+            if sender is not None and self._readers.get(sender) is task:
+                del self._readers[sender]
             await _shut(writer)
 
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> int | None:
-        """Check the hello; answer the verdict. The sender's id, or None if refused."""
+        """Check the hello and answer it: the sender's id, or None if refused."""
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             payload = await _read_frame(reader, MAX_HELLO_BYTES)
         if len(payload) < _HELLO.size:
@@ -432,6 +454,10 @@ class Transport:
                     except Exception:
                         log.exception("handling a %s from node %d failed", msg.type, msg.src)
             del buf[:offset]
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _remote(writer: asyncio.StreamWriter) -> str:
