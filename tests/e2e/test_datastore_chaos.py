@@ -215,4 +215,5 @@ async def test_histories_under_chaos_are_linearizable(stack: Stack, tmp_path: Pa
         f"{len(KEYS)} keys, faults {injected}: {result.reason}"
     )
     (tmp_path / "history.txt").write_text("\n".join(repr(op) for op in history.ops))
+    print(report, f"(search explored {result.explored} states)")
     assert result.ok and not result.budget_exhausted, report
