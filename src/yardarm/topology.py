@@ -27,6 +27,9 @@ ReadinessKind = Literal["http", "tcp", "postgres"]
 CONFIG_FILE = "yardarm.yaml"
 MAX_GATEWAYS = 9  # admin ports base+1 .. base+9 sit below the datastore's base+10
 MAX_DATASTORES = 9  # link ports base+100+10*i+j need one decimal digit per replica
+# Dependency links take base+200 upward: at most 9 x 11 (orders) + 9 x 2 (fulfillment)
+# + 9 x 18 (gateway) = 279 of them, so the max base port (65000) still ends below 65535.
+DEPENDENCY_LINK_OFFSET = 200
 CHAOS_INSTANCE = "chaos"
 SERVICE_DATABASES = ["orders", "fulfillment"]
 GATEWAY_ROUTES = [
@@ -73,6 +76,21 @@ class GatewaySpec(ServiceSpec):
     upstreams: dict[Literal["orders", "datastore"], UpstreamPolicy] = Field(default_factory=dict)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     route_timeout_s: float = Field(default=15.0, gt=0, le=300)
+
+
+class ChaosSpec(BaseModel):
+    """Which connections the chaos controller stands in, beyond the datastore's Raft links.
+
+    `dependency_links` routes every service's connections to its dependencies (orders to
+    the datastore, Postgres and NATS; fulfillment to Postgres and NATS; the gateway to
+    orders and the datastore) through link proxies, so `yardarm chaos partition orders-0`
+    cuts a service off. Off by default: each relayed hop costs latency and the
+    controller's CPU.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dependency_links: bool = False
 
 
 class Services(BaseModel):
@@ -131,6 +149,7 @@ class Topology(BaseModel):
     base_port: int = Field(default=8080, ge=1024, le=65000)
     environment: str = Field(default="local", min_length=1)
     services: Services = Field(default_factory=Services)
+    chaos: ChaosSpec = Field(default_factory=ChaosSpec)
     flags: dict[str, Any] = Field(default_factory=default_flags)
     flags_file: Path | None = None
 
@@ -189,10 +208,45 @@ class Topology(BaseModel):
         return self.base_port + 100 + 10 * src + dst
 
 
+def _dependencies(topology: Topology) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Each client instance with the instances it connects to and their real ports, in the
+    order dependency link ports are handed out."""
+    svc = topology.services
+    datastores = [
+        (f"datastore-{j}", topology.datastore_port(j)) for j in range(svc.datastore.replicas)
+    ]
+    orders = [(f"orders-{j}", topology.orders_port(j)) for j in range(svc.orders.replicas)]
+    infra_deps = [("postgres", topology.postgres_port), ("nats", topology.nats_port)]
+    return (
+        [(f"orders-{i}", datastores + infra_deps) for i in range(svc.orders.replicas)]
+        + [(f"fulfillment-{i}", infra_deps) for i in range(svc.fulfillment.replicas)]
+        + [(f"gateway-{i}", orders + datastores) for i in range(svc.gateway.replicas)]
+    )
+
+
+def dependency_links(topology: Topology) -> list[LinkConfig]:
+    """One proxied link per (client instance, dependency instance) pair when the topology
+    opts in (`chaos.dependency_links`), else none. Ports from base+200 upward. Each gateway
+    replica gets its own links (`gateway-1->orders-0`), so one replica can be cut off."""
+    if not topology.chaos.dependency_links:
+        return []
+    links: list[LinkConfig] = []
+    first = topology.base_port + DEPENDENCY_LINK_OFFSET
+    for src, targets in _dependencies(topology):
+        for dst, port in targets:
+            listen = first + len(links)
+            links.append(
+                LinkConfig(
+                    name=f"{src}->{dst}", src=src, dst=dst, listen_port=listen, target_port=port
+                )
+            )
+    return links
+
+
 def chaos_links(topology: Topology) -> list[LinkConfig]:
-    """One proxied link per ordered pair of datastore replicas."""
+    """One proxied link per ordered pair of datastore replicas, then the dependency links."""
     count = topology.services.datastore.replicas
-    return [
+    raft = [
         LinkConfig(
             name=f"datastore-{i}->datastore-{j}",
             src=f"datastore-{i}",
@@ -204,6 +258,7 @@ def chaos_links(topology: Topology) -> list[LinkConfig]:
         for j in range(count)
         if i != j
     ]
+    return raft + dependency_links(topology)
 
 
 def port_plan(topology: Topology) -> dict[str, int]:
@@ -493,19 +548,54 @@ def datastore_peers(topology: Topology, index: int) -> dict[str, dict[str, str]]
     }
 
 
+def _gateway_upstreams(
+    svc: Services, orders_urls: list[str], datastore_urls: list[str]
+) -> dict[str, Any]:
+    """The gateway's UPSTREAMS: its endpoints, with the topology's policy overrides."""
+    endpoints = {
+        "orders": [{"url": url, "track": svc.orders.track} for url in orders_urls],
+        "datastore": [{"url": url, "track": svc.datastore.track} for url in datastore_urls],
+    }
+    policies: dict[str, UpstreamPolicy] = {str(k): v for k, v in svc.gateway.upstreams.items()}
+    upstreams: dict[str, Any] = {}
+    for name, listed in endpoints.items():
+        policy = policies.get(name)
+        overrides = {} if policy is None else policy.model_dump(mode="json", exclude_unset=True)
+        upstreams[name] = {"endpoints": listed, **overrides} if overrides else listed
+    return upstreams
+
+
 def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
-    """Every process of the stack, in dependency order (a dependency comes first)."""
+    """Every process of the stack, in dependency order (a dependency comes first).
+
+    With `chaos.dependency_links` on, each client's URLs and DSNs name its own link
+    proxies; readiness URLs always name the instance itself, so a cut link never looks
+    like a dead process to the supervisor.
+    """
     home = home.resolve()
     data = home / "data"
     pg_data = data / "postgres"
-    nats_url = f"nats://127.0.0.1:{topology.nats_port}"
     svc = topology.services
-    datastore_urls = [
-        f"http://127.0.0.1:{topology.datastore_port(i)}" for i in range(svc.datastore.replicas)
-    ]
-    orders_urls = [
-        f"http://127.0.0.1:{topology.orders_port(i)}" for i in range(svc.orders.replicas)
-    ]
+    via = {(link.src, link.dst): link.listen_port for link in dependency_links(topology)}
+
+    def dial(src: str, dst: str, port: int) -> int:
+        """The port `src` connects to for `dst`: its link proxy's, or `dst`'s own."""
+        return via.get((src, dst), port)
+
+    def datastore_urls(src: str) -> list[str]:
+        return [
+            f"http://127.0.0.1:{dial(src, f'datastore-{j}', topology.datastore_port(j))}"
+            for j in range(svc.datastore.replicas)
+        ]
+
+    def infra_env(src: str, database: str) -> dict[str, str]:
+        pg = dial(src, "postgres", topology.postgres_port)
+        nats = dial(src, "nats", topology.nats_port)
+        return {
+            "DATABASE_URL": infra.postgres_dsn(pg, database),
+            "NATS_URL": f"nats://127.0.0.1:{nats}",
+        }
+
     run_as = infra.postgres_run_as()
     specs = [
         InstanceSpec(
@@ -568,6 +658,8 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             "fulfillment": ["nats", "postgres"],
             "gateway": [f"orders-{i}" for i in range(svc.orders.replicas)] + ["datastore-0"],
         }[name]
+        if via and name != "datastore":  # its connections run through the controller
+            depends = [CHAOS_INSTANCE, *depends]
         return InstanceSpec(
             name=f"{name}-{index}",
             service=name,
@@ -601,9 +693,8 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 svc.orders,
                 i,
                 topology.orders_port(i),
-                DATABASE_URL=infra.postgres_dsn(topology.postgres_port, "orders"),
-                NATS_URL=nats_url,
-                DATASTORE_URLS=json.dumps(datastore_urls),
+                **infra_env(f"orders-{i}", "orders"),
+                DATASTORE_URLS=json.dumps(datastore_urls(f"orders-{i}")),
             )
         )
     for i in range(svc.fulfillment.replicas):
@@ -613,22 +704,17 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 svc.fulfillment,
                 i,
                 topology.fulfillment_port(i),
-                DATABASE_URL=infra.postgres_dsn(topology.postgres_port, "fulfillment"),
-                NATS_URL=nats_url,
+                **infra_env(f"fulfillment-{i}", "fulfillment"),
             )
         )
-    endpoints = {
-        "orders": [{"url": url, "track": svc.orders.track} for url in orders_urls],
-        "datastore": [{"url": url, "track": svc.datastore.track} for url in datastore_urls],
-    }
-    policies: dict[str, UpstreamPolicy] = {str(k): v for k, v in svc.gateway.upstreams.items()}
-    upstreams: dict[str, Any] = {}
-    for name, listed in endpoints.items():
-        policy = policies.get(name)
-        overrides = {} if policy is None else policy.model_dump(mode="json", exclude_unset=True)
-        upstreams[name] = {"endpoints": listed, **overrides} if overrides else listed
     for i in range(svc.gateway.replicas):
         admin = topology.gateway_admin_port(i)
+        src = f"gateway-{i}"
+        orders_urls = [
+            f"http://127.0.0.1:{dial(src, f'orders-{j}', topology.orders_port(j))}"
+            for j in range(svc.orders.replicas)
+        ]
+        upstreams = _gateway_upstreams(svc, orders_urls, datastore_urls(src))
         spec = service(
             "gateway",
             svc.gateway,
@@ -636,7 +722,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             topology.gateway_port,
             ROUTES=json.dumps(GATEWAY_ROUTES),
             UPSTREAMS=json.dumps(upstreams),
-            DATASTORE_URLS=json.dumps(datastore_urls),
+            DATASTORE_URLS=json.dumps(datastore_urls(src)),
             ADMIN_PORT=str(admin),
             ADMIN_TOKEN=admin_token(home),
             REUSE_PORT="true" if svc.gateway.replicas > 1 else "false",

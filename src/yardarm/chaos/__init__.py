@@ -1,4 +1,4 @@
-"""Fault injection on a local stack: link proxies between replicas, and a controller.
+"""Fault injection on a local stack: link proxies between instances, and a controller.
 
 `python -m yardarm.chaos --config <home>/chaos.json` runs one stack's controller; the
 `yardarm chaos` commands drive it. This package's root stays light (no aiohttp) so the

@@ -30,10 +30,16 @@ HomeOption = Annotated[
 ProcessTarget = Annotated[
     str, typer.Argument(help="An instance (e.g. datastore-1, orders-0), or all.")
 ]
-LinkTarget = Annotated[str, typer.Argument(help="A datastore replica (e.g. datastore-0), or all.")]
+LinkTarget = Annotated[
+    str,
+    typer.Argument(
+        help="An instance with links (datastore-0; with chaos.dependency_links also "
+        "orders-0, postgres, ...), or all."
+    ),
+]
 PeerOption = Annotated[
     str | None,
-    typer.Option("--peer", help="Only the links between TARGET and this replica."),
+    typer.Option("--peer", help="Only the links between TARGET and this instance."),
 ]
 
 
@@ -169,7 +175,9 @@ def status(
     if state["links"]:
         console.print(_link_table(state["links"]))
     else:
-        console.print("no links (the datastore runs one replica)")
+        console.print(
+            "no links (one datastore replica and chaos.dependency_links off in yardarm.yaml)"
+        )
     paused = state["paused"]
     if paused:
         names = ", ".join(f"{row['instance']} (pid {row['pid']})" for row in paused)

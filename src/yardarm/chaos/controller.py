@@ -104,6 +104,8 @@ class ChaosController:
         )
 
     def _select_links(self, fault: FaultRequest) -> list[str]:
+        """Links whose src or dst is the target (both ends with a peer), by instance name:
+        `orders-0` reaches its own dependency links and the gateways' links into it."""
         endpoints = self.link_targets()
         target, peer = fault.target, fault.peer
         if target != ALL and target not in endpoints:
@@ -125,7 +127,10 @@ class ChaosController:
             raise _unprocessable(
                 "Peer needs one target", "peer narrows one target's links; name a target", "peer"
             )
-        peers = [name for name in endpoints if name != target]
+        peers = sorted(
+            {link.dst for link in self.links.values() if link.src == target}
+            | {link.src for link in self.links.values() if link.dst == target}
+        )
         if peer not in peers:
             raise _unprocessable(
                 "Unknown peer",
