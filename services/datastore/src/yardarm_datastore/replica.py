@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +126,9 @@ class Replica:
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
+        # Request ids are unique across restarts: a replayed log must never match a
+        # request of this process's life.
+        self._boot = f"{config.node_id}.{secrets.token_hex(6)}"
         self._forwarded: dict[str, asyncio.Future[Outcome | None]] = {}
         self._since_snapshot = 0
         self._compacting = False
@@ -456,7 +460,7 @@ class Replica:
                 term, index = node.propose(data)
                 self._proposals[index] = _Proposal(term, future)
             else:
-                rid = f"{self.config.node_id}.{next(self._request_ids)}"
+                rid = f"{self._boot}.{next(self._request_ids)}"
                 command = {**command, "rid": rid}
                 data = json.dumps(command, separators=(",", ":"), allow_nan=False).encode()
                 node.forward_proposal(data)

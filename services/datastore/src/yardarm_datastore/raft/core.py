@@ -348,11 +348,15 @@ class RaftNode:
             handler(self, msg)
 
     def _in_lease(self) -> bool:
-        return (
-            self._check_quorum
-            and self.leader != 0
-            and self._election_elapsed < self.config.election_ticks
-        )
+        """Whether to ignore vote requests: a leader was heard from within an election
+        timeout, or this node restarted less than one ago (it may have confirmed a
+        leader's lease just before it went down, and forgot whom it heard from)."""
+        if not self._check_quorum:
+            return False
+        timeout = self.config.election_ticks
+        if self.leader != 0 and self._election_elapsed < timeout:
+            return True
+        return self.term > 0 and self._now < timeout
 
     def _step_stale(self, msg: Message) -> None:
         if msg.type in (MsgType.APPEND, MsgType.HEARTBEAT) and (

@@ -1,0 +1,1 @@
+"""A deterministic, seeded cluster simulator for the Raft core, and the tests built on it."""
