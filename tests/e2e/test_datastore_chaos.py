@@ -24,7 +24,7 @@ import pytest
 from yardarm_datastore.linearizability import Operation, OpName, check_history
 
 from tests.e2e.test_stack_e2e import Stack, _start, _stop, pick_base_port
-from yardarm.chaos.client import send_fault
+from yardarm.chaos.client import ChaosClientError, send_fault
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +159,17 @@ def _faults(stack: Stack, until: float) -> list[str]:
         if fault == "kill-leader":
             send_fault(stack.home, "kill", target)
         elif fault == "pause-follower":
-            send_fault(stack.home, "pause", follower)
+            # A replica the supervisor is still restarting cannot be paused (409): take
+            # the other follower then.
+            for other in (1, 2):
+                follower = f"datastore-{(leader + other) % 3}"
+                try:
+                    send_fault(stack.home, "pause", follower)
+                    break
+                except ChaosClientError:
+                    continue
+            else:
+                continue
             time.sleep(1.5)
             send_fault(stack.home, "resume", follower)
         elif fault == "partition-leader":
