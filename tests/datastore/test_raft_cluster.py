@@ -233,6 +233,14 @@ async def test_leader_transfer_and_membership_changes(
     async with http.delete(f"{new.url}/raft/members/{leader}") as response:
         assert response.status == 200, await response.text()
         assert leader not in (await response.json())["voters"]
+    # The removed replica stops being ready, so clients and the gateway pass it over.
+    deadline = time.monotonic() + 20 * ELECTION_S
+    while True:
+        async with http.get(f"{cluster.nodes[leader].url}/readyz") as response:
+            if response.status == 503:
+                break
+        assert time.monotonic() < deadline, "the removed replica still says it is ready"
+        await asyncio.sleep(0.05)
     cluster.kill(leader, signal.SIGTERM)
     # Three voters remain and still commit.
     assert (await _put(http, new.url, "after", 1))[0] == 201

@@ -199,8 +199,11 @@ class Replica:
 
     @property
     def ready(self) -> bool:
-        """Serving: recovered, the loop alive, and a leader known."""
-        return self._open and self._failed is None and self._soft.leader != 0
+        """Serving: recovered, the loop alive, a leader known, and still a member (a
+        replica removed from the group stops being ready, so clients pass it over)."""
+        node = self.node
+        member = node is not None and self.config.node_id in node.voters
+        return self._open and self._failed is None and self._soft.leader != 0 and member
 
     # -- the loop --------------------------------------------------------------------
 

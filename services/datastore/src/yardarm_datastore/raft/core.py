@@ -565,13 +565,17 @@ class RaftNode:
         pr.become_snapshot(snap.meta.index)
         self._send(Message(MsgType.SNAPSHOT, self.id, node, self.term, snapshot=snap))
 
+    def _responder(self, msg: Message) -> Progress | None:
+        """The progress of the follower that answered, if this node still leads it."""
+        pr = self._progress.get(msg.src) if self.role is Role.LEADER else None
+        if pr is not None:
+            pr.recent_active = True
+        return pr
+
     def _on_append_resp(self, msg: Message) -> None:
-        if self.role is not Role.LEADER:
-            return
-        pr = self._progress.get(msg.src)
+        pr = self._responder(msg)
         if pr is None:
             return
-        pr.recent_active = True
         if msg.reject:
             if pr.rejected(msg.index, msg.reject_hint):
                 self._send_append(msg.src, pr, allow_empty=True)
@@ -655,12 +659,9 @@ class RaftNode:
         self._confirm_rounds()
 
     def _on_heartbeat_resp(self, msg: Message) -> None:
-        if self.role is not Role.LEADER:
-            return
-        pr = self._progress.get(msg.src)
+        pr = self._responder(msg)
         if pr is None:
             return
-        pr.recent_active = True
         if pr.state is ProgressState.PROBE:
             pr.paused = False
         elif pr.state is ProgressState.REPLICATE and pr.blocked():
