@@ -288,7 +288,6 @@ class Replica:
                     rd.soft_state.leader or "unknown", rd.soft_state.term, rd.soft_state.role,
                     extra={"event": "leader_changed", "leader": rd.soft_state.leader},
                 )  # fmt: skip
-            if changed:
                 # Reads waiting on another leader (or on us, if we lost it) are lost.
                 self._fail_reads(
                     Unavailable("the leader changed before the read was confirmed"),
