@@ -209,7 +209,11 @@ async def test_leader_transfer_and_membership_changes(
         f"{cluster.nodes[target].url}/raft/transfer", json={"to": target}
     ) as response:
         assert response.status == 202, await response.text()
-    assert await cluster.wait_leader(http, timeout=40 * ELECTION_S) == target
+    # The 202 comes before the hand-over: wait for the group to agree on the new leader.
+    deadline = time.monotonic() + 40 * ELECTION_S
+    while await cluster.wait_leader(http, timeout=40 * ELECTION_S) != target:
+        assert time.monotonic() < deadline, f"leadership never moved to {target}"
+        await asyncio.sleep(0.05)
 
     # Add a fourth replica: it starts knowing the group and catches up by snapshot.
     new = cluster.add_node()
