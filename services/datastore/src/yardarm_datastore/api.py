@@ -1,7 +1,8 @@
 """The KV HTTP API over a Raft replica; every bad input is a precise problem.
 
-Any replica answers: a follower forwards writes and linearizable reads to the leader;
-`consistency=stale` reads are served from the replica's own applied state.
+Any replica answers: a follower hands writes and linearizable reads to the leader over
+the Raft stream and answers from its own state machine; `consistency=stale` reads are
+served from the replica's own applied state.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from opentelemetry.trace import Span
 from pydantic import BaseModel, ConfigDict, Field
 from yardarm_kit import Problem, Service, parse_json
 
-from yardarm_datastore.forward import forward
-from yardarm_datastore.replica import Redirect, Replica, Unavailable
+from yardarm_datastore.replica import Replica, Unavailable
 from yardarm_datastore.state import Command, Outcome, delete_command, put_command
 
 MAX_KEY_BYTES = 512
@@ -141,7 +141,6 @@ class KVApi:
     def __init__(self, service: Service, replica: Replica) -> None:
         self._service = service
         self._replica = replica
-        self._leader = service.http_client("datastore-leader")
         self._writes = service.metrics.counter(
             "yardarm_datastore_writes_total",
             "KV writes by operation (put, delete) and outcome.",
@@ -163,8 +162,6 @@ class KVApi:
         linearizable = _linearizable(request)
         try:
             entry = await self._replica.get(key, linearizable=linearizable)
-        except Redirect as leader:
-            return await forward(self._leader, request, leader.url, self._replica.config.node_id)
         except Unavailable as exc:
             raise _unavailable(exc) from None
         if entry is None:
@@ -182,8 +179,6 @@ class KVApi:
             items, next_key = await self._replica.list(
                 prefix, limit, after, linearizable=linearizable
             )
-        except Redirect as leader:
-            return await forward(self._leader, request, leader.url, self._replica.config.node_id)
         except Unavailable as exc:
             raise _unavailable(exc) from None
         return web.json_response(
@@ -198,15 +193,15 @@ class KVApi:
         idem = _idempotency_key(request)
         body = await _put_body(request)
         command = put_command(key, body.value, body.if_version, idem)
-        return await self._write(request, "put", command)
+        return await self._write("put", command)
 
     async def delete(self, request: web.Request) -> web.Response:
         key = _key(request)
         idem = _idempotency_key(request)
         if_version = _if_version_param(request)
-        return await self._write(request, "delete", delete_command(key, if_version, idem))
+        return await self._write("delete", delete_command(key, if_version, idem))
 
-    async def _write(self, request: web.Request, op: str, command: Command) -> web.Response:
+    async def _write(self, op: str, command: Command) -> web.Response:
         with self._service.tracer.start_as_current_span(f"kv.{op}") as span:
             _describe(span, command["k"], command.get("iv"), command.get("ik"))
             # A write whose key was already applied is committed: replay it from here.
@@ -214,10 +209,6 @@ class KVApi:
             try:
                 if outcome is None:  # the span covers the proposal through commit and apply
                     outcome = await self._replica.propose(command)
-            except Redirect as leader:
-                span.set_attribute("yardarm.kv.forwarded_to", leader.leader)
-                node = self._replica.config.node_id
-                return await forward(self._leader, request, leader.url, node)
             except Unavailable as exc:
                 self._writes.inc(op=op, outcome="unavailable")
                 raise _unavailable(exc) from None

@@ -1,4 +1,6 @@
-"""Followers hand client requests to the leader, so clients may call any replica.
+"""Followers relay admin requests (membership, transfer) to the leader over HTTP.
+
+Client reads and writes never come here: they travel to the leader over the Raft stream.
 
 One hop only: a forwarded request that reaches a replica which is not (or no longer)
 the leader is answered 503 with Retry-After rather than passed on again, so a leader

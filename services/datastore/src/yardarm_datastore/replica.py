@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from yardarm_datastore.state import Command, Entry, KVState, Outcome
 from yardarm_datastore.transport import Peer, Transport
 
 log = logging.getLogger("yardarm.datastore.replica")
+NO_LEADER = "no leader is known (an election is under way); retry shortly"
 
 
 class Unavailable(RuntimeError):
@@ -100,12 +101,6 @@ class _Proposal:
     future: asyncio.Future[Outcome | None]
 
 
-@dataclass
-class _Status:
-    started: float = field(default_factory=time.monotonic)
-    leader_changes: int = 0
-
-
 class Replica:
     """The key-value state machine behind Raft, with the API the HTTP layer needs."""
 
@@ -133,7 +128,7 @@ class Replica:
         self._since_snapshot = 0
         self._compacting = False
         self._soft = SoftState(Role.FOLLOWER, 0, 0)
-        self._status = _Status()
+        self._leader_changes = 0
         self._failed: BaseException | None = None
         self._synced_term_vote = (0, 0)
         self._open = False
@@ -282,7 +277,7 @@ class Replica:
         if rd.soft_state != self._soft:
             changed = rd.soft_state.leader != self._soft.leader
             if changed:
-                self._status.leader_changes += 1
+                self._leader_changes += 1
                 log.info(
                     "leader is now %s in term %d (this replica: %s)",
                     rd.soft_state.leader or "unknown", rd.soft_state.term, rd.soft_state.role,
@@ -442,7 +437,7 @@ class Replica:
     def _redirect(self, leader: int) -> Exception:
         member = self.members.get(leader)
         if leader == 0 or member is None:
-            return Unavailable("no leader is known (an election is under way); retry shortly")
+            return Unavailable(NO_LEADER)
         return Redirect(leader, member.http)
 
     # -- the API -------------------------------------------------------------------
@@ -468,8 +463,8 @@ class Replica:
                 node.forward_proposal(data)
                 self._forwarded[rid] = future
                 future.add_done_callback(lambda _: self._forwarded.pop(rid, None))
-        except NotLeader as exc:
-            raise self._redirect(exc.leader) from None
+        except NotLeader:
+            raise Unavailable(NO_LEADER) from None
         except ProposalRefused as exc:
             raise Unavailable(str(exc)) from None
         self._wake.set()
@@ -488,9 +483,9 @@ class Replica:
         node = self._check()
         request = next(self._read_ids)
         try:
-            node.read_index(request)
-        except NotLeader as exc:
-            raise self._redirect(exc.leader) from None
+            node.read_index(request)  # a follower hands it to its leader
+        except NotLeader:
+            raise Unavailable(NO_LEADER) from None
         loop = asyncio.get_running_loop()
         confirmed: asyncio.Future[int] = loop.create_future()
         self._reads[request] = (node.leader, confirmed)
@@ -566,6 +561,6 @@ class Replica:
             "voters": sorted(node.voters),
             "members": {str(n): vars(m) for n, m in sorted(self.members.items())},
             "progress": {str(n): p for n, p in node.progress().items()},
-            "leader_changes": self._status.leader_changes,
+            "leader_changes": self._leader_changes,
             "transport": dataclasses.asdict(transport.stats) if transport is not None else {},
         }

@@ -15,6 +15,7 @@ single-server membership changes that take effect when committed.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -844,9 +845,7 @@ class RaftNode:
 
 
 def _with(msg: Message, **changes: object) -> Message:
-    from dataclasses import replace
-
-    return replace(msg, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(msg, **changes)  # type: ignore[arg-type]
 
 
 _HANDLERS = {
