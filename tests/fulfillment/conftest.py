@@ -1,5 +1,5 @@
 """Fixtures for fulfillment tests: a clean JetStream, the service in-process, and helpers
-to send commands and read what reached the EVENTS stream.
+to send commands (schema 1 or 2) and read what reached the EVENTS and DLQ streams.
 
 The NATS server is shared by the session, so every test starts from purged streams and
 no `payments`/`shipping` durables (a durable keeps its first config and its backlog).
@@ -44,12 +44,28 @@ def command(saga_id: str, kind: str, **data: Any) -> Envelope:
 
 
 def charge(saga_id: str, card: str = CARD_OK, amount_cents: int = 2500) -> Envelope:
+    """`payments.charge` in its schema 1 shape."""
     return command(saga_id, "payments.charge", order_id=saga_id, amount_cents=amount_cents,
                    card=card)  # fmt: skip
 
 
+def charge_v2(
+    saga_id: str, card: str = CARD_OK, cents: int = 2500, currency: str = "USD"
+) -> Envelope:
+    """`payments.charge` in its schema 2 shape (send it with `schema=2`)."""
+    amount = {"cents": cents, "currency": currency}
+    return command(saga_id, "payments.charge", order_id=saga_id, amount=amount, card=card)
+
+
 def refund(saga_id: str, amount_cents: int = 2500) -> Envelope:
+    """`payments.refund` in its schema 1 shape."""
     return command(saga_id, "payments.refund", order_id=saga_id, amount_cents=amount_cents)
+
+
+def refund_v2(saga_id: str, cents: int = 2500, currency: str = "USD") -> Envelope:
+    """`payments.refund` in its schema 2 shape (send it with `schema=2`)."""
+    amount = {"cents": cents, "currency": currency}
+    return command(saga_id, "payments.refund", order_id=saga_id, amount=amount)
 
 
 def schedule(saga_id: str, customer_id: str = "cust-1") -> Envelope:
@@ -70,37 +86,68 @@ class Event:
 
 
 @dataclass
+class StoredMsg:
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+@dataclass
 class Bus:
     nc: NATS
     js: JetStreamContext
 
     async def send(
-        self, envelope: Envelope, *, traceparent: str | None = None, msg_id: str | None = None
+        self,
+        envelope: Envelope,
+        *,
+        traceparent: str | None = None,
+        msg_id: str | None = None,
+        schema: int = 1,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> None:
-        """Publish a command on `cmd.<type>`; `msg_id` overrides the Nats-Msg-Id."""
-        headers = {"Nats-Msg-Id": msg_id or envelope.id, "yardarm-schema": "1"}
+        """Publish a command on `cmd.<type>` with header `yardarm-schema: <schema>`;
+        `msg_id` overrides the Nats-Msg-Id, `body` the serialised envelope."""
+        sent = {"Nats-Msg-Id": msg_id or envelope.id, "yardarm-schema": str(schema)}
         if traceparent:
-            headers["traceparent"] = traceparent
-        await self.js.publish(
-            f"cmd.{envelope.type}", envelope.model_dump_json().encode(), headers=headers
-        )
+            sent["traceparent"] = traceparent
+        sent.update(headers or {})
+        data = envelope.model_dump_json().encode() if body is None else body
+        await self.js.publish(f"cmd.{envelope.type}", data, headers=sent)
 
-    async def events(self) -> list[Event]:
-        """Every message stored in EVENTS right now, in order."""
-        info = await self.js.stream_info("EVENTS")
-        found: list[Event] = []
+    async def stored(self, stream: str) -> list[StoredMsg]:
+        """Every message stored in `stream` right now, in order."""
+        info = await self.js.stream_info(stream)
+        found: list[StoredMsg] = []
         if info.state.messages == 0:
             return found
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             try:
-                raw = await self.js.get_msg("EVENTS", seq)
+                raw = await self.js.get_msg(stream, seq)
             except NotFoundError:
                 continue
             assert raw.data is not None and raw.subject is not None
-            found.append(
-                Event(raw.subject, dict(raw.headers or {}), Envelope.model_validate_json(raw.data))
-            )
+            found.append(StoredMsg(raw.subject, dict(raw.headers or {}), raw.data))
         return found
+
+    async def events(self) -> list[Event]:
+        """Every message stored in EVENTS right now, in order."""
+        return [
+            Event(m.subject, m.headers, Envelope.model_validate_json(m.data))
+            for m in await self.stored("EVENTS")
+        ]
+
+    async def wait_dead_letters(self, count: int = 1, *, timeout: float = 30.0) -> list[StoredMsg]:
+        """Wait (bounded) until the DLQ stream holds `count` messages."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await self.stored("DLQ")
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(found)} of {count} dead letters: {found}")
+            await asyncio.sleep(0.05)
 
     async def wait_events(
         self, saga_id: str, count: int = 1, *, timeout: float = 30.0, settle: float = 0.0
@@ -128,8 +175,8 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     for durable in ("payments", "shipping"):
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer("COMMANDS", durable)
-    await js.purge_stream("COMMANDS")
-    await js.purge_stream("EVENTS")
+    for stream in ("COMMANDS", "EVENTS", "DLQ"):
+        await js.purge_stream(stream)
     try:
         yield Bus(nc, js)
     finally:
@@ -178,7 +225,9 @@ async def start_fulfillment(
             "nats_url": nats_url,
             "state_dir": tmp_path / "state",
             "instance": f"fulfillment-{len(started)}",
-            "nak_delay_s": 0.2,
+            # Short enough that redeliveries and dead letters take a second, not minutes.
+            "ack_wait_s": 5.0,
+            "backoff_s": [0.2],
             **overrides,
         }
         instance = create_fulfillment(FulfillmentSettings(**fields))

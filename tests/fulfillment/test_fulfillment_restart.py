@@ -18,9 +18,9 @@ import pytest
 
 from tests.conftest import free_port, wait_for_port
 
-from .conftest import Bus, charge, wait_until, write_flags
+from .conftest import Bus, charge, charge_v2, wait_until, write_flags
 
-COMMANDS = 24
+COMMANDS = 32
 
 
 def start_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -55,7 +55,7 @@ async def test_restart_mid_stream_loses_nothing_and_doubles_nothing(
     stop_signal: signal.Signals,
 ) -> None:
     flags = tmp_path / "flags.json"
-    write_flags(flags, {"payments.latency-ms": 150})  # slow enough to stop it mid-stream
+    write_flags(flags, {"payments.latency-ms": 300})  # slow enough to stop it mid-stream
     port = free_port()
     env = {
         "YARDARM_FULFILLMENT_PORT": str(port),
@@ -65,12 +65,16 @@ async def test_restart_mid_stream_loses_nothing_and_doubles_nothing(
         "YARDARM_FULFILLMENT_FLAGS_FILE": str(flags),
         "YARDARM_FULFILLMENT_BATCH": "4",
         "YARDARM_FULFILLMENT_ACK_WAIT_S": "2",
-        "YARDARM_FULFILLMENT_NAK_DELAY_S": "0.2",
+        "YARDARM_FULFILLMENT_BACKOFF_S": "0.2,0.5",
+        "YARDARM_FULFILLMENT_MAX_BATCHES_IN_FLIGHT": "2",
     }
     log = tmp_path / "fulfillment.log"
     sagas = [str(uuid.uuid4()) for _ in range(COMMANDS)]
-    for saga_id in sagas:
-        await bus.send(charge(saga_id))
+    for index, saga_id in enumerate(sagas):  # both schema versions in one stream
+        if index % 2:
+            await bus.send(charge_v2(saga_id), schema=2)
+        else:
+            await bus.send(charge(saga_id))
 
     proc = start_process(env, log)
     db = await asyncpg.connect(pg_database)

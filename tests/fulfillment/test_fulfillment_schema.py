@@ -81,3 +81,45 @@ async def test_the_ledger_allows_one_charge_and_one_refund_per_saga(pg_database:
             )
     finally:
         await conn.close()
+
+
+async def test_migration_0002_only_expands_so_the_previous_version_keeps_writing(
+    pg_database: str,
+) -> None:
+    """Rows the previous version wrote, and writes it still makes, read as USD, schema 1."""
+    first, *later = bundled_migrations()
+    assert first.version == 1 and later, "0002 ships beside 0001"
+    conn = await asyncpg.connect(pg_database)
+    try:
+        await migrate(conn, [first])
+        previous_version_writes = [
+            "INSERT INTO payments (saga_id, order_id, kind, amount_cents, status)"
+            " VALUES ($1, 'o', 'charge', 100, 'charged')",
+            "INSERT INTO outbox (subject, msg_id, payload) VALUES ('evt.x', $1, '{}')",
+            "INSERT INTO inbox (msg_id, subject) VALUES ($1, 'cmd.x')",
+        ]
+        for sql in previous_version_writes:
+            await conn.execute(sql, "before")
+        await migrate(conn)
+        for sql in previous_version_writes:
+            await conn.execute(sql, "after")
+        currencies = await conn.fetch("SELECT DISTINCT currency FROM payments")
+        schemas = await conn.fetch("SELECT DISTINCT schema FROM outbox")
+        assert await conn.fetchval("SELECT count(*) FROM inbox") == 2
+    finally:
+        await conn.close()
+    assert [r["currency"] for r in currencies] == ["USD"]
+    assert [r["schema"] for r in schemas] == [1]
+
+
+async def test_the_ledger_refuses_a_currency_that_is_not_an_iso_code(pg_database: str) -> None:
+    conn = await asyncpg.connect(pg_database)
+    try:
+        await migrate(conn)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO payments (saga_id, order_id, kind, amount_cents, status, currency)"
+                " VALUES ('s', 'o', 'charge', 100, 'charged', 'dollars')"
+            )
+    finally:
+        await conn.close()

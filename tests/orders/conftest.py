@@ -28,6 +28,13 @@ from yardarm_orders.app import MIGRATION_LOCK_ID
 from tests.conftest import free_port, wait_for_port
 
 CARD_OK = "4242424242424242"
+# Re-sends and timeouts far beyond any test's waits, for tests about other behaviour.
+PATIENT_SAGA = {
+    "YARDARM_ORDERS_RESEND_AFTER_S": "120",
+    "YARDARM_ORDERS_RESEND_MAX_S": "120",
+    "YARDARM_ORDERS_CHARGE_TIMEOUT_S": "600",
+    "YARDARM_ORDERS_SHIPPING_TIMEOUT_S": "600",
+}
 
 
 @pytest.fixture
@@ -180,9 +187,14 @@ def start_orders(
 def orders_service(
     tmp_path: Path, pg_database: str, nats_url: str, datastore_url: str
 ) -> Iterator[OrdersProcess]:
-    """A real orders process on a fresh database, the session's NATS and a real datastore."""
+    """A real orders process on a fresh database, the session's NATS and a real datastore;
+    commands are not re-sent and steps do not time out within a test."""
     proc, service = start_orders(
-        tmp_path, dsn=pg_database, nats_url=nats_url, datastore_url=datastore_url
+        tmp_path,
+        dsn=pg_database,
+        nats_url=nats_url,
+        datastore_url=datastore_url,
+        extra_env=PATIENT_SAGA,
     )
     try:
         yield service

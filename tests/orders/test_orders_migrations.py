@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import pytest
@@ -93,3 +94,59 @@ async def test_a_later_migration_applies_on_top_and_an_edited_one_is_refused(
         assert await asyncio.wait_for(migrate(conn, shipped), timeout=30) == []
     finally:
         await conn.close()
+
+
+async def test_0002_expands_a_database_at_0001_with_rows_and_0001_writes_keep_working(
+    pg_database: str,
+) -> None:
+    conn = await asyncpg.connect(pg_database)
+    try:
+        shipped = bundled_migrations()
+        assert [m.name for m in shipped[:2]] == ["0001_init.sql", "0002_saga_timeouts_schema.sql"]
+        await migrate(conn, shipped[:1])
+        await _write_as_0001(conn, uuid.uuid4(), "first")
+        assert await migrate(conn, shipped[:2]) == ["0002_saga_timeouts_schema.sql"]
+
+        # rows from before the migration read with the new columns' defaults
+        old = await conn.fetchrow(
+            "SELECT o.currency, s.deadline_at, x.schema, i.subject FROM orders o"
+            " JOIN sagas s ON s.order_id = o.id, outbox x, inbox i WHERE i.msg_id = 'first'"
+        )
+        assert old is not None and dict(old) == {
+            "currency": "USD",
+            "deadline_at": None,
+            "schema": 1,
+            "subject": None,
+        }
+        # a replica of the previous version still writes every table as it did
+        await _write_as_0001(conn, uuid.uuid4(), "second")
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE schema = 1") == 2
+        assert await conn.fetchval("SELECT count(*) FROM orders WHERE currency = 'USD'") == 2
+    finally:
+        await conn.close()
+
+
+async def _write_as_0001(conn: asyncpg.Connection, order_id: uuid.UUID, msg_id: str) -> None:
+    """The statements the 0001-era service ran, column lists and all."""
+    await conn.execute(
+        "INSERT INTO orders (id, customer_id, items, total_cents, card_last4, status)"
+        " VALUES ($1, 'c', '[]', 500, '4242', 'PENDING')",
+        order_id,
+    )
+    await conn.execute(
+        "INSERT INTO sagas (order_id, state, card) VALUES ($1, 'CHARGING', '4242424242424242')",
+        order_id,
+    )
+    await conn.execute(
+        "UPDATE sagas SET state = 'CHARGING', lease_owner = NULL, lease_until = NULL,"
+        " attempts = 0, next_attempt_at = now(), step_started_at = now(), updated_at = now()"
+        " WHERE order_id = $1",
+        order_id,
+    )
+    await conn.execute(
+        "INSERT INTO outbox (subject, msg_id, payload, traceparent) VALUES ($1, $2, $3, NULL)",
+        "cmd.payments.charge",
+        f"{order_id}:payments.charge",
+        '{"type": "payments.charge"}',
+    )
+    await conn.execute("INSERT INTO inbox (msg_id) VALUES ($1)", msg_id)

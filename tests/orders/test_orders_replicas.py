@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from tests.orders.conftest import (
+    PATIENT_SAGA,
     OrdersProcess,
     _stop,
     order_body,
@@ -20,11 +20,6 @@ from tests.orders.conftest import (
     stock_available,
 )
 from tests.orders.participant import Participant
-
-REPLIES = {
-    "cmd.payments.charge": ("payments.charged", {"charge_id": "ch"}),
-    "cmd.shipping.schedule": ("shipping.scheduled", {"shipment_id": "sh"}),
-}
 
 
 @pytest.fixture
@@ -41,6 +36,7 @@ def two_replicas(
                     nats_url=nats_url,
                     datastore_url=datastore_url,
                     instance=f"orders-{i}",
+                    extra_env=PATIENT_SAGA,
                 )
             )
         yield [service for _, service in started]
@@ -49,50 +45,31 @@ def two_replicas(
             _stop(proc)
 
 
-async def _auto_participant(participant: Participant, answered: set[str]) -> None:
-    """Reply success to every command, once each, until cancelled."""
-    while True:
-        await participant.settle(0.3)
-        for envelope, msg in list(participant._seen):
-            if envelope.id in answered or msg.subject not in REPLIES:
-                continue
-            answered.add(envelope.id)
-            event, data = REPLIES[msg.subject]
-            await participant.reply(envelope, event, **data)
-
-
 async def test_concurrent_orders_on_two_replicas_never_oversell(
     two_replicas: list[OrdersProcess], nats_url: str
 ) -> None:
     first = two_replicas[0]
     seed_stock(first.datastore_url, {"rope": (250, 10)})
     quantities = [1, 2, 1, 3, 2, 1, 2, 1, 3, 1]  # 17 wanted, 10 in stock
-    async with Participant(nats_url) as participant:
-        answered: set[str] = set()
-        replier = asyncio.create_task(_auto_participant(participant, answered))
-        try:
-            async with httpx.AsyncClient(timeout=20) as client:
-                responses = await asyncio.gather(
-                    *(
-                        client.post(
-                            f"{two_replicas[i % 2].url}/orders",
-                            json=order_body([{"sku": "rope", "quantity": q}]),
-                            headers={"Idempotency-Key": str(uuid.uuid4())},
-                        )
-                        for i, q in enumerate(quantities)
+    async with Participant(nats_url) as participant, participant.answering():
+        async with httpx.AsyncClient(timeout=20) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{two_replicas[i % 2].url}/orders",
+                        json=order_body([{"sku": "rope", "quantity": q}]),
+                        headers={"Idempotency-Key": str(uuid.uuid4())},
                     )
+                    for i, q in enumerate(quantities)
                 )
-            assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
-            orders = [
-                await two_replicas[i % 2].wait_status(
-                    r.json()["id"], {"CONFIRMED", "CANCELLED"}, timeout=120
-                )
-                for i, r in enumerate(responses)
-            ]
-        finally:
-            replier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replier
+            )
+        assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
+        orders = [
+            await two_replicas[i % 2].wait_status(
+                r.json()["id"], {"CONFIRMED", "CANCELLED"}, timeout=120
+            )
+            for i, r in enumerate(responses)
+        ]
     confirmed = sum(o["items"][0]["quantity"] for o in orders if o["status"] == "CONFIRMED")
     cancelled = [o for o in orders if o["status"] == "CANCELLED"]
     assert confirmed + stock_available(first.datastore_url, "rope") == 10

@@ -39,9 +39,10 @@ async def test_charged_and_scheduled_confirms_and_takes_exactly_the_stock(
         assert charge.id == f"{order_id}:payments.charge"
         assert charge.data == {
             "order_id": order_id,
-            "amount_cents": 3 * 250 + 1999,
+            "amount": {"cents": 3 * 250 + 1999, "currency": "USD"},
             "card": CARD_OK,
         }
+        assert msg.headers is not None and msg.headers["yardarm-schema"] == "2"
         trace_id = orders_service.get(order_id).json()["trace_id"]
         assert msg.headers is not None and trace_id in msg.headers["traceparent"]
         # stock is reserved before the charge is asked for
@@ -134,7 +135,7 @@ async def test_failed_shipping_refunds_then_releases_and_cancels(
         trace_id = orders_service.get(order_id).json()["trace_id"]
         assert msg.headers is not None and trace_id in msg.headers["traceparent"]
         assert refund.id == f"{order_id}:payments.refund"
-        assert refund.data == {"order_id": order_id, "amount_cents": 500}
+        assert refund.data == {"order_id": order_id, "amount": {"cents": 500, "currency": "USD"}}
         # the stock stays reserved until the money is back
         assert stock_available(orders_service.datastore_url, "rope") == 8
         assert orders_service.get(order_id).json()["status"] == "PENDING"

@@ -15,6 +15,7 @@ from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable
 from yardarm_kit.metrics import Metrics
 from yardarm_orders import order_store
 from yardarm_orders.saga import store
+from yardarm_orders.saga.definition import RUNNING_STATES
 from yardarm_orders.saga.stock_steps import StockOutcome, StockSteps, idempotency_key
 from yardarm_orders.settings import OrdersSettings
 
@@ -41,7 +42,7 @@ async def _claimed_order(pool: asyncpg.Pool, sku: str, quantity: int) -> uuid.UU
     order = new_order(items=[{"sku": sku, "quantity": quantity, "name": sku, "price_cents": 1}])
     async with pool.acquire() as conn:
         await order_store.create(conn, order, key=str(order.id), request_hash="h")
-        assert await store.claim_local(conn, "w", 60) is not None
+        assert await store.claim_due(conn, "w", 60, RUNNING_STATES) is not None
     return order.id
 
 

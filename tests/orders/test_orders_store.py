@@ -1,23 +1,20 @@
-"""The SQL layer against a real Postgres: idempotent creation, leases, transitions, inbox."""
+"""The SQL layer against a real Postgres: idempotent creation, claims and leases."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
-from yardarm_kit.messaging import Envelope
 from yardarm_kit.metrics import Metrics
+from yardarm_kit.postgres import Connection
 from yardarm_orders import order_store
 from yardarm_orders.order_store import InFlight, NewOrder
 from yardarm_orders.saga import store
-from yardarm_orders.saga.definition import SagaState, Trigger, decide
+from yardarm_orders.saga.definition import RUNNING_STATES
 from yardarm_orders.saga.metrics import SagaMetrics
-from yardarm_orders.saga.replies import ReplyHandler
 from yardarm_orders.settings import OrdersSettings
 
 CARD = "4242424242424242"
@@ -52,8 +49,10 @@ async def test_same_key_returns_the_first_order_and_one_saga(pool: asyncpg.Pool)
         assert a.order_id == b.order_id == first.id
         assert await conn.fetchval("SELECT count(*) FROM orders") == 1
         saga = await conn.fetchrow("SELECT state, card FROM sagas WHERE order_id = $1", first.id)
+        assert saga is not None
         assert saga["state"] == "RESERVING" and saga["card"] == CARD
         stored = await conn.fetchrow("SELECT card_last4, status FROM orders")
+        assert stored is not None
         assert stored["card_last4"] == "4242" and stored["status"] == "PENDING"
         history = await conn.fetch("SELECT step, outcome, trace_id FROM saga_history")
         assert [(h["step"], h["outcome"], h["trace_id"]) for h in history] == [
@@ -88,21 +87,25 @@ async def test_same_key_while_the_first_transaction_is_open_is_in_flight(
         await pool.release(holder)
 
 
+async def claim(conn: Connection, owner: str, lease_s: float) -> store.SagaRow | None:
+    return await store.claim_due(conn, owner, lease_s, RUNNING_STATES)
+
+
 async def test_two_workers_never_claim_the_same_saga(pool: asyncpg.Pool) -> None:
     orders = [new_order() for _ in range(6)]
     async with pool.acquire() as conn:
         for i, order in enumerate(orders):
             await order_store.create(conn, order, key=f"k{i}", request_hash="h")
 
-    async def claim(owner: str) -> uuid.UUID | None:
+    async def claim_one(owner: str) -> uuid.UUID | None:
         async with pool.acquire() as conn:
-            saga = await store.claim_local(conn, owner, 30)
+            saga = await claim(conn, owner, 30)
         return None if saga is None else saga.order_id
 
-    claimed = await asyncio.gather(*(claim(f"w{i}") for i in range(6)))
+    claimed = await asyncio.gather(*(claim_one(f"w{i}") for i in range(6)))
     assert sorted(map(str, claimed)) == sorted(str(o.id) for o in orders)
     async with pool.acquire() as conn:
-        assert await store.claim_local(conn, "late", 30) is None  # all leased
+        assert await claim(conn, "late", 30) is None  # all leased
 
 
 async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_out(
@@ -111,118 +114,45 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_out(
     order = new_order()
     async with pool.acquire() as conn:
         await order_store.create(conn, order, key="k", request_hash="h")
-        assert await store.claim_local(conn, "old", 0.2) is not None
+        assert await claim(conn, "old", 0.2) is not None
         await asyncio.sleep(0.4)
-        taken = await store.claim_local(conn, "new", 30)
+        taken = await claim(conn, "new", 30)
         assert taken is not None and taken.order_id == order.id
         with pytest.raises(store.LeaseLost):
             await store.hold_lease(conn, order.id, "old", 30)
-        await store.hold_lease(conn, order.id, "new", 30)
+        held = await store.hold_lease(conn, order.id, "new", 30)
+        assert held.order_id == order.id and held.trace_id == order.trace_id
 
 
 async def test_a_retried_step_waits_for_its_next_attempt(pool: asyncpg.Pool) -> None:
     order = new_order()
     async with pool.acquire() as conn:
         await order_store.create(conn, order, key="k", request_hash="h")
-        await store.claim_local(conn, "w", 30)
+        await claim(conn, "w", 30)
         assert await store.schedule_retry(conn, order.id, "w", 0.5) == 1
-        assert await store.claim_local(conn, "w", 30) is None
+        assert await claim(conn, "w", 30) is None
         await asyncio.sleep(0.7)
-        again = await store.claim_local(conn, "w", 30)
+        again = await claim(conn, "w", 30)
         assert again is not None and again.attempts == 1
 
 
-async def test_reserved_writes_charge_command_with_the_card_then_forgets_the_card(
+async def test_only_running_sagas_that_are_due_are_claimed_oldest_due_first(
     pool: asyncpg.Pool,
 ) -> None:
-    order = new_order()
+    orders = [new_order() for _ in range(4)]
     async with pool.acquire() as conn:
-        await order_store.create(conn, order, key="k", request_hash="h")
-        saga = await store.claim_local(conn, "w", 30)
-        assert saga is not None
-        async with conn.transaction():
-            wrote = await store.apply_decision(
-                conn,
-                saga,
-                decide(saga.state, Trigger.STOCK_RESERVED),
-                step="stock.reserved",
-                detail=None,
-                traceparent=order.traceparent,
-                trace_id=order.trace_id,
+        for i, order in enumerate(orders):
+            await order_store.create(conn, order, key=f"k{i}", request_hash="h")
+        states = ["CONFIRMED", "CHARGING", "REFUNDING", "CANCELLED"]
+        dues = [-10, 3600, -5, -20]  # seconds from now
+        for order, state, due in zip(orders, states, dues, strict=True):
+            await conn.execute(
+                "UPDATE sagas SET state = $2, next_attempt_at = now() + make_interval(secs => $3)"
+                " WHERE order_id = $1",
+                order.id,
+                state,
+                due,
             )
-        assert wrote
-        row = await conn.fetchrow("SELECT subject, msg_id, payload, traceparent FROM outbox")
-        assert row["subject"] == "cmd.payments.charge"
-        assert row["msg_id"] == f"{order.id}:payments.charge"
-        assert row["traceparent"] == order.traceparent
-        assert row["payload"] == {
-            "type": "payments.charge",
-            "id": f"{order.id}:payments.charge",
-            "saga_id": str(order.id),
-            "data": {"order_id": str(order.id), "amount_cents": 500, "card": CARD},
-        }
-        saga_row = await conn.fetchrow("SELECT state, card, lease_owner FROM sagas")
-        assert saga_row["state"] == "CHARGING"
-        assert saga_row["card"] is None and saga_row["lease_owner"] is None
-
-
-@dataclass
-class _Delivery:
-    """What the consumer hands the handler besides the envelope: the subject it came on."""
-
-    subject: str
-
-
-async def test_a_reply_delivered_twice_has_one_effect(pool: asyncpg.Pool) -> None:
-    order = new_order()
-    async with pool.acquire() as conn:
-        await order_store.create(conn, order, key="k", request_hash="h")
-        await conn.execute("UPDATE sagas SET state = 'CHARGING'")
-    nudged: list[str] = []
-    handler = ReplyHandler(
-        pool,
-        metrics=saga_metrics(),
-        log=logging.getLogger("test"),
-        on_outbox=lambda: nudged.append("outbox"),
-        on_local_step=lambda: nudged.append("worker"),
-    )
-    reply = Envelope(
-        type="payments.charged",
-        id=f"{order.id}:payments.charge:reply",
-        saga_id=str(order.id),
-        data={"order_id": str(order.id), "charge_id": "ch_1"},
-    )
-    await handler(reply, _Delivery("evt.payments.charged"))
-    await handler(reply, _Delivery("evt.payments.charged"))
-    async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT state FROM sagas") == "SHIPPING"
-        subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
-        assert subjects == ["cmd.shipping.schedule"]
-        steps = [r["step"] for r in await conn.fetch("SELECT step FROM saga_history")]
-        assert steps.count("payments.charged") == 1
-    assert nudged == ["outbox"]
-
-
-async def test_a_reply_for_a_state_left_behind_is_recorded_as_ignored(pool: asyncpg.Pool) -> None:
-    order = new_order()
-    async with pool.acquire() as conn:
-        await order_store.create(conn, order, key="k", request_hash="h")
-    handler = ReplyHandler(
-        pool,
-        metrics=saga_metrics(),
-        log=logging.getLogger("test"),
-        on_outbox=lambda: None,
-        on_local_step=lambda: None,
-    )
-    late = Envelope(
-        type="shipping.scheduled",
-        id=f"{order.id}:shipping.schedule:reply",
-        saga_id=str(order.id),
-        data={"order_id": str(order.id), "shipment_id": "sh_1"},
-    )
-    await handler(late, _Delivery("evt.shipping.scheduled"))
-    async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT state FROM sagas") == SagaState.RESERVING.value
-        last = await conn.fetchrow("SELECT step, outcome FROM saga_history ORDER BY seq DESC")
-        assert (last["step"], last["outcome"]) == ("shipping.scheduled", "ignored")
-        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+        first = await claim(conn, "w", 30)
+        assert first is not None and first.order_id == orders[2].id  # REFUNDING, due
+        assert await claim(conn, "w", 30) is None  # CHARGING is not due; the rest are done

@@ -1,7 +1,8 @@
 """yardarm fulfillment: the payment and shipping participants of the order saga.
 
-Commands arrive on JetStream (`cmd.payments.*`, `cmd.shipping.*`); each is applied once
-(inbox, ledger and reply outbox in one Postgres transaction) and answered on `evt.*`.
+Commands arrive on JetStream (`cmd.payments.*`, `cmd.shipping.*`, schema 1 or 2); each is
+applied once (inbox, ledger and reply outbox in one Postgres transaction) and answered on
+`evt.*`; a command that keeps failing ends in the DLQ stream.
 """
 
 from yardarm_fulfillment.app import Fulfillment, create_fulfillment

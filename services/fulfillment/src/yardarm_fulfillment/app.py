@@ -1,16 +1,18 @@
-"""The fulfillment process: two JetStream consumers (payments, shipping), the reply
+"""The fulfillment process: two JetStream inbox consumers (payments, shipping), the reply
 outbox relay and read-only ledger views, on the kit's `Service`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from yardarm_kit import Service
-from yardarm_kit.messaging import PullConsumer, connect, ensure_streams
+from yardarm_kit.consumer import ConsumerMetrics, InboxConsumer
+from yardarm_kit.messaging import connect, ensure_streams
 from yardarm_kit.metrics import LabeledCounter
 from yardarm_kit.outbox import OutboxRelay
 from yardarm_kit.postgres import create_pool, migrate
@@ -24,6 +26,8 @@ from yardarm_fulfillment.settings import FulfillmentSettings
 from yardarm_fulfillment.shipping import Shipping
 
 COMMANDS_STREAM = "COMMANDS"
+# The command schema versions this version reads: the current one and the previous one.
+ACCEPTED_SCHEMAS = frozenset({1, 2})
 # "yardarmF" as an int64: constant across every version of this service.
 MIGRATION_LOCK_ID = 0x7961726461726D46
 # At shutdown the relay loop is cancelled, then what is pending is published for this long.
@@ -37,12 +41,13 @@ class Fulfillment:
         self.settings = settings
         self.service = Service(settings)
         self.metrics = FulfillmentMetrics(self.service.metrics)
+        self.consumer_metrics = ConsumerMetrics(self.service.metrics)
         self.payments = Payments(self.service.flags)
         self._pool: asyncpg.Pool | None = None
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._relay: OutboxRelay | None = None
-        self._consumers: list[PullConsumer] = []
+        self._consumers: list[InboxConsumer] = []
         self.service.add_readiness_check("postgres", self._postgres_ready)
         self.service.add_readiness_check("nats", self._nats_ready)
         self.service.on_startup(self._start)
@@ -76,24 +81,25 @@ class Fulfillment:
         ]
         for name, commands, effects in participants:
             handler = CommandConsumer(
-                name, commands, self._pool, metrics=self.metrics, effects=effects,
-                flags=self.service.flags, log=log, max_deliver=settings.max_deliver,
-                on_reply=self._relay.nudge,
-                latency_s=self.payments.latency_s if name == "payments" else lambda: 0.0,
+                name, commands, effects=effects, flags=self.service.flags, log=log,
+                on_commit=self._relay.nudge,
             )  # fmt: skip
-            consumer = PullConsumer(
-                self._js, tracer=self.service.tracer, stream=COMMANDS_STREAM, durable=name,
-                filter_subject=f"cmd.{name}.>", handler=handler, ack_wait_s=settings.ack_wait_s,
-                max_deliver=settings.max_deliver, batch=settings.batch,
-                nak_delay_s=settings.nak_delay_s, log=log,
+            consumer = InboxConsumer(
+                self._js, self._pool, handler=handler, metrics=self.consumer_metrics,
+                tracer=self.service.tracer, log=log, stream=COMMANDS_STREAM, durable=name,
+                filter_subject=f"cmd.{name}.>", inbox_table="inbox",
+                accepted_schemas=ACCEPTED_SCHEMAS, ack_wait_s=settings.ack_wait_s,
+                max_deliver=settings.max_deliver, backoff_s=settings.backoff_s,
+                batch=settings.batch, max_batches_in_flight=settings.max_batches_in_flight,
+                shutdown_grace_s=settings.shutdown_grace_s,
             )  # fmt: skip
             await consumer.start()
             self._consumers.append(consumer)
 
     async def _stop(self) -> None:
-        """Consumers first (in-flight handlers finish), then the relay drains, then I/O closes."""
-        for consumer in self._consumers:
-            await consumer.stop(grace_s=self.settings.shutdown_grace_s)
+        """Consumers first (in-flight batches finish), then the relay drains, then I/O closes."""
+        grace_s = self.settings.shutdown_grace_s
+        await asyncio.gather(*(consumer.stop(grace_s) for consumer in self._consumers))
         self._consumers.clear()
         if self._relay is not None:
             await self._relay.stop(grace_s=0.0, drain_s=RELAY_DRAIN_S)

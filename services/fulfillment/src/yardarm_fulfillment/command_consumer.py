@@ -1,9 +1,11 @@
-"""Applies one command delivery exactly once: inbox, ledger effect and reply in ONE transaction.
+"""One participant as the kit's `InboxConsumer` handler: ledger effect and reply in ONE
+transaction, exactly once per command envelope id.
 
-The inbox is keyed by the envelope id, not the transport's message id: a command
-republished under another `Nats-Msg-Id` still finds its inbox row and changes nothing.
-Any failure rolls the whole transaction back and raises, so the kit's consumer naks and
-JetStream redelivers (up to `max_deliver`); the ack only follows a commit.
+The kit inserts the batch's inbox rows (keyed by the envelope id, so a command
+republished under another `Nats-Msg-Id` changes nothing) and runs `apply` for each fresh
+delivery under its own savepoint; a failing delivery rolls back alone and is redelivered
+on the backoff, then dead-lettered. `prepare` runs before the transaction, where a slow
+or failing provider call belongs: it holds no connection while it waits.
 """
 
 from __future__ import annotations
@@ -11,25 +13,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import asyncpg
-from nats.aio.msg import Msg
 from yardarm_kit import Flags
+from yardarm_kit.consumer import Delivery
 from yardarm_kit.messaging import Envelope, current_traceparent
 from yardarm_kit.metrics import LabeledCounter
+from yardarm_kit.postgres import Connection
 
 from yardarm_fulfillment import outbox
 from yardarm_fulfillment.commands import CommandTable, MalformedCommand, Reply, UnknownCommand
-from yardarm_fulfillment.metrics import FulfillmentMetrics
 
 ERROR_RATE_FLAG = "fault.consumer-error-rate"
+TRANSIENT_RATE_FLAG = "fault.transient-error-rate"
+# Replies applied but never committed (a failed batch commit) are forgotten past this many.
+MAX_UNCOMMITTED_REPLIES = 10_000
 
 
 class InjectedFault(RuntimeError):
-    """Raised on purpose (flag `fault.consumer-error-rate`) to drill redelivery."""
+    """Raised on purpose (flag `fault.consumer-error-rate`) after the delivery's writes,
+    to drill their rollback and the redelivery."""
+
+
+class TransientFault(RuntimeError):
+    """Raised on purpose (flag `fault.transient-error-rate`) before any transaction, as a
+    provider that is briefly unreachable would."""
 
 
 def reply_id(command_id: str) -> str:
@@ -38,112 +46,79 @@ def reply_id(command_id: str) -> str:
 
 
 class CommandConsumer:
-    """The handler of one durable consumer (`await consumer(envelope, msg)`)."""
+    """The `MessageHandler` of one participant's durable consumer (`cmd.<name>.>`)."""
 
     def __init__(
         self,
         name: str,
         commands: CommandTable,
-        pool: asyncpg.Pool,
         *,
-        metrics: FulfillmentMetrics,
         effects: LabeledCounter,
         flags: Flags,
         log: logging.Logger,
-        max_deliver: int,
-        on_reply: Callable[[], None],
-        latency_s: Callable[[], float] = lambda: 0.0,
+        on_commit: Callable[[], None],
     ) -> None:
         self.name = name
         self._commands = commands
-        self._pool = pool
-        self._metrics = metrics
         self._effects = effects
         self._flags = flags
         self._log = log
-        self._max_deliver = max_deliver
-        self._on_reply = on_reply
-        self._latency_s = latency_s
+        self._on_commit = on_commit
+        self._latency_flag = f"{name}.latency-ms"
+        # Replies of applied deliveries, counted and logged once their batch commits.
+        # Keyed by the delivery object's id; the value holds the delivery, so the id stays
+        # unique while the entry exists.
+        self._uncommitted: dict[int, tuple[Delivery, Reply]] = {}
 
-    async def __call__(self, envelope: Envelope, msg: Msg) -> None:
-        subject = msg.subject
-        started = time.perf_counter()
-        try:
-            reply = await self.handle(envelope, subject)
-        except Exception as exc:
-            self._metrics.messages.inc(consumer=self.name, subject=subject, outcome="failed")
-            self._log_failure(envelope, subject, msg, exc)
-            raise
-        finally:
-            self._metrics.handle_duration.observe(time.perf_counter() - started, consumer=self.name)
-        if reply is None:
-            self._metrics.messages.inc(consumer=self.name, subject=subject, outcome="duplicate")
-            self._log.info(
-                "duplicate command %s acknowledged without effect", envelope.id,
-                extra={"msg_id": envelope.id, "saga_id": envelope.saga_id},
-            )  # fmt: skip
-            return
-        self._metrics.messages.inc(consumer=self.name, subject=subject, outcome="processed")
-        if reply.effect is not None:
-            self._effects.inc(outcome=reply.effect)
-        self._on_reply()
-        self._log.info(
-            "%s -> %s", envelope.type, reply.type,
-            extra={"msg_id": envelope.id, "saga_id": envelope.saga_id, "reply": reply.type},
-        )  # fmt: skip
+    def latency_s(self) -> float:
+        """Injected provider latency (`<name>.latency-ms`)."""
+        return max(0, self._flags.int(self._latency_flag, 0)) / 1000.0
 
-    async def handle(self, envelope: Envelope, subject: str) -> Reply | None:
-        """Apply the command once; its reply, or None for a duplicate already applied."""
+    async def prepare(self, delivery: Delivery) -> None:
+        """The provider call: injected latency, then an injected transient failure."""
+        latency = self.latency_s()
+        if latency > 0:
+            await asyncio.sleep(latency)
+        rate = self._flags.float(TRANSIENT_RATE_FLAG, 0.0)
+        if rate > 0 and random.random() < rate:
+            raise TransientFault(f"{TRANSIENT_RATE_FLAG} is {rate}; failed before the transaction")
+
+    async def apply(self, conn: Connection, delivery: Delivery) -> None:
+        """Apply the command and enqueue its reply in the batch's transaction."""
+        envelope = delivery.envelope
         command = self._commands.get(envelope.type)
         if command is None:
             raise UnknownCommand(
                 f"no handler for command type {envelope.type!r} on consumer {self.name}"
             )
-        if subject != f"cmd.{envelope.type}":
-            raise MalformedCommand(f"command type {envelope.type!r} arrived on {subject}")
-        latency = self._latency_s()
-        if latency > 0:
-            await asyncio.sleep(latency)
-        async with self._pool.acquire() as conn, conn.transaction():
-            fresh = await conn.fetchval(
-                "INSERT INTO inbox (msg_id, subject) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                envelope.id,
-                subject,
-            )
-            if not fresh:
-                return None
-            reply = await command(conn, envelope)
-            answer = Envelope(
-                type=reply.type, id=reply_id(envelope.id), saga_id=envelope.saga_id,
-                data=reply.data,
+        if delivery.subject != f"cmd.{envelope.type}":
+            raise MalformedCommand(f"command type {envelope.type!r} arrived on {delivery.subject}")
+        reply = await command(conn, envelope, delivery.schema)
+        answer = Envelope(
+            type=reply.type, id=reply_id(envelope.id), saga_id=envelope.saga_id, data=reply.data
+        )
+        # The CONSUMER span's context: the reply continues the command's trace.
+        await outbox.enqueue(conn, reply.subject, answer, current_traceparent())
+        error_rate = self._flags.float(ERROR_RATE_FLAG, 0.0)
+        if error_rate > 0 and random.random() < error_rate:
+            raise InjectedFault(f"{ERROR_RATE_FLAG} is {error_rate}; rolled back on purpose")
+        if len(self._uncommitted) >= MAX_UNCOMMITTED_REPLIES:
+            self._uncommitted.pop(next(iter(self._uncommitted)))
+        self._uncommitted[id(delivery)] = (delivery, reply)
+
+    def after_commit(self, applied: Sequence[Delivery]) -> None:
+        """Count the committed effects and let the relay publish the replies at once."""
+        for delivery in applied:
+            entry = self._uncommitted.pop(id(delivery), None)
+            if entry is None:
+                continue
+            reply = entry[1]
+            if reply.effect is not None:
+                self._effects.inc(outcome=reply.effect)
+            envelope = delivery.envelope
+            self._log.info(
+                "%s -> %s", envelope.type, reply.type,
+                extra={"msg_id": envelope.id, "saga_id": envelope.saga_id, "reply": reply.type},
             )  # fmt: skip
-            # The CONSUMER span's context: the reply continues the command's trace.
-            await outbox.enqueue(conn, reply.subject, answer, current_traceparent())
-            error_rate = self._flags.float(ERROR_RATE_FLAG, 0.0)
-            if error_rate > 0 and random.random() < error_rate:
-                raise InjectedFault(f"{ERROR_RATE_FLAG} is {error_rate}; rolled back on purpose")
-        return reply
-
-    def _log_failure(self, envelope: Envelope, subject: str, msg: Msg, exc: Exception) -> None:
-        delivered = _num_delivered(msg)
-        extra: dict[str, Any] = {
-            "msg_id": envelope.id, "saga_id": envelope.saga_id, "subject": subject,
-            "delivery": delivered, "error": repr(exc),
-        }  # fmt: skip
-        if delivered is not None and delivered >= self._max_deliver:
-            self._log.error(
-                "giving up on %s after %d deliveries: %s (JetStream will not redeliver it)",
-                envelope.id, delivered, exc, extra=extra,
-            )  # fmt: skip
-        elif isinstance(exc, (UnknownCommand, MalformedCommand)):
-            self._log.error("rejected command %s: %s; redelivering", envelope.id, exc, extra=extra)
-        else:
-            self._log.warning("command %s failed: %r; redelivering", envelope.id, exc, extra=extra)
-
-
-def _num_delivered(msg: Msg) -> int | None:
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:  # not a JetStream message (metadata absent)
-        return None
+        if applied:
+            self._on_commit()

@@ -30,8 +30,8 @@ def add_routes(app: web.Application, pool: Callable[[], asyncpg.Pool]) -> None:
         saga_id = _saga_id(request)
         rows = await pool().fetch(
             """
-            SELECT id, order_id, kind, amount_cents, card_last4, status, reason, refund_of,
-                   created_at
+            SELECT id, order_id, kind, amount_cents, currency, card_last4, status, reason,
+                   refund_of, created_at
               FROM payments WHERE saga_id = $1 ORDER BY created_at, kind
             """,
             saga_id,
@@ -44,6 +44,7 @@ def add_routes(app: web.Application, pool: Callable[[], asyncpg.Pool]) -> None:
                 "order_id": row["order_id"],
                 "kind": row["kind"],
                 "amount_cents": row["amount_cents"],
+                "currency": row["currency"],
                 "card_last4": row["card_last4"],
                 "status": row["status"],
                 "reason": row["reason"],

@@ -10,6 +10,10 @@ command for the same saga answers with the recorded outcome. A refund for a saga
 successful charge records a zero refund and still replies `payments.refunded` (the saga
 can go on compensating); that row also makes a charge arriving after it decline, so a
 late charge can never take money that nothing will give back.
+
+Commands of schema 1 carry `amount_cents` (US dollars); schema 2 carries
+`amount: {cents, currency}`. The ledger records the currency, and a refund returns the
+amount and currency of the charge row, whatever the refund command says.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from yardarm_kit import Flags
 from yardarm_kit.messaging import Envelope
 from yardarm_kit.postgres import Connection
 
-from yardarm_fulfillment.commands import CommandTable, Reply, parse_command
+from yardarm_fulfillment.commands import (
+    CommandTable,
+    Readers,
+    Reply,
+    parse_command,
+    read_command,
+)
 from yardarm_fulfillment.saga_lock import saga_lock
 
 DECLINED_CARD = "4000000000000002"
@@ -32,17 +42,67 @@ REASON_INVALID_AMOUNT = "invalid amount"
 REASON_ALREADY_REFUNDED = "order already refunded"
 REASON_INJECTED = "declined by fault injection (payments.decline-rate)"
 NOTHING_TO_REFUND = "nothing to refund"
+# What a schema 1 amount is in, and what the ledger assumes of rows written before 0002.
+DEFAULT_CURRENCY = "USD"
+
+
+class Money(BaseModel):
+    """An amount in the currency's minor unit, with its ISO 4217 code."""
+
+    cents: int
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
 
 
 class ChargeCommand(BaseModel):
+    """`payments.charge`, schema 2 (the current shape)."""
+
     order_id: str = Field(min_length=1)
-    amount_cents: int
+    amount: Money
     card: str
 
 
 class RefundCommand(BaseModel):
+    """`payments.refund`, schema 2; the amount is informational (the charge row decides)."""
+
+    order_id: str = Field(min_length=1)
+    amount: Money | None = None
+
+
+class ChargeCommandV1(BaseModel):
+    """`payments.charge`, schema 1: an amount in US cents."""
+
+    order_id: str = Field(min_length=1)
+    amount_cents: int
+    card: str
+
+    def upgrade(self) -> ChargeCommand:
+        amount = Money(cents=self.amount_cents, currency=DEFAULT_CURRENCY)
+        return ChargeCommand(order_id=self.order_id, amount=amount, card=self.card)
+
+
+class RefundCommandV1(BaseModel):
+    """`payments.refund`, schema 1."""
+
     order_id: str = Field(min_length=1)
     amount_cents: int | None = None
+
+    def upgrade(self) -> RefundCommand:
+        amount = (
+            None
+            if self.amount_cents is None
+            else Money(cents=self.amount_cents, currency=DEFAULT_CURRENCY)
+        )
+        return RefundCommand(order_id=self.order_id, amount=amount)
+
+
+CHARGE_READERS: Readers[ChargeCommand] = {
+    1: lambda envelope: parse_command(ChargeCommandV1, envelope).upgrade(),
+    2: lambda envelope: parse_command(ChargeCommand, envelope),
+}
+REFUND_READERS: Readers[RefundCommand] = {
+    1: lambda envelope: parse_command(RefundCommandV1, envelope).upgrade(),
+    2: lambda envelope: parse_command(RefundCommand, envelope),
+}
 
 
 def card_digits(card: str) -> str:
@@ -108,11 +168,11 @@ def _refund_reply(order_id: str, row: Any, effect: str | None) -> Reply:
     return Reply("payments.refunded", data, effect)
 
 
-_COLUMNS = "id, status, reason, amount_cents, card_last4, refund_of"
+_COLUMNS = "id, status, reason, amount_cents, currency, card_last4, refund_of"
 
 
 class Payments:
-    """The payment commands; flags inject declines and latency for demos and drills."""
+    """The payment commands; a flag injects declines for demos and drills."""
 
     def __init__(self, flags: Flags) -> None:
         self._flags = flags
@@ -121,12 +181,8 @@ class Payments:
     def commands(self) -> CommandTable:
         return {"payments.charge": self.charge, "payments.refund": self.refund}
 
-    def latency_s(self) -> float:
-        """Injected provider latency (`payments.latency-ms`), applied before the transaction."""
-        return max(0, self._flags.int("payments.latency-ms", 0)) / 1000.0
-
-    async def charge(self, conn: Connection, envelope: Envelope) -> Reply:
-        cmd = parse_command(ChargeCommand, envelope)
+    async def charge(self, conn: Connection, envelope: Envelope, schema: int) -> Reply:
+        cmd = read_command(CHARGE_READERS, envelope, schema)
         await saga_lock(conn, "payments", envelope.saga_id)
         existing = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM payments WHERE saga_id = $1 AND kind = 'charge'",
@@ -137,19 +193,22 @@ class Payments:
         refunded = await conn.fetchval(
             "SELECT true FROM payments WHERE saga_id = $1 AND kind = 'refund'", envelope.saga_id
         )
-        reason = REASON_ALREADY_REFUNDED if refunded else decline_reason(cmd.card, cmd.amount_cents)
+        cents = cmd.amount.cents
+        reason = REASON_ALREADY_REFUNDED if refunded else decline_reason(cmd.card, cents)
         decline_rate = self._flags.float("payments.decline-rate", 0.0)
         if reason is None and decline_rate > 0 and random.random() < decline_rate:
             reason = REASON_INJECTED
         row = await conn.fetchrow(
             f"""
-            INSERT INTO payments (saga_id, order_id, kind, amount_cents, card_last4, status, reason)
-            VALUES ($1, $2, 'charge', $3, $4, $5, $6)
+            INSERT INTO payments (saga_id, order_id, kind, amount_cents, currency, card_last4,
+                                  status, reason)
+            VALUES ($1, $2, 'charge', $3, $4, $5, $6, $7)
             RETURNING {_COLUMNS}
             """,
             envelope.saga_id,
             cmd.order_id,
-            max(cmd.amount_cents, 0),
+            max(cents, 0),
+            cmd.amount.currency,
             last4(cmd.card),
             "declined" if reason else "charged",
             reason,
@@ -157,8 +216,8 @@ class Payments:
         assert row is not None  # INSERT ... RETURNING always yields the row
         return _charge_reply(cmd.order_id, row, row["status"])
 
-    async def refund(self, conn: Connection, envelope: Envelope) -> Reply:
-        cmd = parse_command(RefundCommand, envelope)
+    async def refund(self, conn: Connection, envelope: Envelope, schema: int) -> Reply:
+        cmd = read_command(REFUND_READERS, envelope, schema)
         await saga_lock(conn, "payments", envelope.saga_id)
         existing = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM payments WHERE saga_id = $1 AND kind = 'refund'",
@@ -167,21 +226,26 @@ class Payments:
         if existing is not None:
             return _refund_reply(cmd.order_id, existing, None)
         charge = await conn.fetchrow(
-            "SELECT id, amount_cents, card_last4 FROM payments"
+            "SELECT id, amount_cents, currency, card_last4 FROM payments"
             " WHERE saga_id = $1 AND kind = 'charge' AND status = 'charged'",
             envelope.saga_id,
         )
         # The ledger, not the command, says how much was taken, so that is what goes back.
+        if charge is not None:
+            currency = charge["currency"]
+        else:
+            currency = cmd.amount.currency if cmd.amount else DEFAULT_CURRENCY
         row = await conn.fetchrow(
             f"""
-            INSERT INTO payments (saga_id, order_id, kind, amount_cents, card_last4, status,
-                                  reason, refund_of)
-            VALUES ($1, $2, 'refund', $3, $4, 'refunded', $5, $6)
+            INSERT INTO payments (saga_id, order_id, kind, amount_cents, currency, card_last4,
+                                  status, reason, refund_of)
+            VALUES ($1, $2, 'refund', $3, $4, $5, 'refunded', $6, $7)
             RETURNING {_COLUMNS}
             """,
             envelope.saga_id,
             cmd.order_id,
             charge["amount_cents"] if charge else 0,
+            currency,
             charge["card_last4"] if charge else None,
             None if charge else NOTHING_TO_REFUND,
             charge["id"] if charge else None,

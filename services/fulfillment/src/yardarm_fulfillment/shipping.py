@@ -4,6 +4,7 @@ A customer whose id starts with `noship-` lives where nobody delivers: schedulin
 with "address not serviceable". A repeated schedule answers with the recorded outcome.
 A cancel for a saga with no shipment records a cancelled one, so a schedule arriving
 after it fails ("shipment cancelled") instead of shipping an abandoned order.
+Schema 2 left the shipping commands as they were, so both versions read the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pydantic import BaseModel, Field
 from yardarm_kit.messaging import Envelope
 from yardarm_kit.postgres import Connection
 
-from yardarm_fulfillment.commands import CommandTable, Reply, parse_command
+from yardarm_fulfillment.commands import (
+    CommandTable,
+    Readers,
+    Reply,
+    parse_command,
+    read_command,
+)
 from yardarm_fulfillment.saga_lock import saga_lock
 
 UNSERVICEABLE_PREFIX = "noship-"
@@ -37,6 +44,16 @@ class ScheduleCommand(BaseModel):
 class CancelCommand(BaseModel):
     order_id: str = Field(min_length=1)
     reason: str | None = None
+
+
+SCHEDULE_READERS: Readers[ScheduleCommand] = {
+    1: lambda envelope: parse_command(ScheduleCommand, envelope),
+    2: lambda envelope: parse_command(ScheduleCommand, envelope),
+}
+CANCEL_READERS: Readers[CancelCommand] = {
+    1: lambda envelope: parse_command(CancelCommand, envelope),
+    2: lambda envelope: parse_command(CancelCommand, envelope),
+}
 
 
 def failure_reason(customer_id: str) -> str | None:
@@ -69,8 +86,8 @@ class Shipping:
     def commands(self) -> CommandTable:
         return {"shipping.schedule": self.schedule, "shipping.cancel": self.cancel}
 
-    async def schedule(self, conn: Connection, envelope: Envelope) -> Reply:
-        cmd = parse_command(ScheduleCommand, envelope)
+    async def schedule(self, conn: Connection, envelope: Envelope, schema: int) -> Reply:
+        cmd = read_command(SCHEDULE_READERS, envelope, schema)
         await saga_lock(conn, "shipping", envelope.saga_id)
         existing = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM shipments WHERE saga_id = $1", envelope.saga_id
@@ -94,8 +111,8 @@ class Shipping:
         assert row is not None  # INSERT ... RETURNING always yields the row
         return _schedule_reply(cmd.order_id, row, row["status"])
 
-    async def cancel(self, conn: Connection, envelope: Envelope) -> Reply:
-        cmd = parse_command(CancelCommand, envelope)
+    async def cancel(self, conn: Connection, envelope: Envelope, schema: int) -> Reply:
+        cmd = read_command(CANCEL_READERS, envelope, schema)
         await saga_lock(conn, "shipping", envelope.saga_id)
         reason = cmd.reason or REASON_CANCEL_DEFAULT
         existing = await conn.fetchrow(

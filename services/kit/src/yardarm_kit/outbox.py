@@ -2,11 +2,16 @@
 
 Imported as `yardarm_kit.outbox` (it needs the kit's `postgres` extra). The table is the
 one every service with an outbox creates: `outbox (id bigint, subject, msg_id, payload
-jsonb, traceparent, created_at, published_at)`. Rows are claimed `FOR UPDATE SKIP LOCKED`
-in small batches, so every replica can run the relay, published with the traceparent
-stored beside them and marked published in the claiming transaction. A crash between
-publishing and committing publishes a row again; envelope ids are deterministic, so
-JetStream's duplicate window (Nats-Msg-Id) and the receivers' inboxes make that a no-op.
+jsonb, traceparent, schema smallint, created_at, published_at)`. Rows are claimed
+`FOR UPDATE SKIP LOCKED` in small batches, so every replica can run the relay, published
+with the traceparent and message schema (`yardarm-schema`) stored beside them and marked
+published in the claiming transaction. A crash between publishing and committing
+publishes a row again; envelope ids are deterministic, so JetStream's duplicate window
+(Nats-Msg-Id) and the receivers' inboxes make that a no-op.
+
+Published rows are only kept for `retention_s` (a week by default, long enough to
+answer "was it sent?"): the relay deletes older ones in small batches, at most once a
+minute, so the table stays small without a separate job.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -24,6 +30,10 @@ from yardarm_kit.metrics import LabeledGauge
 from yardarm_kit.postgres import Connection
 
 MAX_BACKOFF_S = 5.0
+RETENTION_S = 7 * 86400.0
+PRUNE_EVERY_S = 60.0
+PRUNE_BATCH = 500
+PRUNE_ROUND_S = 0.5  # a round yields to publishing after this long; the next continues
 
 # Runs in the claiming transaction with the ids of the rows just published.
 AfterPublish = Callable[[Connection, list[int]], Awaitable[None]]
@@ -42,6 +52,7 @@ class OutboxRelay:
         pending: LabeledGauge,
         log: logging.Logger,
         after_publish: AfterPublish | None = None,
+        retention_s: float = RETENTION_S,
     ) -> None:
         self._pool = pool
         self._js = js
@@ -50,6 +61,8 @@ class OutboxRelay:
         self._pending = pending
         self._log = log
         self._after_publish = after_publish
+        self._retention_s = float(retention_s)
+        self._next_prune = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -101,6 +114,12 @@ class OutboxRelay:
                 self._log.exception("outbox relay: publishing failed; retrying")
                 await asyncio.sleep(min(MAX_BACKOFF_S, self._poll_s * 2**failures))
                 continue
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + PRUNE_EVERY_S
+                try:
+                    await self.prune()
+                except Exception as exc:  # pruning can wait for the next round
+                    self._log.warning("outbox relay: pruning failed: %r", exc)
             if published >= self._batch:
                 continue  # a full batch: more are probably waiting
             with contextlib.suppress(TimeoutError):
@@ -112,7 +131,7 @@ class OutboxRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """
-                SELECT id, subject, payload, traceparent FROM outbox
+                SELECT id, subject, payload, traceparent, schema FROM outbox
                  WHERE published_at IS NULL
                  ORDER BY id
                  LIMIT $1
@@ -122,7 +141,13 @@ class OutboxRelay:
             )
             for row in rows:
                 envelope = Envelope.model_validate(row["payload"])
-                await publish(self._js, row["subject"], envelope, traceparent=row["traceparent"])
+                await publish(
+                    self._js,
+                    row["subject"],
+                    envelope,
+                    traceparent=row["traceparent"],
+                    schema=row["schema"],
+                )
             if rows:
                 ids = [row["id"] for row in rows]
                 await conn.execute(
@@ -131,6 +156,33 @@ class OutboxRelay:
                 if self._after_publish is not None:
                     await self._after_publish(conn, ids)
         return len(rows)
+
+    async def prune(self) -> int:
+        """Delete published rows older than the retention, oldest first, a small batch
+        per statement, for at most PRUNE_ROUND_S; returns how many went."""
+        removed = 0
+        deadline = time.monotonic() + PRUNE_ROUND_S
+        while time.monotonic() < deadline:
+            async with self._pool.acquire() as conn:
+                status = await conn.execute(
+                    """
+                    DELETE FROM outbox WHERE id IN (
+                        SELECT id FROM outbox
+                         WHERE published_at < now() - make_interval(secs => $1)
+                         ORDER BY id
+                         LIMIT $2
+                           FOR UPDATE SKIP LOCKED)
+                    """,
+                    self._retention_s,
+                    PRUNE_BATCH,
+                )
+            count = int(status.split()[-1])
+            removed += count
+            if count < PRUNE_BATCH:
+                break
+        if removed:
+            self._log.info("outbox: pruned %d published rows", removed)
+        return removed
 
     async def _refresh_pending(self) -> None:
         async with self._pool.acquire() as conn:

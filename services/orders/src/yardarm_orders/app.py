@@ -1,4 +1,4 @@
-"""Wires the orders service into the kit's Service: API, saga worker, relay, consumer.
+"""Wires the orders service into the kit's Service: API, saga worker, relay, reply consumer.
 
 Start-up order matters for readiness: the pool and migrations first, then NATS and the
 streams, then the background loops; the listener opens only after all of them.
@@ -15,15 +15,19 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from yardarm_kit import Service
+from yardarm_kit.consumer import ConsumerMetrics, InboxConsumer
 from yardarm_kit.datastore_client import DatastoreClient
-from yardarm_kit.messaging import PullConsumer, connect, ensure_streams
+from yardarm_kit.messaging import connect, ensure_streams
 from yardarm_kit.outbox import OutboxRelay
 from yardarm_kit.postgres import create_pool, migrate
 
 from yardarm_orders.orders_api import OrdersApi
 from yardarm_orders.outbox import forget_cards
+from yardarm_orders.saga.commands import CommandWriter
+from yardarm_orders.saga.engine import SagaEngine
 from yardarm_orders.saga.metrics import SagaMetrics
 from yardarm_orders.saga.replies import ReplyHandler
+from yardarm_orders.saga.steps import order_saga
 from yardarm_orders.saga.stock_steps import StockSteps
 from yardarm_orders.saga.worker import SagaWorker
 from yardarm_orders.settings import OrdersSettings
@@ -32,9 +36,6 @@ from yardarm_orders.stock_api import StockApi
 CONSUMER_DURABLE = "orders"
 # Any constant shared by every version of this service; "yardarm_orders" as an int64.
 MIGRATION_LOCK_ID = 0x7961726461726D4F
-# Replies fail only while the database is unreachable; keep redelivering them for a long
-# outage (about a quarter of an hour at the consumer's nak delay) rather than lose one.
-REPLY_MAX_DELIVER = 1000
 
 
 @dataclass
@@ -45,7 +46,7 @@ class _Running:
     stock: StockApi
     worker: SagaWorker
     relay: OutboxRelay
-    consumer: PullConsumer
+    consumer: InboxConsumer
 
 
 class OrdersService:
@@ -55,6 +56,8 @@ class OrdersService:
         self.settings = settings
         self.service = Service(settings)
         self.metrics = SagaMetrics(self.service.metrics)
+        self.consumer_metrics = ConsumerMetrics(self.service.metrics)
+        self.saga = order_saga(settings.saga_timing())
         # Unique per process, so a restarted replica never mistakes an old lease for its own.
         self.owner = f"{settings.instance}:{uuid.uuid4().hex[:8]}"
         self.migrated = False
@@ -62,6 +65,7 @@ class OrdersService:
         app = self.service.app
         app.router.add_post("/orders", self._create_order)
         app.router.add_get("/orders/{order_id}", self._get_order)
+        app.router.add_post("/orders/{order_id}/cancel", self._cancel_order)
         app.router.add_get("/stock", self._list_stock)
         app.router.add_get("/stock/{sku}", self._get_stock)
         self.service.on_startup(self._start)
@@ -81,6 +85,9 @@ class OrdersService:
 
     async def _get_order(self, request: web.Request) -> web.Response:
         return await self.running.orders.get(request)
+
+    async def _cancel_order(self, request: web.Request) -> web.Response:
+        return await self.running.orders.cancel(request)
 
     async def _list_stock(self, request: web.Request) -> web.Response:
         return await self.running.stock.list(request)
@@ -113,42 +120,45 @@ class OrdersService:
         steps = StockSteps(
             pool, datastore, owner=self.owner, lease_s=s.lease_s, cas_retries=s.cas_retries
         )
+        engine = SagaEngine(self.saga, CommandWriter(s.message_schema), self.metrics, log)
         worker = SagaWorker(
             pool,
             steps,
+            engine,
             owner=self.owner,
             lease_s=s.lease_s,
             poll_interval_s=s.poll_interval_s,
-            retry_base_s=s.retry_base_s,
-            retry_max_s=s.retry_max_s,
-            reserve_max_attempts=s.reserve_max_attempts,
             metrics=self.metrics,
             tracer=self.service.tracer,
             log=log,
             on_outbox=relay.nudge,
         )
-        handler = ReplyHandler(
-            pool,
-            metrics=self.metrics,
-            log=log,
-            on_outbox=relay.nudge,
-            on_local_step=worker.nudge,
-        )
-        consumer = PullConsumer(
+        handler = ReplyHandler(engine, log=log, on_outbox=relay.nudge, on_local_step=worker.nudge)
+        consumer = InboxConsumer(
             js,
+            pool,
+            handler=handler,
+            metrics=self.consumer_metrics,
             tracer=self.service.tracer,
+            log=log,
             stream="EVENTS",
             durable=CONSUMER_DURABLE,
             filter_subject="evt.>",
-            handler=handler,
-            max_deliver=REPLY_MAX_DELIVER,
-            log=log,
+            ack_wait_s=s.reply_ack_wait_s,
+            max_deliver=s.reply_max_deliver,
+            backoff_s=s.reply_backoff_s,
+            batch=s.reply_batch,
         )
         self._running = _Running(
             pool=pool,
             nc=nc,
             orders=OrdersApi(
-                pool, datastore, on_created=worker.nudge, in_flight_wait_ms=s.in_flight_wait_ms
+                pool,
+                datastore,
+                engine,
+                on_created=worker.nudge,
+                on_outbox=relay.nudge,
+                in_flight_wait_ms=s.in_flight_wait_ms,
             ),
             stock=StockApi(datastore),
             worker=worker,

@@ -17,7 +17,7 @@ import asyncpg
 from yardarm_kit.postgres import Connection
 
 from yardarm_orders.saga import store as saga_store
-from yardarm_orders.saga.definition import OrderStatus
+from yardarm_orders.saga.definition import OrderStatus, Saga, SagaState
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,17 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class SagaView:
+    """Where the order's saga is: its state, the step running in it and that step's clock."""
+
+    state: str
+    step: str | None
+    step_started_at: datetime
+    deadline_at: datetime | None
+    attempts: int
+
+
+@dataclass(frozen=True)
 class OrderView:
     id: UUID
     customer_id: str
@@ -61,11 +72,13 @@ class OrderView:
     reason: str | None
     items: list[dict[str, Any]]
     total_cents: int
+    currency: str
     card_last4: str
     trace_id: str | None
     created_at: datetime
     updated_at: datetime
     history: list[HistoryEntry]
+    saga: SagaView | None
 
 
 async def find_by_key(conn: Connection, key: str) -> KeyedOrder | None:
@@ -143,10 +156,13 @@ async def create(
     return KeyedOrder(order.id, OrderStatus.PENDING.value, request_hash)
 
 
-async def get(conn: Connection, order_id: UUID) -> OrderView | None:
+async def get(conn: Connection, order_id: UUID, saga: Saga) -> OrderView | None:
+    """The order with its history and saga; `saga` names the step running in each state."""
     row = await conn.fetchrow(
-        "SELECT id, customer_id, status, reason, items, total_cents, card_last4, trace_id,"
-        " created_at, updated_at FROM orders WHERE id = $1",
+        "SELECT o.id, o.customer_id, o.status, o.reason, o.items, o.total_cents, o.currency,"
+        " o.card_last4, o.trace_id, o.created_at, o.updated_at, s.state, s.step_started_at,"
+        " s.deadline_at, s.attempts"
+        " FROM orders o LEFT JOIN sagas s ON s.order_id = o.id WHERE o.id = $1",
         order_id,
     )
     if row is None:
@@ -163,6 +179,7 @@ async def get(conn: Connection, order_id: UUID) -> OrderView | None:
         reason=row["reason"],
         items=row["items"],
         total_cents=row["total_cents"],
+        currency=row["currency"],
         card_last4=row["card_last4"],
         trace_id=row["trace_id"],
         created_at=row["created_at"],
@@ -171,4 +188,17 @@ async def get(conn: Connection, order_id: UUID) -> OrderView | None:
             HistoryEntry(h["step"], h["outcome"], h["detail"], h["trace_id"], h["at"])
             for h in history
         ],
+        saga=None if row["state"] is None else _saga_view(row, saga),
+    )
+
+
+def _saga_view(row: asyncpg.Record, saga: Saga) -> SagaView:
+    state = SagaState(row["state"])
+    phase = saga.phase(state)
+    return SagaView(
+        state=state.value,
+        step=None if phase is None else phase.name,
+        step_started_at=row["step_started_at"],
+        deadline_at=row["deadline_at"],
+        attempts=row["attempts"],
     )

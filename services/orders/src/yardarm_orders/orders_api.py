@@ -1,11 +1,20 @@
-"""`POST /orders` and `GET /orders/{id}`: validation, idempotency, and the saga's start."""
+"""`POST /orders`, `GET /orders/{id}` and `POST /orders/{id}/cancel`.
+
+Creating validates, prices and starts the saga exactly once per Idempotency-Key. Cancel
+honours the saga's semantic lock: while a saga runs on the order (forward or
+compensating) nothing else may change it, so a cancel then is 409 naming the state; a
+confirmed order is cancelled by compensating every step (cancel the shipment, refund,
+release the stock), which runs as a saga of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,13 +27,19 @@ from yardarm_kit.messaging import current_traceparent
 from yardarm_kit.telemetry import current_trace_ids
 
 from yardarm_orders import order_store
-from yardarm_orders.order_store import InFlight, KeyedOrder, NewOrder, OrderView
+from yardarm_orders.order_store import InFlight, KeyedOrder, NewOrder, OrderView, SagaView
 from yardarm_orders.payloads import OrderRequest, StockItem
+from yardarm_orders.saga import store as saga_store
+from yardarm_orders.saga.definition import CANCEL_REASON, RUNNING_STATES, SagaState, Trigger
+from yardarm_orders.saga.engine import SagaEngine
 from yardarm_orders.saga.stock_steps import stock_key
+from yardarm_orders.saga.store import SagaRow
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+# A 409 on a running saga suggests retrying by its deadline, at most this far out.
+MAX_RETRY_AFTER_S = 30
 
 
 def _idempotency_key(request: web.Request) -> str:
@@ -64,6 +79,22 @@ def _replay(existing: KeyedOrder, request_hash: str) -> web.Response:
     return _accepted(existing)
 
 
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def _saga_document(saga: SagaView | None) -> dict[str, Any] | None:
+    if saga is None:
+        return None
+    return {
+        "state": saga.state,
+        "step": saga.step,
+        "step_started_at": saga.step_started_at.isoformat(),
+        "deadline_at": _iso(saga.deadline_at),
+        "attempts": saga.attempts,
+    }
+
+
 def order_document(order: OrderView) -> dict[str, Any]:
     """The JSON shape of `GET /orders/{id}`."""
     return {
@@ -73,6 +104,7 @@ def order_document(order: OrderView) -> dict[str, Any]:
         "reason": order.reason,
         "items": order.items,
         "total_cents": order.total_cents,
+        "currency": order.currency,
         "card_last4": order.card_last4,
         "trace_id": order.trace_id,
         "created_at": order.created_at.isoformat(),
@@ -87,6 +119,7 @@ def order_document(order: OrderView) -> dict[str, Any]:
             }
             for entry in order.history
         ],
+        "saga": _saga_document(order.saga),
     }
 
 
@@ -95,18 +128,23 @@ class OrdersApi:
         self,
         pool: asyncpg.Pool,
         datastore: DatastoreClient,
+        engine: SagaEngine,
         *,
         on_created: Callable[[], None],
+        on_outbox: Callable[[], None],
         in_flight_wait_ms: int,
     ) -> None:
         self._pool = pool
         self._datastore = datastore
+        self._engine = engine
         self._on_created = on_created
+        self._on_outbox = on_outbox
         self._in_flight_wait_ms = in_flight_wait_ms
 
     def register(self, app: web.Application) -> None:
         app.router.add_post("/orders", self.create)
         app.router.add_get("/orders/{order_id}", self.get)
+        app.router.add_post("/orders/{order_id}/cancel", self.cancel)
 
     async def create(self, request: web.Request) -> web.Response:
         key = _idempotency_key(request)
@@ -198,13 +236,65 @@ class OrdersApi:
         ]
 
     async def get(self, request: web.Request) -> web.Response:
-        raw = request.match_info["order_id"]
-        try:
-            order_id = uuid.UUID(raw)
-        except ValueError:
-            raise Problem(404, "Order not found", f"no order with id {raw!r}") from None
+        order_id = _order_id(request)
         async with self._pool.acquire() as conn:
-            order = await order_store.get(conn, order_id)
+            order = await order_store.get(conn, order_id, self._engine.saga)
         if order is None:
-            raise Problem(404, "Order not found", f"no order with id {raw!r}")
+            raise _not_found(request)
         return web.json_response(order_document(order))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """202 when compensation of a confirmed order starts, 200 when it is cancelled
+        already, 409 while a saga runs on it, 404 for an unknown order."""
+        order_id = _order_id(request)
+        trace.get_current_span().set_attribute("order.id", str(order_id))
+        applied = None
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                saga = await saga_store.lock_saga(conn, order_id)
+                if saga is None:
+                    raise _not_found(request)
+                if saga.state in RUNNING_STATES:
+                    raise self._locked(saga)
+                if saga.state is SagaState.CONFIRMED:
+                    applied = await self._engine.fire(
+                        conn, saga, Trigger.CANCEL_REQUESTED, CANCEL_REASON
+                    )
+            order = await order_store.get(conn, order_id, self._engine.saga)
+        assert order is not None  # the saga row, locked above, references it
+        if applied is None:
+            return web.json_response(order_document(order))
+        self._engine.observe(applied)
+        if applied.wrote_outbox:
+            self._on_outbox()
+        return web.json_response(
+            order_document(order), status=202, headers={"Location": f"/orders/{order_id}"}
+        )
+
+    def _locked(self, saga: SagaRow) -> Problem:
+        phase = self._engine.saga.phase(saga.state)
+        step = phase.name if phase is not None else saga.state.value
+        retry_after = 1
+        if saga.deadline_at is not None:
+            left = (saga.deadline_at - saga.now).total_seconds()
+            retry_after = max(1, min(MAX_RETRY_AFTER_S, math.ceil(left)))
+        return Problem(
+            409,
+            "Order is being processed",
+            f"the order's saga is running ({saga.state.value}, step {step}); it can be "
+            "cancelled once it is CONFIRMED, so retry after it finishes",
+            headers={"Retry-After": str(retry_after)},
+            extra={"state": saga.state.value, "step": step},
+        )
+
+
+def _order_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["order_id"])
+    except ValueError:
+        raise _not_found(request) from None
+
+
+def _not_found(request: web.Request) -> Problem:
+    raw = request.match_info["order_id"]
+    return Problem(404, "Order not found", f"no order with id {raw!r}")

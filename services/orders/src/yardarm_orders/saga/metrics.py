@@ -24,6 +24,21 @@ class SagaMetrics:
             ("step",),
             buckets=STEP_BUCKETS,
         )
+        self.compensations = metrics.counter(
+            "yardarm_saga_compensations_total",
+            "Compensation steps started, by the state they run in (e.g. REFUNDING).",
+            ("step",),
+        )
+        self.timeouts = metrics.counter(
+            "yardarm_saga_step_timeouts_total",
+            "Remote steps whose reply did not come within their timeout (then compensated).",
+            ("step",),
+        )
+        self.resends = metrics.counter(
+            "yardarm_saga_command_resends_total",
+            "Commands sent again (a new envelope id) because no reply came in time.",
+            ("command",),
+        )
         self.terminal = metrics.counter(
             "yardarm_sagas_terminal_total",
             "Sagas that reached a terminal status.",
@@ -38,7 +53,8 @@ class SagaMetrics:
     ) -> None:
         """Count a step that ended (the saga moved from `source` to `target`)."""
         self.steps.inc(step=source.value, outcome=outcome)
-        elapsed = (datetime.now(UTC) - started).total_seconds()
-        self.step_duration.observe(max(elapsed, 0.0), step=source.value)
+        if source not in TERMINAL_STATES:  # a cancel leaving CONFIRMED ends no step
+            elapsed = (datetime.now(UTC) - started).total_seconds()
+            self.step_duration.observe(max(elapsed, 0.0), step=source.value)
         if target in TERMINAL_STATES:
             self.terminal.inc(status=status_of(target).value)

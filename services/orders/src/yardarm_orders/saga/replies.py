@@ -1,25 +1,27 @@
-"""Participant replies (the `orders` consumer of EVENTS) applied to sagas exactly once.
+"""Participant replies (the `orders` consumer of EVENTS), applied to sagas exactly once.
 
-Each delivery is handled in one transaction: the inbox row (message id), the saga's
-transition, its history and any next command in the outbox. A redelivered or duplicated
-message finds its inbox row and changes nothing; a reply the saga no longer expects
-(it has moved on) is recorded as "ignored" and acknowledged.
+The kit's `InboxConsumer` records each reply's envelope id in the inbox and calls `apply`
+inside the batch transaction (under the delivery's own savepoint), so the inbox row, the
+saga's transition, its history and any next command commit together; a duplicate never
+reaches `apply`. A reply the saga no longer expects (it has moved on, e.g. a charge
+confirmed after the step timed out) is recorded as "ignored" and acknowledged: the
+compensation under way already covers it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
-import asyncpg
+from yardarm_kit.consumer import Delivery
 from yardarm_kit.messaging import Envelope
+from yardarm_kit.postgres import Connection
 
 from yardarm_orders.saga import store
-from yardarm_orders.saga.definition import LOCAL_STATES, Trigger, decide, parse_trigger
-from yardarm_orders.saga.metrics import SagaMetrics
-from yardarm_orders.saga.tracing import command_traceparent
+from yardarm_orders.saga.definition import Trigger
+from yardarm_orders.saga.engine import Applied, SagaEngine
 
 # Which field of a reply's data explains it, for the history and the order's reason.
 _DETAIL_FIELD = {
@@ -28,13 +30,15 @@ _DETAIL_FIELD = {
     Trigger.PAYMENT_REFUNDED: "refund_id",
     Trigger.SHIPPING_SCHEDULED: "shipment_id",
     Trigger.SHIPPING_FAILED: "reason",
-    Trigger.SHIPPING_CANCELLED: "reason",
+    Trigger.SHIPPING_CANCELLED: "shipment_id",
 }
+# Applications waiting for their batch to commit; a batch whose commit failed leaves its
+# entries behind until the redelivery overwrites them, so the map is bounded.
+_MAX_PENDING = 10_000
 
 
 def _order_id(envelope: Envelope) -> UUID | None:
-    data = envelope.data if isinstance(envelope.data, dict) else {}
-    for candidate in (envelope.saga_id, data.get("order_id")):
+    for candidate in (envelope.saga_id, envelope.data.get("order_id")):
         if isinstance(candidate, str):
             try:
                 return UUID(candidate)
@@ -43,89 +47,65 @@ def _order_id(envelope: Envelope) -> UUID | None:
     return None
 
 
-def _detail(trigger: Trigger, data: Any) -> str | None:
-    if not isinstance(data, dict):
-        return None
+def _detail(trigger: Trigger, data: dict[str, Any]) -> str | None:
     value = data.get(_DETAIL_FIELD.get(trigger, ""))
     return None if value is None else str(value)
 
 
 class ReplyHandler:
-    """The PullConsumer handler: `await handler(envelope, msg)`."""
+    """The `MessageHandler` of the replies consumer."""
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        engine: SagaEngine,
         *,
-        metrics: SagaMetrics,
         log: logging.Logger,
         on_outbox: Callable[[], None],
         on_local_step: Callable[[], None],
     ) -> None:
-        self._pool = pool
-        self._metrics = metrics
+        self._engine = engine
         self._log = log
         self._on_outbox = on_outbox
         self._on_local_step = on_local_step
+        self._pending: dict[str, Applied] = {}
 
-    async def __call__(self, envelope: Envelope, msg: Any) -> None:
-        subject = getattr(msg, "subject", "") or ""
-        trigger = parse_trigger(subject) or parse_trigger(envelope.type)
+    async def prepare(self, delivery: Delivery) -> None:
+        """Nothing to do outside the transaction: a reply is only database work."""
+
+    async def apply(self, conn: Connection, delivery: Delivery) -> None:
+        envelope = delivery.envelope
+        trigger = self._engine.saga.parse_reply(delivery.subject) or (
+            self._engine.saga.parse_reply(envelope.type)
+        )
         order_id = _order_id(envelope)
         if trigger is None or order_id is None:
             self._log.info(
                 "event not for the order saga; acknowledged",
-                extra={"subject": subject, "type": envelope.type, "msg_id": envelope.id},
+                extra={"subject": delivery.subject, "type": envelope.type, "msg_id": envelope.id},
             )
             return
-        detail = _detail(trigger, envelope.data)
-        async with self._pool.acquire() as conn, conn.transaction():
-            fresh = await conn.fetchval(
-                "INSERT INTO inbox (msg_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
-                envelope.id,
-            )
-            if not fresh:
-                self._metrics.steps.inc(step=trigger.value, outcome="duplicate")
-                return
-            saga = await store.lock_saga(conn, order_id)
-            if saga is None:
-                self._log.warning(
-                    "reply for an unknown order; acknowledged",
-                    extra={"order_id": str(order_id), "msg_id": envelope.id},
-                )
-                return
-            decision = decide(saga.state, trigger, detail or "")
-            wrote_outbox = await store.apply_decision(
-                conn,
-                saga,
-                decision,
-                step=trigger.value,
-                detail=detail if decision.moves else _ignored_detail(saga.state.value, detail),
-                traceparent=command_traceparent(saga.trace_id, saga.traceparent),
-                trace_id=saga.trace_id,
-            )
-        if decision.target is None:
-            self._metrics.steps.inc(step=saga.state.value, outcome=decision.outcome)
-            self._log.info(
-                "reply %s %s in state %s",
-                trigger.value,
-                decision.outcome,
-                saga.state.value,
+        saga = await store.lock_saga(conn, order_id)
+        if saga is None:
+            self._log.warning(
+                "reply for an unknown order; acknowledged",
                 extra={"order_id": str(order_id), "msg_id": envelope.id},
             )
             return
-        self._metrics.transition(saga.state, decision.target, trigger.value, saga.step_started_at)
-        self._log.info(
-            "saga %s -> %s",
-            saga.state.value,
-            decision.target.value,
-            extra={"order_id": str(order_id), "trigger": trigger.value, "reason": decision.reason},
-        )
-        if wrote_outbox:
+        applied = await self._engine.fire(conn, saga, trigger, _detail(trigger, envelope.data))
+        if len(self._pending) >= _MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)))
+        self._pending[envelope.id] = applied
+
+    def after_commit(self, applied: Sequence[Delivery]) -> None:
+        outbox = local = False
+        for delivery in applied:
+            done = self._pending.pop(delivery.envelope.id, None)
+            if done is None:
+                continue
+            self._engine.observe(done)
+            outbox = outbox or done.wrote_outbox
+            local = local or self._engine.is_local(done.target)
+        if outbox:
             self._on_outbox()
-        if decision.target in LOCAL_STATES:
+        if local:
             self._on_local_step()
-
-
-def _ignored_detail(state: str, detail: str | None) -> str:
-    return f"in state {state}" + (f": {detail}" if detail else "")

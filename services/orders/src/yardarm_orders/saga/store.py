@@ -1,27 +1,22 @@
-"""SQL for sagas: claiming local steps under a lease, per-SKU progress, transitions.
+"""SQL for sagas: claiming due steps under a lease, per-SKU progress, transitions.
 
-A transition writes the saga state, the order's status and reason, a history row and,
-when the step sends a command, the outbox row, all on the caller's connection inside
-the caller's transaction, so they commit or vanish together.
+A transition writes the saga state (with the new step's deadline and when it is next
+due), the order's status and reason, a history row and, when the step sends a command,
+the outbox row, all on the caller's connection inside the caller's transaction, so they
+commit or vanish together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 from yardarm_kit.postgres import Connection
 
-from yardarm_orders.saga.definition import (
-    LOCAL_STATES,
-    CommandType,
-    Decision,
-    SagaState,
-    status_of,
-)
+from yardarm_orders.saga.definition import OrderStatus, SagaState
 
 
 class LeaseLost(Exception):
@@ -32,10 +27,13 @@ class LeaseLost(Exception):
 class SagaRow:
     order_id: UUID
     state: SagaState
+    # Local steps: failed runs so far. Remote steps: commands sent so far.
     attempts: int
     step_started_at: datetime
+    deadline_at: datetime | None
     traceparent: str | None
     trace_id: str | None
+    now: datetime  # the database's clock when the row was read (every replica shares it)
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,8 @@ class Reservation:
 
 
 _SAGA_COLUMNS = """
-    s.order_id, s.state, s.attempts, s.step_started_at, o.traceparent, o.trace_id
+    s.order_id, s.state, s.attempts, s.step_started_at, s.deadline_at,
+    o.traceparent, o.trace_id, now() AS now
 """
 
 
@@ -58,8 +57,10 @@ def _saga(row: asyncpg.Record) -> SagaRow:
         state=SagaState(row["state"]),
         attempts=row["attempts"],
         step_started_at=row["step_started_at"],
+        deadline_at=row["deadline_at"],
         traceparent=row["traceparent"],
         trace_id=row["trace_id"],
+        now=row["now"],
     )
 
 
@@ -104,8 +105,10 @@ async def add_history(
     )
 
 
-async def claim_local(conn: Connection, owner: str, lease_s: float) -> SagaRow | None:
-    """Lease the oldest due saga whose step runs here; None when there is none."""
+async def claim_due(
+    conn: Connection, owner: str, lease_s: float, states: Collection[SagaState]
+) -> SagaRow | None:
+    """Lease the saga in one of `states` that has been due longest; None when none is."""
     row = await conn.fetchrow(
         f"""
         WITH claimed AS (
@@ -116,7 +119,7 @@ async def claim_local(conn: Connection, owner: str, lease_s: float) -> SagaRow |
                      WHERE state = ANY($3::text[])
                        AND (lease_until IS NULL OR lease_until < now())
                        AND next_attempt_at <= now()
-                     ORDER BY updated_at
+                     ORDER BY next_attempt_at
                      LIMIT 1
                        FOR UPDATE SKIP LOCKED)
             RETURNING *
@@ -125,7 +128,7 @@ async def claim_local(conn: Connection, owner: str, lease_s: float) -> SagaRow |
         """,
         owner,
         lease_s,
-        [state.value for state in LOCAL_STATES],
+        [state.value for state in states],
     )
     return None if row is None else _saga(row)
 
@@ -143,20 +146,25 @@ async def lock_saga(conn: Connection, order_id: UUID) -> SagaRow | None:
     return None if row is None else _saga(row)
 
 
-async def hold_lease(conn: Connection, order_id: UUID, owner: str, lease_s: float) -> None:
-    """Extend our lease, or raise LeaseLost; row-locks the saga for the caller's transaction."""
-    held = await conn.fetchval(
-        """
-        UPDATE sagas SET lease_until = now() + make_interval(secs => $3)
-         WHERE order_id = $1 AND lease_owner = $2
-        RETURNING true
+async def hold_lease(conn: Connection, order_id: UUID, owner: str, lease_s: float) -> SagaRow:
+    """Extend our lease, or raise LeaseLost; row-locks the saga for the caller's
+    transaction and returns it as it is now."""
+    row = await conn.fetchrow(
+        f"""
+        WITH held AS (
+            UPDATE sagas SET lease_until = now() + make_interval(secs => $3)
+             WHERE order_id = $1 AND lease_owner = $2
+            RETURNING *
+        )
+        SELECT {_SAGA_COLUMNS} FROM held s JOIN orders o ON o.id = s.order_id
         """,
         order_id,
         owner,
         lease_s,
     )
-    if not held:
+    if row is None:
         raise LeaseLost(str(order_id))
+    return _saga(row)
 
 
 async def reservations(conn: Connection, order_id: UUID) -> list[Reservation]:
@@ -218,76 +226,72 @@ async def schedule_retry(conn: Connection, order_id: UUID, owner: str, delay_s: 
     return attempts
 
 
-async def apply_decision(
+async def enter_state(
     conn: Connection,
-    saga: SagaRow,
-    decision: Decision,
+    order_id: UUID,
+    state: SagaState,
     *,
-    step: str,
-    detail: str | None,
-    traceparent: str | None,
-    trace_id: str | None,
-) -> bool:
-    """Write what `decision` says; returns True when an outbox row was written."""
-    await add_history(conn, saga.order_id, step, decision.outcome, detail, trace_id)
-    if decision.target is None:
-        return False
-    if decision.command is not None:
-        # Before the saga update below, which drops the card the charge command carries.
-        await enqueue_command(conn, saga.order_id, decision.command, traceparent)
-    target = decision.target
+    attempts: int,
+    first_wait_s: float | None,
+    timeout_s: float | None,
+    keep_card: bool,
+) -> None:
+    """Move the saga into `state`: lease released, the step's clock started, its deadline
+    set (remote steps), and due after `first_wait_s` (None: never, a terminal state)."""
     await conn.execute(
         """
         UPDATE sagas
-           SET state = $2, lease_owner = NULL, lease_until = NULL, attempts = 0,
-               next_attempt_at = now(), step_started_at = now(), updated_at = now(),
-               card = CASE WHEN $3 THEN card ELSE NULL END
+           SET state = $2, lease_owner = NULL, lease_until = NULL, attempts = $3,
+               next_attempt_at = CASE WHEN $4::float8 IS NULL THEN 'infinity'::timestamptz
+                                      ELSE now() + make_interval(secs => $4::float8) END,
+               deadline_at = CASE WHEN $5::float8 IS NULL THEN NULL
+                                  ELSE now() + make_interval(secs => $5::float8) END,
+               step_started_at = now(), updated_at = now(),
+               card = CASE WHEN $6 THEN card ELSE NULL END
          WHERE order_id = $1
         """,
-        saga.order_id,
-        target.value,
-        # The card stays only until the charge command carries it; then it is dropped.
-        target is SagaState.RESERVING,
+        order_id,
+        state.value,
+        attempts,
+        first_wait_s,
+        timeout_s,
+        keep_card,
     )
+
+
+async def set_order_status(
+    conn: Connection, order_id: UUID, status: OrderStatus, reason: str | None
+) -> None:
+    """The order's status, and its reason when `reason` is given (a reason is never unset)."""
     await conn.execute(
         """
         UPDATE orders SET status = $2, reason = COALESCE($3, reason), updated_at = now()
          WHERE id = $1
         """,
-        saga.order_id,
-        status_of(target).value,
-        decision.reason,
-    )
-    return decision.command is not None
-
-
-async def enqueue_command(
-    conn: Connection, order_id: UUID, command: CommandType, traceparent: str | None
-) -> None:
-    """The command's envelope into the outbox; its id is deterministic (`<saga>:<type>`)."""
-    order = await conn.fetchrow(
-        "SELECT o.customer_id, o.items, o.total_cents, s.card"
-        " FROM orders o JOIN sagas s ON s.order_id = o.id WHERE o.id = $1",
         order_id,
+        status.value,
+        reason,
     )
-    if order is None:
-        raise LookupError(f"order {order_id} vanished inside its own transaction")
-    oid = str(order_id)
-    data: dict[str, Any]
-    if command is CommandType.CHARGE:
-        data = {"order_id": oid, "amount_cents": order["total_cents"], "card": order["card"]}
-    elif command is CommandType.REFUND:
-        data = {"order_id": oid, "amount_cents": order["total_cents"]}
-    else:
-        items = [{"sku": i["sku"], "quantity": i["quantity"]} for i in order["items"]]
-        data = {"order_id": oid, "customer_id": order["customer_id"], "items": items}
-    msg_id = f"{oid}:{command.value}"
-    envelope = {"type": command.value, "id": msg_id, "saga_id": oid, "data": data}
+
+
+async def schedule_resend(
+    conn: Connection,
+    order_id: UUID,
+    *,
+    sends: int,
+    deadline_at: datetime | None,
+    next_at: datetime | None,
+) -> None:
+    """After a re-send: the count of sends, the deadline, when it is due next; lease freed."""
     await conn.execute(
-        "INSERT INTO outbox (subject, msg_id, payload, traceparent) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (msg_id) DO NOTHING",
-        command.subject,
-        msg_id,
-        envelope,
-        traceparent,
+        """
+        UPDATE sagas
+           SET lease_owner = NULL, lease_until = NULL, attempts = $2, deadline_at = $3,
+               next_attempt_at = COALESCE($4, 'infinity'::timestamptz), updated_at = now()
+         WHERE order_id = $1
+        """,
+        order_id,
+        sends,
+        deadline_at,
+        next_at,
     )

@@ -1,10 +1,11 @@
-"""The claim loop for the saga's local steps (reserve and release stock).
+"""The claim loop for due saga steps: local stock steps, and remote steps waiting too long.
 
-Any replica's worker may run any saga's local step: it leases the saga row first
+Any replica's worker may run any saga's due step: it leases the saga row first
 (`FOR UPDATE SKIP LOCKED`, so two workers never take the same one), and every progress
 write re-checks the lease, so a worker that stalled past its lease cannot overwrite the
-work of the replica that took over. Transient datastore failures put the step back with
-exponential backoff through `next_attempt_at`.
+work of the replica that took over. Local steps (reserve, release) that hit a transient
+datastore failure go back with backoff through `next_attempt_at`. A remote step is due
+when its command needs re-sending or its deadline passed; the engine decides which.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from yardarm_kit.datastore_client import DatastoreUnavailable
 from yardarm_kit.lifecycle import finish_task
 
 from yardarm_orders.saga import store
-from yardarm_orders.saga.definition import LOCAL_STATES, SagaState, Trigger, decide
+from yardarm_orders.saga.definition import RUNNING_STATES, SagaState, Trigger
+from yardarm_orders.saga.engine import Applied, SagaEngine
 from yardarm_orders.saga.metrics import SagaMetrics
 from yardarm_orders.saga.stock_steps import Contended, StockOutcome, StockSteps
 from yardarm_orders.saga.store import LeaseLost, SagaRow
-from yardarm_orders.saga.tracing import command_traceparent, order_span
+from yardarm_orders.saga.tracing import order_span
 
 _FAILED_STOCK = {
     StockOutcome.INSUFFICIENT: Trigger.STOCK_INSUFFICIENT,
@@ -38,13 +40,11 @@ class SagaWorker:
         self,
         pool: asyncpg.Pool,
         steps: StockSteps,
+        engine: SagaEngine,
         *,
         owner: str,
         lease_s: float,
         poll_interval_s: float,
-        retry_base_s: float,
-        retry_max_s: float,
-        reserve_max_attempts: int,
         metrics: SagaMetrics,
         tracer: trace.Tracer,
         log: logging.Logger,
@@ -52,12 +52,10 @@ class SagaWorker:
     ) -> None:
         self._pool = pool
         self._steps = steps
+        self._engine = engine
         self._owner = owner
         self._lease_s = lease_s
         self._poll_interval_s = poll_interval_s
-        self._retry_base_s = retry_base_s
-        self._retry_max_s = retry_max_s
-        self._reserve_max_attempts = reserve_max_attempts
         self._metrics = metrics
         self._tracer = tracer
         self._log = log
@@ -99,9 +97,9 @@ class SagaWorker:
             self._wake.clear()
 
     async def run_once(self) -> bool:
-        """Claim and run one due local step; False when none was due."""
+        """Claim and run one due step; False when none was due."""
         async with self._pool.acquire() as conn:
-            saga = await store.claim_local(conn, self._owner, self._lease_s)
+            saga = await store.claim_due(conn, self._owner, self._lease_s, RUNNING_STATES)
         if saga is None:
             return False
         with order_span(self._tracer, f"saga {saga.state.value}", saga.order_id, saga.traceparent):
@@ -110,6 +108,8 @@ class SagaWorker:
                     await self._reserve(saga)
                 elif saga.state is SagaState.RELEASING:
                     await self._release(saga)
+                else:
+                    await self._remote_due(saga)
             except LeaseLost:
                 self._log.warning(
                     "saga lease lost; another worker continues",
@@ -141,45 +141,36 @@ class SagaWorker:
         await self._finish(saga, Trigger.STOCK_RELEASED, None)
 
     async def _finish(self, saga: SagaRow, trigger: Trigger, detail: str | None) -> None:
-        decision = decide(saga.state, trigger, detail or "")
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.hold_lease(conn, saga.order_id, self._owner, self._lease_s)
-            wrote_outbox = await store.apply_decision(
-                conn,
-                saga,
-                decision,
-                step=trigger.value,
-                detail=detail,
-                traceparent=command_traceparent(saga.trace_id, saga.traceparent),
-                trace_id=saga.trace_id,
-            )
-        if decision.target is not None:
-            self._metrics.transition(
-                saga.state, decision.target, trigger.value, saga.step_started_at
-            )
-            self._log.info(
-                "saga %s -> %s",
-                saga.state.value,
-                decision.target.value,
-                extra={
-                    "order_id": str(saga.order_id),
-                    "trigger": trigger.value,
-                    "reason": decision.reason,
-                },
-            )
-            if decision.target in LOCAL_STATES:
-                self.nudge()
-        if wrote_outbox:
+            held = await store.hold_lease(conn, saga.order_id, self._owner, self._lease_s)
+            applied = await self._engine.fire(conn, held, trigger, detail)
+        self._after(applied)
+
+    async def _remote_due(self, saga: SagaRow) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            held = await store.hold_lease(conn, saga.order_id, self._owner, self._lease_s)
+            if held.state is not saga.state:  # moved on since the claim: nothing due
+                return
+            applied = await self._engine.on_due(conn, held)
+        self._after(applied)
+
+    def _after(self, applied: Applied) -> None:
+        self._engine.observe(applied)
+        if self._engine.is_local(applied.target):
+            self.nudge()
+        if applied.wrote_outbox:
             self._on_outbox()
 
     async def _retry_later(self, saga: SagaRow, error: str) -> None:
         # Compensation must finish, so releasing retries for as long as it takes;
         # a reservation that cannot get through gives up and cancels the order.
-        if saga.state is SagaState.RESERVING and saga.attempts + 1 >= self._reserve_max_attempts:
+        phase = self._engine.saga.phase(saga.state)
+        if phase is None:
+            return
+        if phase.retry.exhausted(saga.attempts + 1):
             await self._finish(saga, Trigger.STOCK_UNAVAILABLE, error)
             return
-        delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(saga.attempts, 16))
-        delay *= random.uniform(0.5, 1.0)
+        delay = phase.retry.delay_s(saga.attempts + 1) * random.uniform(0.5, 1.0)
         self._metrics.steps.inc(step=saga.state.value, outcome="retry")
         self._log.warning(
             "saga step failed, retrying in %.1fs: %s",
@@ -189,6 +180,4 @@ class SagaWorker:
         )
         async with self._pool.acquire() as conn, conn.transaction():
             await store.schedule_retry(conn, saga.order_id, self._owner, delay)
-            await store.add_history(
-                conn, saga.order_id, saga.state.value.lower(), "retry", error, saga.trace_id
-            )
+            await store.add_history(conn, saga.order_id, phase.name, "retry", error, saga.trace_id)
