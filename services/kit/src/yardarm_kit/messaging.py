@@ -8,7 +8,6 @@ consumers' inboxes catch the rest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,16 +15,12 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import MsgAlreadyAckdError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, Field, ValidationError
-
-from yardarm_kit.lifecycle import finish_task
+from opentelemetry.trace import SpanKind
+from pydantic import BaseModel, Field
 
 SCHEMA_HEADER = "yardarm-schema"
 STREAMS: dict[str, list[str]] = {"COMMANDS": ["cmd.>"], "EVENTS": ["evt.>"], "DLQ": ["dlq.>"]}
@@ -145,148 +140,3 @@ async def publish(
         headers: dict[str, str] = {"Nats-Msg-Id": envelope.id, SCHEMA_HEADER: str(schema)}
         propagate.inject(headers)
         await js.publish(subject, envelope.model_dump_json().encode(), headers=headers)
-
-
-class PullConsumer:
-    """A durable pull consumer whose handler runs in a CONSUMER span of the sender's trace.
-
-    Success acks; an exception naks with a delay (redelivered up to `max_deliver`); a
-    body that is not an Envelope can never succeed, so it is terminated.
-    """
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        *,
-        tracer: trace.Tracer,
-        stream: str,
-        durable: str,
-        filter_subject: str,
-        handler: Handler,
-        ack_wait_s: float = 30.0,
-        max_deliver: int = 5,
-        batch: int = 32,
-        nak_delay_s: float = 1.0,
-        log: logging.Logger | None = None,
-    ) -> None:
-        self._js = js
-        self._tracer = tracer
-        self.stream = stream
-        self.durable = durable
-        self.filter_subject = filter_subject
-        self._handler = handler
-        self._ack_wait_s = ack_wait_s
-        self._max_deliver = max_deliver
-        self._batch = batch
-        self._nak_delay_s = nak_delay_s
-        self._log = log or globals()["log"]
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-
-    async def start(self) -> None:
-        """Create (or bind to) the durable consumer and start fetching."""
-        config = ConsumerConfig(
-            durable_name=self.durable,
-            filter_subject=self.filter_subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._ack_wait_s,
-            max_deliver=self._max_deliver,
-            max_ack_pending=max(self._batch * 4, 256),
-        )
-        sub = await self._js.pull_subscribe(
-            self.filter_subject, durable=self.durable, stream=self.stream, config=config
-        )
-        self._task = asyncio.create_task(self._loop(sub), name=f"consumer:{self.durable}")
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop fetching; in-flight messages finish (bounded), the rest are redelivered."""
-        self._stopping.set()
-        if self._task is not None:
-            await finish_task(self._task, grace_s)
-            self._task = None
-
-    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        backoff = FETCH_BACKOFF_MIN_S
-        while not self._stopping.is_set():
-            try:
-                messages = await sub.fetch(self._batch, timeout=1.0)
-            except (NatsTimeoutError, TimeoutError):
-                backoff = FETCH_BACKOFF_MIN_S
-                continue  # nothing to do within the poll window: normal
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # server gone or restarting: back off, keep going
-                if self._stopping.is_set():
-                    break
-                self._log.warning(
-                    "fetch from %s failed: %r; retrying in %.1fs", self.durable, exc, backoff
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
-                backoff = min(backoff * 2, FETCH_BACKOFF_MAX_S)
-                continue
-            backoff = FETCH_BACKOFF_MIN_S
-            await asyncio.gather(*(self._process(m) for m in messages))
-
-    async def _settle(self, msg: Msg, action: str, **kwargs: float) -> None:
-        """Ack/nak/term, tolerating a handler that settled itself or a lost connection.
-
-        If the server never hears it, the message is redelivered after ack_wait.
-        """
-        try:
-            await getattr(msg, action)(**kwargs)
-        except MsgAlreadyAckdError:
-            pass
-        except Exception as exc:
-            self._log.warning("could not %s message on %s: %r", action, msg.subject, exc)
-
-    async def _process(self, msg: Msg) -> None:
-        headers = dict(msg.headers or {})
-        ctx = propagate.extract(headers)
-        with self._tracer.start_as_current_span(
-            f"{msg.subject} process",
-            context=ctx,
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": msg.subject,
-                "messaging.consumer.group.name": self.durable,
-                "messaging.message.id": headers.get("Nats-Msg-Id", ""),
-            },
-        ) as span:
-            try:
-                envelope = Envelope.model_validate_json(msg.data)
-            except ValidationError as exc:
-                span.set_status(Status(StatusCode.ERROR, "invalid envelope"))
-                self._log.error(
-                    "terminating invalid message on %s: %s",
-                    msg.subject,
-                    exc.errors(include_url=False)[:3],
-                )
-                await self._settle(msg, "term")
-                return
-            span.set_attribute("messaging.message.conversation_id", envelope.saga_id)
-            try:
-                await self._handler(envelope, msg)
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                delivered = _num_delivered(msg)
-                if delivered is not None and delivered >= self._max_deliver:
-                    self._log.exception(
-                        "handler failed for %s (%s) on delivery %d of %d; giving up",
-                        envelope.id, msg.subject, delivered, self._max_deliver,
-                    )  # fmt: skip
-                else:
-                    self._log.exception("handler failed for %s (%s); will redeliver",
-                                        envelope.id, msg.subject)  # fmt: skip
-                await self._settle(msg, "nak", delay=self._nak_delay_s)
-                return
-            await self._settle(msg, "ack")
-
-
-def _num_delivered(msg: Msg) -> int | None:
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:  # not a JetStream message (no reply subject metadata)
-        return None
