@@ -18,6 +18,7 @@ from rich.table import Table
 from yardarm import tracing_view
 from yardarm.catalog import seed_catalog
 from yardarm.chaos import commands as chaos_commands
+from yardarm.dlq import commands as dlq_commands
 from yardarm.load import (
     LoadOptionError,
     LoadSetupError,
@@ -35,6 +36,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(chaos_commands.app, name="chaos")
+app.add_typer(dlq_commands.app, name="dlq")
 console = Console()
 err = Console(stderr=True)
 

@@ -132,6 +132,7 @@ class OrdersService:
             tracer=self.service.tracer,
             log=log,
             on_outbox=relay.nudge,
+            concurrency=s.worker_concurrency,
         )
         handler = ReplyHandler(engine, log=log, on_outbox=relay.nudge, on_local_step=worker.nudge)
         consumer = InboxConsumer(

@@ -21,6 +21,9 @@ class OrdersSettings(ServiceSettings):
     # How long a worker owns a claimed step before another replica may take it.
     lease_s: float = Field(default=10.0, gt=0)
     poll_interval_s: float = Field(default=0.2, gt=0)
+    # Due saga steps one replica runs at once (each holds a database connection while
+    # it writes, so pool_max_size must leave room for the API and the consumer).
+    worker_concurrency: int = Field(default=8, ge=1, le=64)
     datastore_timeout_s: float = Field(default=5.0, gt=0)
     # Compare-and-set retries per SKU within one run of a stock step.
     cas_retries: int = Field(default=8, ge=1)
@@ -47,7 +50,7 @@ class OrdersSettings(ServiceSettings):
     # A reply held by a replica that died is redelivered to another after this long.
     reply_ack_wait_s: float = Field(default=30.0, gt=0)
     outbox_batch: int = Field(default=32, ge=1, le=1000)
-    pool_max_size: int = Field(default=10, ge=2)
+    pool_max_size: int = Field(default=20, ge=2)
     in_flight_wait_ms: int = Field(default=100, ge=0)
 
     def saga_timing(self) -> SagaTiming:

@@ -49,7 +49,11 @@ class SagaWorker:
         tracer: trace.Tracer,
         log: logging.Logger,
         on_outbox: Callable[[], None],
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("a saga worker needs at least one claim loop")
+        self._concurrency = concurrency
         self._pool = pool
         self._steps = steps
         self._engine = engine
@@ -62,22 +66,26 @@ class SagaWorker:
         self._on_outbox = on_outbox
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def nudge(self) -> None:
         """Look for work now instead of at the next poll."""
         self._wake.set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="saga-worker")
+        """Start `concurrency` claim loops: each runs one due step at a time, and leases
+        keep them (and other replicas) off each other's sagas."""
+        self._tasks = [
+            asyncio.create_task(self._loop(), name=f"saga-worker-{i}")
+            for i in range(self._concurrency)
+        ]
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Let the current unit of work finish (bounded by `grace_s`), then stop."""
+        """Let the current units of work finish (bounded by `grace_s`), then stop."""
         self._stopping.set()
         self._wake.set()
-        if self._task is not None:
-            await finish_task(self._task, grace_s)
-            self._task = None
+        tasks, self._tasks = self._tasks, []
+        await asyncio.gather(*(finish_task(task, grace_s) for task in tasks))
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
