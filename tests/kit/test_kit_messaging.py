@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from yardarm_kit import messaging
 from yardarm_kit.messaging import Envelope
 
-from tests.conftest import free_port, wait_for_port
-from yardarm.local import infra
+from tests.kit.consumer_rig import PrivateNats
 
 
 async def test_publish_dedupes_on_envelope_id(nats_url: str) -> None:
@@ -30,37 +28,9 @@ async def test_publish_dedupes_on_envelope_id(nats_url: str) -> None:
     await nc.close()
 
 
-class _Server:
-    """A private nats-server that a test may stop and restart on the same port and store."""
-
-    def __init__(self, store: Path) -> None:
-        self.port = free_port()
-        self.store = store
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = infra.nats_command(port=self.port, monitor_port=free_port(), store_dir=self.store)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[_Server]:
-    server = _Server(tmp_path / "nats")
+def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
+    server = PrivateNats(tmp_path / "nats")
     server.start()
     try:
         yield server
@@ -68,16 +38,8 @@ def private_nats(tmp_path: Path) -> Iterator[_Server]:
         server.stop()
 
 
-async def _wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.1)
-
-
 async def test_ensure_streams_repairs_drifted_config_and_tolerates_racing(
-    private_nats: _Server,
+    private_nats: PrivateNats,
 ) -> None:
     nc, js = await messaging.connect(private_nats.url, "kit-test")
     other, other_js = await messaging.connect(private_nats.url, "kit-test-2")
