@@ -1,8 +1,9 @@
 """Fixtures for gateway tests: real backend servers and a real gateway process.
 
 Backends are aiohttp servers (or raw TCP servers) in the test's own event loop on
-127.0.0.1; the gateway runs as `python -m yardarm_gateway`, configured through its
-environment exactly as the local runtime starts it.
+127.0.0.1, or separate processes (`backends`) where a test kills and restarts them; the
+gateway runs as `python -m yardarm_gateway`, configured through its environment exactly
+as the local runtime starts it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
+from tests.gateway.processes import Backends
 
 StartBackend = Callable[..., Awaitable[str]]
 StartRawBackend = Callable[
@@ -79,6 +82,14 @@ async def start_raw_backend() -> AsyncIterator[StartRawBackend]:
     for server in servers:
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
+    """Backend processes (tests/gateway/backend_app.py), killed at the end of the test."""
+    fleet = Backends(tmp_path)
+    yield fleet
+    fleet.stop_all()
 
 
 @dataclass

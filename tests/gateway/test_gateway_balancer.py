@@ -97,6 +97,9 @@ def test_hashing_options_that_would_be_ignored_are_rejected() -> None:
         ("slow_start_aggression", 0.0),
         ("slow_start_min_weight_percent", 0.0),
         ("slow_start_min_weight_percent", 150.0),
+        ("healthy_panic_threshold_percent", -1.0),
+        ("healthy_panic_threshold_percent", 100.5),
+        ("healthy_panic_threshold_percent", float("nan")),
         ("policy", "random"),
     ],
 )

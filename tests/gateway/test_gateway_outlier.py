@@ -346,6 +346,104 @@ def test_disabled_detector_never_ejects_on_its_own() -> None:
     assert od.is_ejected(pool[4], 11.0)
 
 
+def test_a_passing_health_check_returns_an_ejected_endpoint_before_its_time() -> None:
+    pool = endpoints(4)
+    events: list[OutlierEvent] = []
+    od = detector(pool, events)
+    assert od.config.successful_active_health_check_uneject_host  # Envoy's default
+    respond(od, pool[0], None, 5, now=10.0)  # out until 40
+    assert od.health_check_passed(pool[0], probed_at=11.0, now=11.5)
+    assert not od.is_ejected(pool[0], 11.5)
+    assert not od.ejected(pool[0])
+    assert events[-1] == OutlierEvent(pool[0], "uneject", "active_health_check", 1, None)
+    # The multiplier stays: a relapse is ejected for twice the base time.
+    assert od.snapshot(pool[0], 11.5)["ejections"] == 1
+    respond(od, pool[0], None, 5, now=12.0)
+    assert events[-1].action == "eject" and events[-1].until == 12.0 + 60.0
+    # The slot it held is free again for another endpoint (max_ejection_percent 50 of 4).
+    assert od.health_check_passed(pool[0], probed_at=13.0, now=13.0)
+    respond(od, pool[1], None, 5, now=14.0)
+    respond(od, pool[2], None, 5, now=14.0)
+    assert od.is_ejected(pool[1], 14.0) and od.is_ejected(pool[2], 14.0)
+
+
+def test_a_health_check_begun_before_the_ejection_ends_nothing() -> None:
+    pool = endpoints(4)
+    events: list[OutlierEvent] = []
+    od = detector(pool, events)
+    respond(od, pool[0], None, 5, now=10.0)
+    assert not od.health_check_passed(pool[0], probed_at=9.9, now=10.1)
+    assert od.is_ejected(pool[0], 10.1)
+    assert [e.action for e in events] == ["eject"]
+
+
+def test_a_health_check_never_ends_an_admins_ejection() -> None:
+    pool = endpoints(4)
+    od = detector(pool)
+    assert od.eject(pool[0], 0.0)
+    assert od.eject(pool[1], 0.0, duration_s=100.0)
+    for endpoint in pool[:2]:
+        assert not od.health_check_passed(endpoint, probed_at=1.0, now=1.0)
+        assert od.is_ejected(endpoint, 1.0)
+    # Once the admin's ejection is over, the detector's next one is health-checked again.
+    od.uneject(pool[0], 2.0)
+    respond(od, pool[0], 500, 5, now=3.0)
+    assert od.health_check_passed(pool[0], probed_at=4.0, now=4.0)
+
+
+def test_with_uneject_on_health_check_off_only_the_time_ends_an_ejection() -> None:
+    pool = endpoints(4)
+    events: list[OutlierEvent] = []
+    od = detector(pool, events, successful_active_health_check_uneject_host=False)
+    respond(od, pool[0], None, 5, now=10.0)
+    assert not od.health_check_passed(pool[0], probed_at=11.0, now=11.0)
+    assert od.is_ejected(pool[0], 39.9)
+    assert not od.is_ejected(pool[0], 40.0)
+    assert [(e.action, e.reason) for e in events] == [
+        ("eject", "consecutive_gateway_failure"),
+        ("uneject", "expired"),
+    ]
+
+
+def test_a_health_check_of_an_endpoint_in_service_changes_nothing() -> None:
+    pool = endpoints(4)
+    events: list[OutlierEvent] = []
+    od = detector(pool, events)
+    assert not od.health_check_passed(pool[0], probed_at=1.0, now=1.0)
+    respond(od, pool[0], None, 5, now=10.0)
+    # Past its time it ends as expired, whoever notices first.
+    assert not od.health_check_passed(pool[0], probed_at=41.0, now=41.0)
+    assert [(e.action, e.reason) for e in events][-1] == ("uneject", "expired")
+    assert not od.health_check_passed(Endpoint("http://elsewhere:1"), 1.0, 1.0)
+
+
+def test_expire_ends_every_ejection_that_is_over_and_only_those() -> None:
+    pool = endpoints(4)
+    events: list[OutlierEvent] = []
+    od = detector(pool, events)
+    respond(od, pool[0], None, 5, now=0.0)  # until 30
+    assert od.eject(pool[1], 10.0, duration_s=5.0)  # until 15
+    od.expire(14.9)
+    assert od.ejected(pool[0]) and od.ejected(pool[1])
+    od.expire(15.0)
+    assert od.ejected(pool[0]) and not od.ejected(pool[1])
+    od.expire(29.0)
+    assert od.ejected(pool[0])
+    od.expire(30.0)
+    assert not od.ejected(pool[0])
+    assert [(e.endpoint, e.action) for e in events] == [
+        (pool[0], "eject"),
+        (pool[1], "eject"),
+        (pool[1], "uneject"),
+        (pool[0], "uneject"),
+    ]
+    # An ejection that ended otherwise is not ended twice.
+    respond(od, pool[2], None, 5, now=31.0)
+    od.uneject(pool[2], 32.0)
+    od.expire(100.0)
+    assert [e.action for e in events[-2:]] == ["eject", "uneject"]
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,102 +22,17 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port as unused_port
+from tests.gateway.processes import Backends, metric_sum, scrape, spawn, wait_ready
 from yardarm.load import LoadConfig, parse_mix, run_load
 
 StartGateway = Callable[..., Awaitable[Any]]
 
-BACKEND = Path(__file__).with_name("backend_app.py")
 TOKEN = "test-admin-token-0123456789"
 NO_RETRY = {"enabled": False}
 
 
-@dataclass
-class Backend:
-    name: str
-    url: str
-    process: subprocess.Popen[bytes]
-
-    async def control(self, session: aiohttp.ClientSession, **state: Any) -> dict[str, Any]:
-        async with session.post(f"{self.url}/control", json=state) as resp:
-            assert resp.status == 200
-            result: dict[str, Any] = await resp.json()
-            return result
-
-
-StartBackends = Callable[..., Awaitable[list[Backend]]]
-
-
-def spawn(
-    command: list[str], log_path: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-async def wait_ready(url: str, log: Path, within_s: float = 15.0) -> None:
-    """Until `url/readyz` answers 200; the process log in the error otherwise."""
-    deadline = time.monotonic() + within_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"{url}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {within_s}s; see {log}")
-
-
-@pytest.fixture
-async def backends(tmp_path: Path) -> AsyncIterator[StartBackends]:
-    started: list[Backend] = []
-
-    async def start(*names: str) -> list[Backend]:
-        batch = []
-        for name in names:
-            port = unused_port()
-            process = spawn(
-                [sys.executable, str(BACKEND), str(port), name], tmp_path / f"{name}.log"
-            )
-            backend = Backend(name, f"http://127.0.0.1:{port}", process)
-            started.append(backend)
-            batch.append(backend)
-        for backend in batch:
-            await wait_ready(backend.url, tmp_path / f"{backend.name}.log")
-        return batch
-
-    yield start
-    for backend in started:
-        if backend.process.poll() is None:
-            backend.process.kill()
-        backend.process.wait(10)
-
-
-async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """The gateway's metrics as {'name{labels}': value}."""
-    async with session.get(f"{url}/metrics") as resp:
-        text = await resp.text()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
-
-
-def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
-    total = 0.0
-    for key, value in samples.items():
-        if not key.startswith(name + "{"):
-            continue
-        if all(re.search(rf'{k}="{re.escape(v)}"', key) for k, v in labels.items()):
-            total += value
-    return total
-
-
 async def test_a_killed_backend_stops_receiving_requests_within_the_detection_threshold(
-    start_gateway: StartGateway, backends: StartBackends, client: aiohttp.ClientSession
+    start_gateway: StartGateway, backends: Backends, client: aiohttp.ClientSession
 ) -> None:
     a, b, c = await backends("a", "b", "c")
     consecutive = 5
@@ -170,10 +82,10 @@ async def test_a_killed_backend_stops_receiving_requests_within_the_detection_th
 
 
 async def test_a_slow_backend_opens_its_circuit_then_half_open_probes_close_it(
-    start_gateway: StartGateway, backends: StartBackends, client: aiohttp.ClientSession
+    start_gateway: StartGateway, backends: Backends, client: aiohttp.ClientSession
 ) -> None:
     (slow,) = await backends("slow")
-    breaker = {
+    breaker: dict[str, Any] = {
         "window_type": "count",
         "window_size": 10,
         "minimum_calls": 5,
@@ -266,7 +178,7 @@ async def shares(client: aiohttp.ClientSession, url: str, n: int) -> Counter[str
 
 async def test_weights_changed_through_one_replica_reach_every_replica_and_survive_restart(
     start_gateway: StartGateway,
-    backends: StartBackends,
+    backends: Backends,
     client: aiohttp.ClientSession,
     datastore_url: str,
 ) -> None:

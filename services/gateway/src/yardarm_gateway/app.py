@@ -85,6 +85,7 @@ def create_gateway(settings: GatewaySettings) -> Service:
             now=now,
             on_breaker=telemetry.breaker_transition,
             on_outlier=telemetry.outlier_event,
+            on_panic=telemetry.panic_change,
         )
         for name, spec in settings.upstreams.items()
     }
@@ -127,6 +128,7 @@ def create_gateway(settings: GatewaySettings) -> Service:
             upstream.health,
             upstream.endpoints,
             on_change=functools.partial(telemetry.health_change, name),
+            on_pass=upstream.health_check_passed,
         )
         for name, upstream in upstreams.items()
     ]
@@ -154,6 +156,8 @@ def create_gateway(settings: GatewaySettings) -> Service:
         for upstream in upstreams.values():
             for endpoint in upstream.endpoints:
                 telemetry.health_change(upstream.name, endpoint, True)
+            for pool in upstream.distinct_pools():
+                telemetry.panic.set(0, upstream=upstream.name, upstream_track=pool.track)
         await asyncio.gather(*(checker.start() for checker in checkers))
         await sync.start()
         sweeper.append(asyncio.create_task(sweep(), name="outlier-sweep"))

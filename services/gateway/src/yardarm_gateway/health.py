@@ -5,6 +5,9 @@ healthy again after `healthy_threshold` good ones, as in Envoy, so one slow prob
 does not flap it. At start every endpoint is probed once before the gateway opens its
 listener; an endpoint that passes that first probe is healthy at once. Probes use a
 plain, untraced session so health polling does not flood the trace store.
+
+Every passing probe of a healthy endpoint is reported with the time the probe began, so
+outlier detection can end an ejection the endpoint has recovered from.
 """
 
 from __future__ import annotations
@@ -36,13 +39,26 @@ class HealthConfig(BaseModel):
 
 
 Change = Callable[[Endpoint, bool], None]
+"""Called as (endpoint, healthy) when an endpoint's verdict changes."""
+Pass = Callable[[Endpoint, float, float], None]
+"""Called as (endpoint, loop time the probe began, loop time now) for each passing probe of
+an endpoint whose verdict is healthy."""
 
 
 class HealthTracker:
-    """The health verdict per endpoint, from the stream of probe results."""
+    """The health verdict per endpoint, from the stream of probe results.
 
-    def __init__(self, config: HealthConfig, endpoints: Sequence[Endpoint]) -> None:
+    `on_change` lets the upstream's routing state follow the verdicts.
+    """
+
+    def __init__(
+        self,
+        config: HealthConfig,
+        endpoints: Sequence[Endpoint],
+        on_change: Change | None = None,
+    ) -> None:
         self.config = config
+        self._on_change = on_change
         # Healthy until probed: the first probe round runs before the listener opens.
         self._healthy = dict.fromkeys(endpoints, True)
         self._streak = dict.fromkeys(endpoints, 0)  # >0 successes in a row, <0 failures
@@ -66,7 +82,11 @@ class HealthTracker:
         else:
             now = streak >= self.config.healthy_threshold
         self._healthy[endpoint] = now
-        return now != was
+        if now == was:
+            return False
+        if self._on_change is not None:
+            self._on_change(endpoint, now)
+        return True
 
     def snapshot(self, endpoint: Endpoint) -> dict[str, object]:
         return {"healthy": self.is_healthy(endpoint), "streak": self._streak[endpoint]}
@@ -81,11 +101,13 @@ class HealthChecker:
         tracker: HealthTracker,
         endpoints: Iterable[Endpoint],
         on_change: Change | None = None,
+        on_pass: Pass | None = None,
     ) -> None:
         self.name = name
         self.tracker = tracker
         self._endpoints = tuple(endpoints)
         self._on_change = on_change
+        self._on_pass = on_pass
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -112,10 +134,14 @@ class HealthChecker:
             self._session = None
 
     async def probe_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         results = await asyncio.gather(*(self._probe(e) for e in self._endpoints))
+        now = loop.time()
         for endpoint, ok in zip(self._endpoints, results, strict=True):
-            if self.tracker.record(endpoint, ok):
-                healthy = self.tracker.is_healthy(endpoint)
+            changed = self.tracker.record(endpoint, ok)
+            healthy = self.tracker.is_healthy(endpoint)
+            if changed:
                 (log.info if healthy else log.warning)(
                     "endpoint %s", "healthy" if healthy else "unhealthy",
                     extra={"upstream": self.name, "endpoint": endpoint.url,
@@ -123,6 +149,8 @@ class HealthChecker:
                 )  # fmt: skip
                 if self._on_change is not None:
                     self._on_change(endpoint, healthy)
+            if ok and healthy and self._on_pass is not None:
+                self._on_pass(endpoint, began, now)
 
     async def _probe(self, endpoint: Endpoint) -> bool:
         assert self._session is not None

@@ -12,7 +12,13 @@ Modelled on Envoy's outlier detection so its documentation applies:
   the endpoint in service, so an endpoint that recovered is forgiven over time;
 - at most max_ejection_percent of the endpoints are ejected at once, but, as in Envoy, one
   endpoint may always be ejected however small the upstream, so a single bad replica among
-  a few is never kept in rotation by the percentage rounding down to zero.
+  a few is never kept in rotation by the percentage rounding down to zero;
+- an ejected endpoint that passes an active health check (one begun after the ejection)
+  returns at once, as with Envoy's successful_active_health_check_uneject_host: a replica
+  restarted after a crash is back in seconds, not after its full ejection time, and frees
+  its ejection slot for the next replica to fail. Its multiplier stays, so a relapse is
+  ejected for longer. An admin's ejection is a decision, not a verdict: only its time or
+  the admin ends it.
 
 State is keyed by Endpoint identity; time is passed in (`now`, monotonic seconds).
 """
@@ -49,6 +55,8 @@ class OutlierConfig(BaseModel):
     success_rate_minimum_hosts: int = Field(default=5, ge=1)
     success_rate_request_volume: int = Field(default=100, ge=1)
     success_rate_stdev_factor: float = Field(default=1.9, ge=0.0)
+    successful_active_health_check_uneject_host: bool = True
+    """A passing active health check ends an ejection at once (off: only its time does)."""
 
     @model_validator(mode="after")
     def _ejection_times(self) -> Self:
@@ -65,8 +73,9 @@ class OutlierEvent:
     """An endpoint left or rejoined the rotation.
 
     `reason` is one of a few fixed words (consecutive_5xx, consecutive_gateway_failure,
-    success_rate, expired, or the admin's), so it can label a metric. `ejections` is the
-    multiplier the ejection time was computed from; `until` is when an ejection ends.
+    success_rate, expired, active_health_check, or the admin's), so it can label a metric.
+    `ejections` is the multiplier the ejection time was computed from; `until` is when an
+    ejection ends.
     """
 
     endpoint: Endpoint
@@ -82,8 +91,10 @@ class _Monitor:
     __slots__ = (
         "consecutive_5xx",
         "consecutive_gateway_failure",
+        "ejected_at",
         "ejected_until",
         "ejections",
+        "manual",
         "reason",
         "requests",
         "successes",
@@ -97,7 +108,9 @@ class _Monitor:
         self.successes = 0  # in the current interval
         self.ejections = 0  # the ejection-time multiplier; decays while in service
         self.total_ejections = 0
+        self.ejected_at = 0.0
         self.ejected_until: float | None = None
+        self.manual = False  # out by an admin's ejection, which no health check ends
         self.reason = ""
 
 
@@ -108,7 +121,15 @@ class OutlierDetector:
     admin's `eject` still takes effect, since it is an explicit decision.
     """
 
-    __slots__ = ("_config", "_ejected", "_max_ejected", "_monitors", "_multiplier_cap", "_on_event")
+    __slots__ = (
+        "_config",
+        "_ejected",
+        "_max_ejected",
+        "_monitors",
+        "_multiplier_cap",
+        "_next_expiry",
+        "_on_event",
+    )
 
     def __init__(
         self,
@@ -120,6 +141,7 @@ class OutlierDetector:
         self._on_event = on_event
         self._monitors: dict[Endpoint, _Monitor] = {endpoint: _Monitor() for endpoint in endpoints}
         self._ejected: dict[Endpoint, _Monitor] = {}
+        self._next_expiry = math.inf  # never after the earliest end of a current ejection
         self._max_ejected = max(
             1, math.floor(len(self._monitors) * config.max_ejection_percent / 100)
         )
@@ -168,6 +190,51 @@ class OutlierDetector:
         self._uneject(endpoint, monitor, "expired")
         return False
 
+    def ejected(self, endpoint: Endpoint) -> bool:
+        """Whether `endpoint` is out as of the last `expire` (or is_ejected, or sweep)."""
+        monitor = self._monitors.get(endpoint)
+        return monitor is not None and monitor.ejected_until is not None
+
+    def held(self, endpoint: Endpoint) -> bool:
+        """Whether an admin's ejection holds `endpoint` out (as of the last expiry)."""
+        monitor = self._monitors.get(endpoint)
+        return monitor is not None and monitor.manual
+
+    def expire(self, now: float) -> None:
+        """End every ejection whose time is over; O(1) while none is due."""
+        if now < self._next_expiry:
+            return
+        due = [
+            (endpoint, monitor)
+            for endpoint, monitor in self._ejected.items()
+            if monitor.ejected_until is not None and now >= monitor.ejected_until
+        ]
+        for endpoint, monitor in due:
+            self._uneject(endpoint, monitor, "expired")
+        self._next_expiry = min(
+            (m.ejected_until for m in self._ejected.values() if m.ejected_until is not None),
+            default=math.inf,
+        )
+
+    def health_check_passed(self, endpoint: Endpoint, probed_at: float, now: float) -> bool:
+        """An active health check begun at `probed_at` passed and the endpoint is healthy.
+
+        Ends the detector's ejection of `endpoint` at once when
+        successful_active_health_check_uneject_host is on; True if it did. A check begun
+        before the ejection saw the endpoint as it was before its errors, so it ends nothing.
+        """
+        monitor = self._monitors.get(endpoint)
+        if (
+            monitor is None
+            or monitor.manual
+            or not self._config.successful_active_health_check_uneject_host
+            or not self.is_ejected(endpoint, now)
+            or probed_at < monitor.ejected_at
+        ):
+            return False
+        self._uneject(endpoint, monitor, "active_health_check")
+        return True
+
     def sweep(self, now: float) -> None:
         """The per-interval pass: end expired ejections, decay multipliers, judge success rates."""
         for endpoint, monitor in self._monitors.items():
@@ -197,7 +264,7 @@ class OutlierDetector:
             )
         if self.is_ejected(endpoint, now):
             return False
-        self._eject(endpoint, monitor, now, duration_s, reason)
+        self._eject(endpoint, monitor, now, duration_s, reason, manual=True)
         return True
 
     def uneject(self, endpoint: Endpoint, now: float, reason: str = "admin") -> bool:
@@ -242,14 +309,7 @@ class OutlierDetector:
     def _room_to_eject(self, now: float) -> bool:
         if len(self._ejected) < self._max_ejected:
             return True
-        # Some of those may have served their time without anyone asking since.
-        expired = [
-            (endpoint, monitor)
-            for endpoint, monitor in self._ejected.items()
-            if monitor.ejected_until is not None and now >= monitor.ejected_until
-        ]
-        for endpoint, monitor in expired:
-            self._uneject(endpoint, monitor, "expired")
+        self.expire(now)  # some may have served their time without anyone asking since
         return len(self._ejected) < self._max_ejected
 
     def _success_rate_ejections(self, now: float) -> None:
@@ -280,6 +340,8 @@ class OutlierDetector:
         now: float,
         duration_s: float | None,
         reason: str,
+        *,
+        manual: bool = False,
     ) -> None:
         config = self._config
         if duration_s is None:
@@ -288,14 +350,18 @@ class OutlierDetector:
                 config.base_ejection_time_s * monitor.ejections, config.max_ejection_time_s
             )
         monitor.total_ejections += 1
+        monitor.ejected_at = now
         monitor.ejected_until = until = now + duration_s
+        monitor.manual = manual
         monitor.reason = reason
         self._ejected[endpoint] = monitor
+        self._next_expiry = min(self._next_expiry, until)
         if self._on_event is not None:
             self._on_event(OutlierEvent(endpoint, "eject", reason, monitor.ejections, until))
 
     def _uneject(self, endpoint: Endpoint, monitor: _Monitor, reason: str) -> None:
         monitor.ejected_until = None
+        monitor.manual = False
         # Errors from before the ejection say nothing about the endpoint as it returns.
         monitor.consecutive_5xx = 0
         monitor.consecutive_gateway_failure = 0

@@ -10,9 +10,10 @@ Per request, in order:
    cookie when configured), else any endpoint of the upstream; the track's circuit
    must be closed or half-open with a free permit (503 when open);
 5. attempts: the balancer picks an usable endpoint (healthy, not ejected, circuit not
-   open, not tried yet) whose circuit admits the call; one deadline (the route
-   timeout, or less when the caller sent `yardarm-timeout-ms`) covers every attempt
-   and is propagated to the upstream.
+   open, not tried yet) whose circuit admits the call, or, while too few of the pool's
+   endpoints are healthy and not ejected (panic mode), any endpoint not tried yet whose
+   circuit admits it; one deadline (the route timeout, or less when the caller sent
+   `yardarm-timeout-ms`) covers every attempt and is propagated to the upstream.
 
 Retries: GET/HEAD/OPTIONS and requests carrying an Idempotency-Key are retried on a
 connection failure, a reset or garbled answer, a per-try timeout, or a 502/503/504.

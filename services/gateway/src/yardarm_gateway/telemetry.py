@@ -1,10 +1,11 @@
 """The gateway's metrics and the log lines of its policy transitions.
 
 The label `upstream_track` is the track of the endpoint that served (the base label
-`track` is the gateway's own).
+`track` is the gateway's own); on the panic metrics it names the pool, `*` for the one
+over all tracks.
 
 Labels follow the question an operator asks: which route, which upstream, which
-track, which endpoint. Breaker and ejection transitions are logged as well as
+track, which endpoint. Breaker, ejection and panic transitions are logged as well as
 counted, because an operator reads those first when traffic moves.
 """
 
@@ -17,6 +18,7 @@ from yardarm_kit.metrics import Metrics
 from yardarm_gateway.breaker import BreakerState
 from yardarm_gateway.endpoints import Endpoint
 from yardarm_gateway.outlier import OutlierEvent
+from yardarm_gateway.panic import PanicEvent
 
 log = logging.getLogger("yardarm_gateway.policy")
 
@@ -79,6 +81,17 @@ class GatewayTelemetry:
             "1 while an endpoint is ejected.",
             ["upstream", "endpoint"],
         )
+        self.panics = metrics.counter(
+            "yardarm_gateway_panics_total",
+            "Times a pool entered panic mode: too few endpoints healthy and not ejected, so "
+            "requests were spread over all of them.",
+            ["upstream", "upstream_track"],
+        )
+        self.panic = metrics.gauge(
+            "yardarm_gateway_upstream_panic",
+            "1 while a pool balances in panic mode.",
+            ["upstream", "upstream_track"],
+        )
         self.healthy = metrics.gauge(
             "yardarm_gateway_endpoint_healthy",
             "1 while an endpoint passes its active health checks.",
@@ -122,6 +135,25 @@ class GatewayTelemetry:
                 "returned %s to %s (%s)", url, upstream, event.reason,
                 extra={"event": "uneject", "upstream": upstream, "endpoint": url,
                        "reason": event.reason},
+            )  # fmt: skip
+
+    def panic_change(self, event: PanicEvent) -> None:
+        self.panic.set(1 if event.panic else 0, upstream=event.upstream, upstream_track=event.track)
+        extra = {"event": "panic", "upstream": event.upstream, "pool": event.track,
+                 "panic": event.panic, "available": event.available, "endpoints": event.total,
+                 "threshold_percent": event.threshold_percent}  # fmt: skip
+        if event.panic:
+            self.panics.inc(upstream=event.upstream, upstream_track=event.track)
+            log.warning(
+                "panic in %s (track %s): %d of %d endpoints in rotation, below %g%%;"
+                " balancing over all of them",
+                event.upstream, event.track, event.available, event.total,
+                event.threshold_percent, extra=extra,
+            )  # fmt: skip
+        else:
+            log.info(
+                "panic over in %s (track %s): %d of %d endpoints in rotation",
+                event.upstream, event.track, event.available, event.total, extra=extra,
             )  # fmt: skip
 
     def health_change(self, upstream: str, endpoint: Endpoint, healthy: bool) -> None:

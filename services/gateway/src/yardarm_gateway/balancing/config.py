@@ -29,6 +29,10 @@ class BalancerConfig(BaseModel):
     slow_start_min_weight_percent: float = Field(
         default=10.0, ge=1.0, le=100.0, allow_inf_nan=False
     )
+    healthy_panic_threshold_percent: float = Field(
+        default=50.0, ge=0.0, le=100.0, allow_inf_nan=False
+    )
+    """Below this share of endpoints in rotation, balance over all of them; 0 turns it off."""
 
     @model_validator(mode="after")
     def _hashing_is_complete(self) -> Self:
