@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -281,6 +281,8 @@ VARIANTS = (
 class NoopApply:
     """A handler that does nothing but notice when every message was applied."""
 
+    prepares = False
+
     def __init__(self, count: int) -> None:
         self.count = count
         self.applied = 0
@@ -379,6 +381,9 @@ class Outcome:
     versions: dict[str, str]
     load_avg: dict[str, list[float]]
     profile: str | None = None
+    # CPU of this process (event loop and span export thread) per message, per drain:
+    # steadier than msgs/s on a loaded machine, since waiting for a core is not in it.
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)
 
 
 async def _prepare_servers(servers: Servers, count: int, step: Step) -> tuple[str, float]:
@@ -406,6 +411,7 @@ async def measure(
     telemetry = {v.key: tracing(root / "telemetry" / f"{v.key}.jsonl", v.encode) for v in VARIANTS}
     bare: list[float] = []
     ours: dict[str, list[float]] = {v.key: [] for v in VARIANTS}
+    cpu_us: dict[str, list[float]] = {"bare": [], **{v.key: [] for v in VARIANTS}}
     profile = None
     try:
         for run in range(options.runs):
@@ -414,19 +420,23 @@ async def measure(
             for variant in order if run % 2 == 0 else list(reversed(order)):
                 name = "bare" if variant is None else f"yardarm ({variant.key})"
                 step(f"round {run + 1}: {name} drains {count:,} messages")
+                cpu_before = time.process_time()
                 if variant is None:
                     bare.append(await drain_bare(servers.nats_url, count, timeout_s))
-                    continue
-                rate = await drain_yardarm(servers.nats_url, dsn, variant,
-                                           telemetry[variant.key], count, timeout_s)  # fmt: skip
-                ours[variant.key].append(rate)
+                else:
+                    rate = await drain_yardarm(servers.nats_url, dsn, variant,
+                                               telemetry[variant.key], count,
+                                               timeout_s)  # fmt: skip
+                    ours[variant.key].append(rate)
+                used = (time.process_time() - cpu_before) / count * 1e6
+                cpu_us["bare" if variant is None else variant.key].append(used)
         if options.profile:
             step("profiling one more yardarm drain (not measured)")
             profile = await _profiled(servers.nats_url, dsn, telemetry, count, timeout_s)
     finally:
         for each in telemetry.values():
             each.provider.shutdown()
-    return Outcome(count, fill_rate, bare, ours, {}, {}, profile)
+    return Outcome(count, fill_rate, bare, ours, {}, {}, profile, cpu_us)
 
 
 async def _profiled(
@@ -478,7 +488,8 @@ def build_rows(outcome: Outcome, options: Options, date: str) -> list[Row]:
         "batches in flight, envelope and yardarm-schema parsed, a CONSUMER span per message "
         "(real TracerProvider, BatchSpanProcessor in batches of 64 every 500 ms, every span "
         "exported within the drain), one Postgres transaction per batch claiming its ids in "
-        "the inbox (a real table, emptied before each drain), no-op prepare and apply",
+        "the inbox (a real table, emptied before each drain), no-op apply, and no prepare "
+        "(the handler declares prepares = False)",
         "message": "JSON envelope with a 64-byte note; headers Nats-Msg-Id, yardarm-schema "
         "and a distinct traceparent",
         "servers": f"nats-server {versions.get('nats-server')} (JetStream, file storage) and "
@@ -495,6 +506,13 @@ def build_rows(outcome: Outcome, options: Options, date: str) -> list[Row]:
         ours = median(values)
         params = {**base, "tracing": variant.what,
                   "yardarm_runs_msgs_per_s": [round(v, 1) for v in values]}  # fmt: skip
+        if outcome.cpu_us:
+            params["cpu_us_per_msg"] = {
+                "what": "CPU time of the bench process (event loop and span export thread; "
+                "not the servers') per message, per drain",
+                "yardarm": [round(v, 1) for v in outcome.cpu_us.get(variant.key, [])],
+                "peer": [round(v, 1) for v in outcome.cpu_us.get("bare", [])],
+            }
         setup = f"{outcome.messages:,} messages, batch {BATCH}, {variant.key}"
         if variant is VARIANTS[0]:
             met = theirs > 0 and ours / theirs >= GOAL_RATIO

@@ -16,7 +16,12 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry.trace import NoOpTracer, SpanKind
 from yardarm_kit import Metrics, ServiceSettings
-from yardarm_kit.consumer import ConsumerConfigError, ConsumerMetrics, InboxConsumer
+from yardarm_kit.consumer import (
+    ConsumerConfigError,
+    ConsumerMetrics,
+    Delivery,
+    InboxConsumer,
+)
 from yardarm_kit.messaging import Envelope, connect, ensure_streams
 from yardarm_kit.pull import BatchFetcher
 
@@ -244,6 +249,52 @@ async def test_concurrency_is_bounded_by_batch_and_batches_in_flight(rig: Rig) -
     assert 4 < handler.most_preparing <= 8  # both batches prepare at once, no more
     assert handler.most_applying <= 2  # applies of a batch run one by one
     assert max(in_flight) <= 8
+
+
+class NothingToPrepare(Recorder):
+    prepares = False
+
+    async def prepare(self, delivery: Delivery) -> None:
+        raise AssertionError("a handler with prepares = False is never prepared")
+
+
+async def test_a_handler_with_nothing_to_prepare_still_applies_and_traces_each_delivery(
+    rig: Rig,
+) -> None:
+    handler = NothingToPrepare()
+    consumer = rig.consumer(handler, batch=8)
+    for n in range(20):
+        await rig.send(f"n{n:02}", headers={"traceparent": TRACEPARENT})
+    await consumer.start()
+    await wait_until(lambda: settled(rig, consumer.durable), what="20 messages settled")
+    assert sorted(key for key, _ in await rig.effects()) == [f"n{n:02}" for n in range(20)]
+    spans = [s for s in rig.spans.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert len(spans) == 20
+    assert all(f"{s.context.trace_id:032x}" == TRACE_ID for s in spans)
+    # apply still ran with its delivery's span current
+    traceparents = await rig.pool.fetch("SELECT traceparent FROM effects")
+    assert {row[0].split("-")[2] for row in traceparents} == {
+        f"{s.context.span_id:016x}" for s in spans
+    }
+
+
+async def test_an_unsampled_producer_trace_records_no_span_but_still_propagates(
+    rig: Rig,
+) -> None:
+    handler = Recorder()
+    consumer = rig.consumer(handler)
+    unsampled = f"00-{TRACE_ID}-00f067aa0ba902b7-00"
+    await rig.send("quiet", headers={"traceparent": unsampled})
+    await rig.send("loud", headers={"traceparent": TRACEPARENT})
+    await consumer.start()
+    await wait_until(lambda: settled(rig, consumer.durable), what="both settled")
+    assert sorted(key for key, _ in await rig.effects()) == ["loud", "quiet"]
+    spans = [s for s in rig.spans.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert [(s.attributes or {})["messaging.message.id"] for s in spans] == ["loud"]
+    # What apply sends on continues the producer's trace, unsampled, from a span of its own.
+    stored = await rig.pool.fetchval("SELECT traceparent FROM effects WHERE msg_id = 'quiet'")
+    _, trace_id, span_id, flags = stored.split("-")
+    assert (trace_id, flags) == (TRACE_ID, "00") and span_id not in ("00f067aa0ba902b7", "0" * 16)
 
 
 async def test_messages_for_an_abandoned_pull_go_back_at_once(rig: Rig) -> None:

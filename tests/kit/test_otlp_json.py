@@ -32,7 +32,7 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
-from yardarm_kit.otlp_json import encode_spans_json
+from yardarm_kit.otlp_json import encode_spans_json, encode_spans_json_line
 from yardarm_kit.telemetry import JsonLinesSpanExporter
 
 from yardarm import tracing_view
@@ -66,6 +66,8 @@ def _reference(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
 def _assert_same(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     document = encode_spans_json(spans)
     assert json.dumps(document, sort_keys=True) == json.dumps(_reference(spans), sort_keys=True)
+    # The exporter's line is the same document, byte for byte as json.dumps writes it.
+    assert encode_spans_json_line(spans) == json.dumps(document, separators=(",", ":"))
     return document
 
 
@@ -125,6 +127,8 @@ def test_every_attribute_type_encodes_like_protobuf() -> None:
                 "str": "GET",
                 "empty.str": "",
                 "unicode": "größe ✓",
+                "escaped": 'say "hi"\n\t\\ \x01',
+                "schlüssel": "a non-ASCII key",
                 "bool.true": True,
                 "bool.false": False,
                 "int": 503,

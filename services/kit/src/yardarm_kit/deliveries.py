@@ -18,7 +18,9 @@ The verdicts (ack, nak on the backoff schedule, dead letter) are `yardarm_kit.ve
 This runs per message at tens of thousands a second, so it avoids what is slow there:
 the span's parent comes from a direct parse of a lone `traceparent` header (the global
 propagator when there is more to read), the ack metadata from a split of the reply
-subject, and the span gets its attributes when it starts.
+subject, and the span gets its attributes when it starts. A delivery of an unsampled
+trace skips the tracer when its sampler would drop the span anyway, and a `prepare` that
+does nothing is not run (running it costs a task per delivery).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -36,6 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, ParentBasedTraceIdRatio
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -71,7 +74,12 @@ class Delivery:
 
 
 class MessageHandler(Protocol):
-    """What a service implements to consume with `InboxConsumer`."""
+    """What a service implements to consume with `InboxConsumer`.
+
+    A handler with nothing to do outside the transaction sets a class attribute
+    `prepares = False`: the consumer then never calls `prepare`, which would cost a task
+    per delivery.
+    """
 
     async def prepare(self, delivery: Delivery) -> None:
         """Outside any transaction, concurrently for the batch (provider calls, waits);
@@ -147,6 +155,25 @@ def ack_fields(msg: Msg) -> tuple[int, int, int]:
     return meta.num_delivered, meta.sequence.stream, meta.num_pending
 
 
+def unsampled_parents_dropped_by(tracer: trace.Tracer) -> Callable[[], int] | None:
+    """The tracer's span id generator, if its sampler drops every span whose remote parent
+    is not sampled (the SDK's parent-based samplers, by default); else None.
+
+    Then a delivery of an unsampled trace needs no call into the tracer: its span is a
+    non-recording one with a fresh id in the producer's trace, as the tracer would make.
+    """
+    sampler = getattr(tracer, "sampler", None)
+    generator = getattr(tracer, "id_generator", None)
+    if type(sampler) not in (ParentBased, ParentBasedTraceIdRatio) or generator is None:
+        return None
+    assert isinstance(sampler, ParentBased)
+    describe: Callable[[], str] = sampler.get_description  # untyped in the SDK
+    if f",remoteParentNotSampled:{ALWAYS_OFF.get_description()}," not in describe():
+        return None
+    new_span_id: Callable[[], int] = generator.generate_span_id
+    return new_span_id
+
+
 @dataclass(slots=True)
 class Received:
     """One message of a batch on its way to a verdict (internal to the consumer)."""
@@ -203,6 +230,8 @@ class BatchWork:
         self.s = settings
         self.verdicts = Verdicts(settings)
         self._accepts = ", ".join(str(n) for n in sorted(settings.accepted_schemas))
+        self._prepares = getattr(settings.handler, "prepares", True)
+        self._new_span_id = unsampled_parents_dropped_by(settings.tracer)
 
     async def run(self, msgs: list[Msg]) -> None:
         """Handle one batch to its verdicts; cancelled, it hands back what is unsettled."""
@@ -222,13 +251,7 @@ class BatchWork:
         headers: Mapping[str, str] = msg.headers or NO_HEADERS
         subject = msg.subject
         item = Received(msg, subject, headers, *ack_fields(msg))
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.destination.name": subject,
-            "messaging.consumer.group.name": self.s.durable,
-        }
-        if item.num_delivered > 1:
-            attributes["messaging.nats.num_delivered"] = item.num_delivered
+        envelope: Envelope | None = None
         try:
             envelope = Envelope.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -236,8 +259,6 @@ class BatchWork:
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             item.failure = f"invalid envelope: {where}: {first.get('msg', 'invalid')}"
         else:
-            attributes["messaging.message.id"] = envelope.id
-            attributes["messaging.message.conversation_id"] = envelope.saga_id
             raw_schema = headers.get(SCHEMA_HEADER)
             try:
                 schema = 1 if raw_schema is None else int(raw_schema)
@@ -249,6 +270,26 @@ class BatchWork:
                 if schema not in self.s.accepted_schemas:
                     item.failure = f"unsupported schema {schema} (accepts {self._accepts})"
         carried = parent_context(headers)
+        if self._new_span_id is not None:
+            parent = trace.get_current_span(carried).get_span_context()
+            if parent.is_valid and parent.is_remote and not parent.trace_flags.sampled:
+                # What the tracer would return (its sampler drops it), without asking it.
+                item.span = NonRecordingSpan(SpanContext(
+                    parent.trace_id, self._new_span_id(), is_remote=False,
+                    trace_flags=parent.trace_flags, trace_state=parent.trace_state,
+                ))  # fmt: skip
+                item.context = trace.set_span_in_context(item.span, carried)
+                return item
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.consumer.group.name": self.s.durable,
+        }
+        if item.num_delivered > 1:
+            attributes["messaging.nats.num_delivered"] = item.num_delivered
+        if envelope is not None:
+            attributes["messaging.message.id"] = envelope.id
+            attributes["messaging.message.conversation_id"] = envelope.saga_id
         item.span = self.s.tracer.start_span(
             f"{subject} process", context=carried, kind=SpanKind.CONSUMER, attributes=attributes
         )
@@ -266,7 +307,8 @@ class BatchWork:
             if first is not item:
                 item.first = first
         unique = list(firsts.values())
-        await self._prepare(unique)
+        if self._prepares:
+            await self._prepare(unique)
         ready = [item for item in unique if item.failure is None]
         if ready:
             await self._commit(ready)

@@ -9,7 +9,6 @@ files, so the local target needs no collector. OTLP/HTTP export is added when th
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from yardarm_kit.otlp_json import encode_spans_json
+from yardarm_kit.otlp_json import encode_spans_json_line
 from yardarm_kit.settings import ServiceSettings
 
 ROTATE_BYTES = 20 * 1024 * 1024
@@ -41,8 +40,7 @@ class JsonLinesSpanExporter(SpanExporter):
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        document = encode_spans_json(spans)
-        line = json.dumps(document, separators=(",", ":")) + "\n"
+        line = encode_spans_json_line(spans) + "\n"
         with self._lock:
             try:
                 if self._path.exists() and self._path.stat().st_size > self._rotate_bytes:

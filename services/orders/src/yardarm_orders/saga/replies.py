@@ -55,6 +55,8 @@ def _detail(trigger: Trigger, data: dict[str, Any]) -> str | None:
 class ReplyHandler:
     """The `MessageHandler` of the replies consumer."""
 
+    prepares = False  # a reply is only database work
+
     def __init__(
         self,
         engine: SagaEngine,
