@@ -3,6 +3,10 @@
 - `ProcessKiller` SIGKILLs a random orders or fulfillment replica through the stack's
   chaos controller (so the kill is logged and counted, and the supervisor restarts it),
   noting how many sagas were mid-flight at that moment.
+- `pause_together` SIGSTOPs every replica of a service at once for a while (the
+  supervisor does not restart a paused process), so commands to it get no reply and the
+  saga's step timeouts fire; the killer leaves those replicas alone meanwhile, and
+  while they catch up on what piled up.
 - `Duplicator` watches `cmd.>` and `evt.>` with core NATS and republishes a share of
   what it sees with a NEW `Nats-Msg-Id` but the same bytes and headers: JetStream's
   duplicate window cannot catch these, so only the consumers' inboxes can.
@@ -17,7 +21,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +30,18 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from yardarm.chaos.client import ChaosClientError, send_fault
+from yardarm.chaos.client import ChaosClientError, fetch_state, send_fault
+from yardarm.chaos.config import Action
 from yardarm.local import control
 
 SCHEMA_HEADER = "yardarm-schema"
 MSG_ID_HEADER = "Nats-Msg-Id"
 DUPLICATE_ID_PREFIX = "dup:"
 POISON_ID_PREFIX = "poison:"
+
+
+def _service(instance: str) -> str:
+    return instance.rsplit("-", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class ProcessKiller:
 
     Sparing the last ready replica of a service keeps orders flowing; an instance the
     supervisor is still restarting is never a target (its restart backoff grows with
-    every crash, and the controller would refuse it).
+    every crash, and the controller would refuse it). Nor is a held one (`hold`): a
+    kill would end its pause early, and its restart would not be paused.
     """
 
     def __init__(
@@ -64,7 +74,7 @@ class ProcessKiller:
     ) -> None:
         self._home = home
         self._min_kills = min_kills
-        # Set once `min_kills` kills have landed.
+        # Set once `min_kills` kills have landed, at least one in every service.
         self.enough = asyncio.Event()
         self._targets = list(targets)
         self._in_flight = in_flight
@@ -72,14 +82,25 @@ class ProcessKiller:
         self._rng = rng
         self.kills: list[Kill] = []
         self.refused: list[str] = []
+        self._held: set[str] = set()
+        # Held while a target is chosen and killed, so `hold` never races a kill.
+        self._choosing = asyncio.Lock()
+
+    async def hold(self, targets: Iterable[str]) -> None:
+        """Spare `targets` (and their siblings) from now on, once any kill under way landed."""
+        async with self._choosing:
+            self._held.update(targets)
+
+    def release(self, targets: Iterable[str]) -> None:
+        self._held.difference_update(targets)
 
     def _eligible(self) -> list[str]:
         states = {s.name: s.state for s in control.read_status(self._home)}
+        ready = {t for t in self._targets if states.get(t) == "ready" and t not in self._held}
         eligible = []
         for target in self._targets:
-            service = target.rsplit("-", 1)[0]
-            siblings = [t for t in self._targets if t.rsplit("-", 1)[0] == service]
-            if all(states.get(t) == "ready" for t in siblings):
+            siblings = [t for t in self._targets if _service(t) == _service(target)]
+            if all(t in ready for t in siblings):
                 eligible.append(target)
         return eligible
 
@@ -93,19 +114,141 @@ class ProcessKiller:
                 return
             except TimeoutError:
                 pass
-            eligible = await asyncio.to_thread(self._eligible)
-            if not eligible:
-                continue
-            target = self._rng.choice(eligible)
-            in_flight = await self._in_flight()
-            try:
-                await asyncio.to_thread(send_fault, self._home, "kill", target)
-            except ChaosClientError as exc:  # restarting at this very moment: next time
-                self.refused.append(f"{target}: {exc.message}")
-                continue
-            self.kills.append(Kill(round(time.monotonic() - started, 1), target, in_flight))
-            if len(self.kills) >= self._min_kills:
-                self.enough.set()
+            async with self._choosing:
+                await self._kill_one(started)
+
+    async def _kill_one(self, started: float) -> None:
+        eligible = await asyncio.to_thread(self._eligible)
+        if not eligible:
+            return
+        target = self._rng.choice(eligible)
+        in_flight = await self._in_flight()
+        try:
+            await asyncio.to_thread(send_fault, self._home, "kill", target)
+        except ChaosClientError as exc:  # restarting at this very moment: next time
+            self.refused.append(f"{target}: {exc.message}")
+            return
+        self.kills.append(Kill(round(time.monotonic() - started, 1), target, in_flight))
+        services = {_service(t) for t in self._targets}
+        if (
+            len(self.kills) >= self._min_kills
+            and {_service(k.target) for k in self.kills} >= services
+        ):
+            self.enough.set()
+
+
+@dataclass(frozen=True)
+class Pause:
+    """One pause of every replica of a service, and what it caught mid-step."""
+
+    targets: tuple[str, ...]
+    at_s: float  # seconds since `zero` when the last replica stopped
+    waited_s: float  # for the replicas to be ready and sagas to wait on them
+    held_s: float  # how long all of them stood still together
+    # From the resume until the service had taken every message waiting for it (None:
+    # not within the bound); the killer spared it until then.
+    caught_up_s: float | None
+    # What the controller listed as paused while they were held.
+    listed: tuple[str, ...]
+    # Sagas waiting on the paused service, order id -> saga state, read `read_s` after
+    # the last replica stopped.
+    in_step: Mapping[str, str]
+    read_s: float
+
+
+async def _send_until_accepted(home: Path, action: Action, target: str, bound_s: float) -> None:
+    """Send a process fault, again while the controller refuses it, at most `bound_s`."""
+    until = time.monotonic() + bound_s
+    while True:
+        try:
+            await asyncio.to_thread(send_fault, home, action, target)
+            return
+        except ChaosClientError:
+            if time.monotonic() > until:
+                raise
+        await asyncio.sleep(0.5)
+
+
+async def _until(done: Callable[[], Awaitable[bool]], bound_s: float) -> float | None:
+    """Seconds until `done()` held, polling; None if it did not within `bound_s`."""
+    started = time.monotonic()
+    while time.monotonic() - started < bound_s:
+        if await done():
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def pause_together(
+    home: Path,
+    targets: Sequence[str],
+    killer: ProcessKiller,
+    *,
+    hold_s: float,
+    ready_bound_s: float,
+    in_step: Callable[[], Awaitable[Mapping[str, str]]],
+    min_in_step: int,
+    caught_up: Callable[[], Awaitable[bool]],
+    catch_up_bound_s: float,
+    zero: float,
+) -> Pause:
+    """SIGSTOP every one of `targets` at once, hold them `hold_s`, resume them.
+
+    The pause starts once all are ready and `in_step` (sagas waiting on them) has
+    `min_in_step` entries, or `ready_bound_s` passed. Then `in_step` is read until it has
+    `min_in_step` entries again (a quarter of the hold at most): the sagas caught. While
+    the service answers, a saga stays in step only briefly; now nothing answers, so
+    those reads only grow, but for replies already on their way.
+
+    The killer spares the targets from before the first pause until they `caught_up`
+    after the resumes (or `catch_up_bound_s` passed): a kill then would leave one
+    replica to work off the pause's backlog while every new step waits behind it and
+    times out in turn.
+    """
+
+    async def ready() -> bool:
+        states = {s.name: s.state for s in await asyncio.to_thread(control.read_status, home)}
+        return all(states.get(t) == "ready" for t in targets)
+
+    async def waiting() -> bool:
+        return len(await in_step()) >= min_in_step
+
+    await killer.hold(targets)
+    held_at = time.monotonic()
+    try:
+        await _until(ready, ready_bound_s)
+        await _until(waiting, ready_bound_s)
+        paused: list[str] = []
+        try:
+            for target in targets:
+                await _send_until_accepted(home, "pause", target, ready_bound_s)
+                paused.append(target)
+            stopped_at = time.monotonic()
+            caught = dict(await in_step())
+            while len(caught) < min_in_step and time.monotonic() - stopped_at < hold_s / 4:
+                await asyncio.sleep(0.2)
+                caught = dict(await in_step())
+            read_s = time.monotonic() - stopped_at
+            state = await asyncio.to_thread(fetch_state, home)
+            listed = tuple(sorted(str(row["instance"]) for row in state["paused"]))
+            await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - stopped_at)))
+        finally:
+            resumed_at = time.monotonic()
+            for target in paused:
+                await _send_until_accepted(home, "resume", target, ready_bound_s)
+        recovered = await _until(caught_up, catch_up_bound_s)
+    finally:
+        killer.release(targets)
+    return Pause(
+        targets=tuple(targets),
+        at_s=round(stopped_at - zero, 1),
+        waited_s=round(stopped_at - held_at, 1),
+        held_s=round(resumed_at - stopped_at, 1),
+        caught_up_s=None if recovered is None else round(recovered, 1),
+        listed=listed,
+        in_step=caught,
+        read_s=round(read_s, 1),
+    )
 
 
 class Duplicator:

@@ -21,6 +21,11 @@ from nats.js.errors import NotFoundError
 from tests.e2e.saga_faults import Poison
 
 TERMINAL = frozenset({"CONFIRMED", "CANCELLED"})
+# Saga states waiting on a fulfillment reply to go forward.
+REMOTE_STEPS = ("CHARGING", "SHIPPING")
+# The history entry of a step timeout, and of a command sent again for want of a reply.
+TIMEOUT_STEP, APPLIED, RESENT = "step.timeout", "applied", "resent"
+TIMED_OUT = "timed out"
 DLQ_REASON_HEADER = "yardarm-dlq-reason"
 DLQ_SUBJECT_HEADER = "yardarm-dlq-subject"
 SHOWN = 8  # violations quoted per rule; the count says how many there were
@@ -43,6 +48,7 @@ class PaymentRow:
     kind: str
     status: str
     amount_cents: int
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,15 @@ async def count_in_flight(pool: asyncpg.Pool) -> int:
         "SELECT count(*) FROM sagas WHERE state <> ALL($1::text[])", sorted(TERMINAL)
     )
     return int(count)
+
+
+async def read_in_step(pool: asyncpg.Pool) -> dict[str, str]:
+    """Sagas waiting on a participant's reply to a forward step: order id -> state."""
+    rows = await pool.fetch(
+        "SELECT order_id::text AS id, state FROM sagas WHERE state = ANY($1::text[])",
+        list(REMOTE_STEPS),
+    )
+    return {r["id"]: r["state"] for r in rows}
 
 
 async def read_orders(pool: asyncpg.Pool) -> list[OrderRow]:
@@ -111,8 +126,11 @@ async def read_history(pool: asyncpg.Pool) -> dict[str, list[tuple[str, str]]]:
 
 
 async def read_payments(pool: asyncpg.Pool) -> list[PaymentRow]:
-    rows = await pool.fetch("SELECT saga_id, kind, status, amount_cents FROM payments")
-    return [PaymentRow(r["saga_id"], r["kind"], r["status"], int(r["amount_cents"])) for r in rows]
+    rows = await pool.fetch("SELECT saga_id, kind, status, amount_cents, reason FROM payments")
+    return [
+        PaymentRow(r["saga_id"], r["kind"], r["status"], int(r["amount_cents"]), r["reason"])
+        for r in rows
+    ]
 
 
 async def read_shipments(pool: asyncpg.Pool) -> dict[str, str]:
@@ -334,3 +352,82 @@ def compensated(history: Mapping[str, Sequence[tuple[str, str]]], word: str) -> 
         for order_id, steps in history.items()
         if any(word in step.lower() and outcome not in skipped for step, outcome in steps)
     }
+
+
+def timed_out(orders: Sequence[OrderRow]) -> dict[str, str]:
+    """Orders a step timeout cancelled: order id -> the step that timed out."""
+    return {
+        o.id: (o.reason or "").split(f" {TIMED_OUT}", 1)[0]
+        for o in orders
+        if TIMED_OUT in (o.reason or "")
+    }
+
+
+def resent(history: Mapping[str, Sequence[tuple[str, str]]]) -> Counter[str]:
+    """Commands sent again for want of a reply: step -> how many re-sends."""
+    return Counter(step for steps in history.values() for step, outcome in steps
+                   if outcome == RESENT)  # fmt: skip
+
+
+def check_timed_out(
+    orders: Sequence[OrderRow],
+    history: Mapping[str, Sequence[tuple[str, str]]],
+    payments: Sequence[PaymentRow],
+    shipments: Mapping[str, str],
+) -> list[str]:
+    """A timed-out step counts as possibly taken effect, so it was compensated.
+
+    The reason and the history agree that the step timed out; the order is CANCELLED;
+    a refund was recorded (a real one for a charge the participant applied, before or
+    after the timeout, or the zero refund that blocks a later charge), so the ledger
+    shows no charge or a charge with a matching refund; a timed-out shipment ended
+    cancelled (a charge came before it).
+    """
+    by_saga: dict[str, list[PaymentRow]] = defaultdict(list)
+    for p in payments:
+        by_saga[p.saga_id].append(p)
+    reasons = timed_out(orders)
+    recorded = {oid for oid, steps in history.items() if (TIMEOUT_STEP, APPLIED) in steps}
+    bad = [f"order {oid}: history records a step timeout, reason does not"
+           for oid in sorted(recorded - set(reasons))]  # fmt: skip
+    status = {o.id: o.status for o in orders}
+    for oid, step in sorted(reasons.items()):
+        if oid not in recorded:
+            bad.append(f"order {oid}: reason says {step} timed out, history does not")
+        if status[oid] != "CANCELLED":
+            bad.append(f"order {oid}: {step} timed out, yet {status[oid]}")
+        rows = by_saga.get(oid, [])
+        charged = sum(p.amount_cents for p in rows if p.kind == "charge" and p.status == "charged")
+        refunds = [p.amount_cents for p in rows if p.kind == "refund"]
+        if not refunds:
+            bad.append(f"order {oid}: {step} timed out and no refund was recorded")
+        elif charged != sum(refunds):
+            bad.append(f"order {oid}: {step} timed out, charged {charged}, refunded {refunds}")
+        if step == "shipping.schedule":
+            if not charged:
+                bad.append(f"order {oid}: shipping timed out but nothing was charged")
+            if shipments.get(oid) != "cancelled":
+                bad.append(f"order {oid}: shipping timed out, shipment {shipments.get(oid)}")
+        elif step != "payments.charge":
+            bad.append(f"order {oid}: unexpected step timed out: {step!r}")
+    return _report(bad)
+
+
+def timeout_outcomes(orders: Sequence[OrderRow], payments: Sequence[PaymentRow]) -> Counter[str]:
+    """What the payment ledger shows for each timed-out order, for the report."""
+    rows: dict[str, list[PaymentRow]] = defaultdict(list)
+    for p in payments:
+        rows[p.saga_id].append(p)
+    kinds: Counter[str] = Counter()
+    for oid, step in timed_out(orders).items():
+        charges = [p for p in rows.get(oid, []) if p.kind == "charge"]
+        if step == "shipping.schedule":
+            kinds["shipping timed out"] += 1
+        elif any(p.status == "charged" for p in charges):
+            refunded = any(p.kind == "refund" and p.amount_cents for p in rows.get(oid, []))
+            kinds["charge applied, refunded" if refunded else "charge applied, not refunded"] += 1
+        elif charges:
+            kinds[f"charge declined ({charges[0].reason})"] += 1
+        else:
+            kinds["never charged"] += 1
+    return kinds

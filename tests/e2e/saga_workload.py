@@ -199,9 +199,13 @@ async def place_all(
     clients: int,
     follow_s: float,
     deadline: float,
+    result: Placement | None = None,
 ) -> Placement:
-    """Place every order through the gateway with `clients` concurrent clients."""
-    result = Placement()
+    """Place every order through the gateway with `clients` concurrent clients.
+
+    Pass `result` to watch the placement's progress while it runs.
+    """
+    result = Placement() if result is None else result
     queue = list(reversed(orders))
     limits = httpx.Limits(max_connections=clients)
 

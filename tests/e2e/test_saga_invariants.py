@@ -6,14 +6,18 @@ Orders with a mix of outcomes (good card, declined card, unserviceable address, 
 than the stock) are placed through the gateway while
 
 - replicas are SIGKILLed through the chaos controller and restarted by the supervisor,
+- both fulfillment replicas are paused together for twice the charge and shipping step
+  timeout, so sagas caught charging or shipping re-send their commands, then time out
+  and compensate, while the participants may still apply the late commands on resume,
 - a tenth of the commands and events are republished under new `Nats-Msg-Id`s,
 - poison messages (unknown type, missing card, schema 3, not JSON) are injected.
 
 Then faults stop, every saga must become terminal within a bound stated in the
 configured intervals, and the read-back state must show: stock conserved per SKU, no
-money kept for a cancelled order and a charge and a shipment for every confirmed one,
-and exactly the poison in the DLQ. The scenario runs once (module fixture); each test
-judges one invariant, so a failure names the rule that broke.
+money kept for a cancelled order (a timed-out charge applied late was refunded) and a
+charge and a shipment for every confirmed one, and exactly the poison in the DLQ. The
+scenario runs once (module fixture); each test judges one invariant, so a failure names
+the rule that broke.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +40,19 @@ import asyncpg
 import nats
 import pytest
 import yaml
+from nats.js import JetStreamContext
 
 from tests.e2e import saga_ledger as ledger
-from tests.e2e.saga_faults import Duplicator, Kill, Poison, ProcessKiller, inject, poison_messages
+from tests.e2e.saga_faults import (
+    Duplicator,
+    Kill,
+    Pause,
+    Poison,
+    ProcessKiller,
+    inject,
+    pause_together,
+    poison_messages,
+)
 from tests.e2e.saga_workload import (
     Placement,
     available,
@@ -63,9 +78,11 @@ ACK_WAIT_S = 2.0
 MAX_DELIVER = 8
 BACKOFF_S = (0.5, 1.0, 2.0)
 LEASE_S = 3.0
-# Short enough that crashes cause command re-sends and, now and then, a step timeout.
+# Short enough that crashes cause command re-sends; the pause below lasts twice the timeout.
 RESEND_AFTER_S = 2.0
-STEP_TIMEOUT_S = 15.0
+STEP_TIMEOUT_S = 6.0
+# A reply held by a killed orders replica comes back to the other one after this.
+REPLY_ACK_WAIT_S = 2.0
 CONSUMER_ERROR_RATE = 0.05
 SERVICE_ENV = {
     "YARDARM_FULFILLMENT_ACK_WAIT_S": str(ACK_WAIT_S),
@@ -78,16 +95,25 @@ SERVICE_ENV = {
     "YARDARM_ORDERS_RESEND_MAX_S": str(2 * RESEND_AFTER_S),
     "YARDARM_ORDERS_CHARGE_TIMEOUT_S": str(STEP_TIMEOUT_S),
     "YARDARM_ORDERS_SHIPPING_TIMEOUT_S": str(STEP_TIMEOUT_S),
+    "YARDARM_ORDERS_REPLY_ACK_WAIT_S": str(REPLY_ACK_WAIT_S),
 }
-# The orders reply consumer's ack wait (InboxConsumer's default: orders does not set it).
-REPLY_ACK_WAIT_S = 30.0
 
 # The durable consumers of the saga's messages: (stream, durable).
-DURABLES = (("COMMANDS", "payments"), ("COMMANDS", "shipping"), ("EVENTS", "orders"))
+FULFILLMENT_DURABLES = (("COMMANDS", "payments"), ("COMMANDS", "shipping"))
+DURABLES = (*FULFILLMENT_DURABLES, ("EVENTS", "orders"))
 KILL_TARGETS = ("orders-0", "orders-1", "fulfillment-0", "fulfillment-1")
 KILL_INTERVAL_S = 3.0
 MIN_KILLS = 4
 DUPLICATE_SHARE = 0.10
+# Every fulfillment replica stands still this long, once this share of the orders is placed.
+PAUSED = ("fulfillment-0", "fulfillment-1")
+PAUSE_S = 2 * STEP_TIMEOUT_S
+PAUSE_AFTER_SHARE = 0.2
+# Sagas charging or shipping at that moment (the pause waits for them, within a bound).
+MIN_CAUGHT = 3
+# Fulfillment works off what piled up in the pause (commands, re-sends, compensations)
+# well within a few pauses' time; the killer spares it until then.
+CATCH_UP_BOUND_S = 3 * PAUSE_S
 
 # Bounds, in the configured intervals, each with a wide margin (a noisy 2-core box).
 # A message that is never acked is redelivered MAX_DELIVER times, each after at most
@@ -99,13 +125,15 @@ DELIVERY_CYCLE_S = MAX_DELIVER * (ACK_WAIT_S + max(BACKOFF_S))
 SETTLE_BOUND_S = 3 * (
     LEASE_S + STEP_TIMEOUT_S + DELIVERY_CYCLE_S + REPLY_ACK_WAIT_S + Timings().backoff_max
 )
-DLQ_BOUND_S = 3 * (DELIVERY_CYCLE_S + Timings().backoff_max)
+# The pause holds back deliveries to fulfillment, poison included.
+DLQ_BOUND_S = 3 * (DELIVERY_CYCLE_S + Timings().backoff_max) + PAUSE_S
 # The supervisor's own patience: its longest restart backoff, then its readiness timeout.
 RESTART_BOUND_S = Timings().backoff_max + Timings().ready_timeout
 # A client follows its order this long at most before placing its next one.
 FOLLOW_S = 2 * ACK_WAIT_S
-# Each client places ORDERS / CLIENTS orders, each followed at most FOLLOW_S.
-PLACE_BOUND_S = 60 + 3 * (ORDERS / CLIENTS) * (FOLLOW_S + 1)
+# Each client places ORDERS / CLIENTS orders, each followed at most FOLLOW_S (through
+# the pause too: orders answers while fulfillment stands still).
+PLACE_BOUND_S = 60 + 3 * (ORDERS / CLIENTS) * (FOLLOW_S + 1) + PAUSE_S
 FAULTS_BOUND_S = PLACE_BOUND_S + MIN_KILLS * KILL_INTERVAL_S * 5
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(900 * max(1.0, SCALE)))]
@@ -168,6 +196,8 @@ class Run:
     kills: list[Kill]
     kills_counted: int
     refused_kills: list[str]
+    pause: Pause
+    pauses_counted: int
     observed: int
     duplicates_stored: list[str]
     stream_duplicates: dict[str, int]
@@ -201,6 +231,37 @@ async def _wait(
     return bound_s
 
 
+async def _pause_fulfillment(
+    stack: Stack,
+    killer: ProcessKiller,
+    progress: Placement,
+    orders_db: asyncpg.Pool,
+    js: JetStreamContext,
+    notes: list[str],
+) -> Pause:
+    """Once orders flow and sagas wait on fulfillment, pause all of it past the step
+    timeout.
+
+    The killer spares fulfillment from the start (the caller holds it) until fulfillment
+    caught up after the pause: a replica restarting after a kill can take many seconds
+    to be ready again, and the pause must begin while orders flow.
+    """
+    zero = time.monotonic()
+
+    async def flowing() -> bool:
+        return len(progress.ids) >= PAUSE_AFTER_SHARE * ORDERS
+
+    async def caught_up() -> bool:  # every command to fulfillment handled, for a moment
+        return not any((await ledger.backlog(js, FULFILLMENT_DURABLES)).values())
+
+    await _wait("orders flowing before the pause", flowing, PLACE_BOUND_S, notes)
+    return await pause_together(
+        stack.home, PAUSED, killer, hold_s=PAUSE_S, ready_bound_s=RESTART_BOUND_S,
+        in_step=lambda: ledger.read_in_step(orders_db), min_in_step=MIN_CAUGHT,
+        caught_up=caught_up, catch_up_bound_s=CATCH_UP_BOUND_S, zero=zero,
+    )  # fmt: skip
+
+
 async def _scenario(stack: Stack) -> Run:
     began = time.monotonic()
     rng = random.Random(SEED)
@@ -229,17 +290,23 @@ async def _scenario(stack: Stack) -> Run:
             interval_s=KILL_INTERVAL_S, min_kills=MIN_KILLS, rng=random.Random(rng.random()),
         )  # fmt: skip
         stop = asyncio.Event()
+        await killer.hold(PAUSED)  # until the pause is over: see _pause_fulfillment
         killing = asyncio.create_task(killer.run(stop))
+        progress = Placement()
         placing = asyncio.create_task(
             place_all(
                 stack.gateway, planned, clients=CLIENTS, follow_s=FOLLOW_S,
-                deadline=time.monotonic() + PLACE_BOUND_S,
+                deadline=time.monotonic() + PLACE_BOUND_S, result=progress,
             )
         )  # fmt: skip
+        pausing = asyncio.create_task(
+            _pause_fulfillment(stack, killer, progress, orders_db, js, notes)
+        )
         await asyncio.sleep(1.0)
         await inject(js, poisons)
         injected_at = time.monotonic()
         placement = await placing
+        pause = await pausing
         left = max(0.0, began + FAULTS_BOUND_S - time.monotonic())
         with contextlib.suppress(TimeoutError):  # too few kills: test_faults_... says so
             await asyncio.wait_for(killer.enough.wait(), timeout=left)
@@ -299,6 +366,8 @@ async def _scenario(stack: Stack) -> Run:
             kills=killer.kills,
             kills_counted=sum(int(f["count"]) for f in state["faults"] if f["action"] == "kill"),
             refused_kills=killer.refused,
+            pause=pause,
+            pauses_counted=sum(int(f["count"]) for f in state["faults"] if f["action"] == "pause"),
             observed=duplicator.observed,
             duplicates_stored=duplicator.stored,
             stream_duplicates=dict(ledger.duplicated_ids(streams)),
@@ -332,7 +401,10 @@ def _summary(run: Run) -> list[str]:
     confirmed = sum(1 for o in run.orders if o.status == "CONFIRMED")
     reasons = ledger.cancel_reasons(run.orders)
     kills = ", ".join(f"{k.target}@{k.at_s}s/{k.in_flight}" for k in run.kills)
-    resent = sum(1 for steps in run.history.values() for _, outcome in steps if outcome == "resent")
+    resent = ledger.resent(run.history)
+    pause = run.pause
+    caught = Counter(pause.in_step.values())
+    timed_out = ledger.timed_out(run.orders)
     return [
         f"saga invariants (seed {SEED}, scale {SCALE:g}): {len(run.orders)} orders, "
         f"{confirmed} confirmed, {sum(reasons.values())} cancelled {dict(reasons)}",
@@ -341,9 +413,16 @@ def _summary(run: Run) -> list[str]:
         f"  duplicates republished {len(run.duplicates_stored)} of {run.observed} observed; "
         f"envelope ids stored more than once: {len(run.stream_duplicates)}; consumers "
         f"recognised {run.duplicates_recognised} duplicates (metrics, since last restart)",
+        f"  paused {', '.join(pause.targets)} at {pause.at_s}s (after {pause.waited_s}s for "
+        f"readiness and sagas in step) for {pause.held_s}s, caught up {pause.caught_up_s}s "
+        f"after (controller listed {list(pause.listed)}, counted {run.pauses_counted}); "
+        f"sagas waiting on them {pause.read_s}s in: {len(pause.in_step)} {dict(caught)}",
+        f"  step timeouts {len(timed_out)} {dict(Counter(timed_out.values()))}, "
+        f"{len(set(timed_out) & set(pause.in_step))} of them caught by the pause; ledger of "
+        f"the timed-out: {dict(ledger.timeout_outcomes(run.orders, run.payments))}",
         f"  redeliveries (metrics, since last restart) {run.redeliveries}, failed deliveries "
-        f"{run.failed_deliveries}; commands re-sent {resent}; placement retries "
-        f"{run.placement.retries} {dict(run.placement.retried_on)}",
+        f"{run.failed_deliveries}; commands re-sent {sum(resent.values())} {dict(resent)}; "
+        f"placement retries {run.placement.retries} {dict(run.placement.retried_on)}",
         f"  DLQ {len(run.dead)} messages ({len(run.poisons)} poison injected); settled in "
         f"{run.settle_s:.1f}s; wall {run.wall_s:.0f}s",
         *(f"  note: {note}" for note in run.notes),
@@ -371,6 +450,7 @@ def test_faults_really_happened(run: Run) -> None:
     assert len(run.kills) >= 3, run.kills
     assert run.kills_counted >= len(run.kills), (run.kills_counted, run.kills)
     assert any(kill.in_flight >= 1 for kill in run.kills), run.kills
+    assert {kill.target.rsplit("-", 1)[0] for kill in run.kills} == {"orders", "fulfillment"}
     # The supervisor brought every victim back.
     for target in KILL_TARGETS:
         state, restarts = run.instances[target]
@@ -406,6 +486,30 @@ def test_orders_that_cannot_succeed_are_cancelled_and_compensated(run: Run) -> N
     assert shipped_failed <= released, sorted(shipped_failed - released)[:5]
     declined = {o.id for o in run.orders if "declin" in (o.reason or "").lower()}
     assert declined and declined <= released, sorted(declined - released)[:5]
+
+
+def test_steps_without_a_reply_time_out_and_are_compensated(run: Run) -> None:
+    pause = run.pause
+    # Both replicas stood still together, longer than a step may wait for its reply.
+    assert set(pause.listed) >= set(PAUSED) and run.pauses_counted >= len(PAUSED), pause
+    assert pause.held_s > STEP_TIMEOUT_S, pause
+    assert pause.in_step, "no saga was charging or shipping when fulfillment was paused"
+    assert pause.read_s < STEP_TIMEOUT_S, pause  # read before any of them could time out
+    # Waiting for the reply, the sagas sent their commands again, then gave up on them.
+    resent = {
+        oid for oid, steps in run.history.items() if any(o == ledger.RESENT for _, o in steps)
+    }
+    assert resent & set(pause.in_step), (
+        f"none of the {len(pause.in_step)} sagas caught by the pause re-sent its command; "
+        f"{len(resent)} others did"
+    )
+    timed_out = ledger.timed_out(run.orders)
+    assert set(timed_out) & set(pause.in_step), (
+        f"none of the {len(pause.in_step)} sagas caught by the pause timed out; "
+        f"timed out: {sorted(timed_out)[:5]}"
+    )
+    # Each was compensated as if the participant had acted: no money kept, no shipment.
+    assert ledger.check_timed_out(run.orders, run.history, run.payments, run.shipments) == []
 
 
 def test_stock_is_conserved_per_sku(run: Run) -> None:
