@@ -1,5 +1,6 @@
-"""Dead letters: the header contract, reading one back, replay headers, deduplication, and
-dead-lettering a message of a stream by its sequence (the advisory path)."""
+"""Dead letters: the header contract, deduplication, and dead-lettering a message of a
+stream by its sequence (the advisory path). Reading one back and replaying it is the
+CLI's (tests/cli/test_dlq.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from yardarm_kit.dead_letters import (
     MaxDeliveriesWatcher,
-    NotADeadLetter,
     dead_letter_headers,
-    parse_dead_letter,
     publish_dead_letter,
 )
 from yardarm_kit.messaging import connect, ensure_streams
@@ -67,7 +66,7 @@ async def bus(nats_url: str) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
         await nc.close()
 
 
-async def test_a_dead_letter_is_stored_once_and_reads_back_for_replay(
+async def test_a_dead_letter_is_stored_once_with_its_headers(
     bus: tuple[NATS, JetStreamContext],
 ) -> None:
     _, js = bus
@@ -83,29 +82,22 @@ async def test_a_dead_letter_is_stored_once_and_reads_back_for_replay(
     info = await js.stream_info("DLQ", subjects_filter=f"dlq.{subject}")
     assert sum((info.state.subjects or {}).values()) == 1
     raw = await js.get_msg("DLQ", subject=f"dlq.{subject}")
-    dead = parse_dead_letter(raw)
-    assert raw.seq is not None
-    assert dead.subject == subject and dead.body == body
-    assert dead.headers == {k: v for k, v in ORIGINAL.items() if k != "Nats-Msg-Id"}
-    assert (dead.reason, dead.stream, dead.consumer) == ("boom", "COMMANDS", "payments")
-    assert dead.stream_seq == args["stream_seq"] and dead.deliveries == 5
-    assert dead.original_msg_id == "saga-1:payments.charge"
-    assert dead.dlq_seq == raw.seq and abs((datetime.now(UTC) - dead.at).total_seconds()) < 60
-    replay = dead.replay_headers(raw.seq)
-    assert replay["Nats-Msg-Id"] == f"saga-1:payments.charge:replay:{raw.seq}"
-    assert replay["yardarm-replay-of"] == str(raw.seq)
-    assert replay["traceparent"] == ORIGINAL["traceparent"]
-    assert not any(key.startswith("yardarm-dlq-") for key in replay)
-
-
-async def test_a_message_without_the_headers_is_not_a_dead_letter(
-    bus: tuple[NATS, JetStreamContext],
-) -> None:
-    _, js = bus
-    subject = f"dlq.cmd.dl{uuid.uuid4().hex[:10]}.x"
-    await js.publish(subject, b"{}", headers={"yardarm-dlq-reason": "r"})
-    with pytest.raises(NotADeadLetter, match="yardarm-dlq-stream"):
-        parse_dead_letter(await js.get_msg("DLQ", subject=subject))
+    stored = dict(raw.headers or {})
+    assert raw.data == body
+    assert {k: stored[k] for k in ORIGINAL if k != "Nats-Msg-Id"} == {
+        k: v for k, v in ORIGINAL.items() if k != "Nats-Msg-Id"
+    }
+    assert stored["Nats-Msg-Id"] == f"dlq:COMMANDS:{args['stream_seq']}"
+    assert stored["yardarm-dlq-msg-id"] == "saga-1:payments.charge"
+    assert (stored["yardarm-dlq-subject"], stored["yardarm-dlq-reason"]) == (subject, "boom")
+    assert (stored["yardarm-dlq-stream"], stored["yardarm-dlq-consumer"]) == (
+        "COMMANDS",
+        "payments",
+    )
+    assert stored["yardarm-dlq-stream-seq"] == str(args["stream_seq"])
+    assert stored["yardarm-dlq-deliveries"] == "5"
+    at = datetime.fromisoformat(stored["yardarm-dlq-at"])
+    assert abs((datetime.now(UTC) - at).total_seconds()) < 60
 
 
 async def test_the_watcher_dead_letters_a_stream_message_by_its_sequence(
@@ -120,9 +112,15 @@ async def test_the_watcher_dead_letters_a_stream_message_by_its_sequence(
         on_dead_letter=counted.append, reason_of=lambda seq: f"last failure of {seq}",
     )  # fmt: skip
     await watcher.dead_letter(ack.seq, 5)
-    dead = parse_dead_letter(await js.get_msg("DLQ", subject=f"dlq.{subject}"))
-    assert (dead.subject, dead.body, dead.stream_seq) == (subject, b"payload", ack.seq)
-    assert dead.reason == f"last failure of {ack.seq}" and dead.consumer == "shipping"
+    raw = await js.get_msg("DLQ", subject=f"dlq.{subject}")
+    stored = dict(raw.headers or {})
+    assert raw.data == b"payload" and stored["traceparent"] == ORIGINAL["traceparent"]
+    assert (stored["yardarm-dlq-subject"], stored["yardarm-dlq-stream-seq"]) == (
+        subject,
+        str(ack.seq),
+    )
+    assert stored["yardarm-dlq-reason"] == f"last failure of {ack.seq}"
+    assert stored["yardarm-dlq-consumer"] == "shipping"
     assert counted == [subject]
     with caplog.at_level(logging.ERROR):
         await watcher.dead_letter(ack.seq + 10**9, 5)  # gone from the stream: logged, no raise

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +41,6 @@ DLQ_HEADER_PREFIX = "yardarm-dlq-"
 MAX_REASON_CHARS = 1000
 NO_VERDICT = "max deliveries reached without a verdict (ack wait expired)"
 ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-EPOCH = "1970-01-01T00:00:00Z"
 
 
 def dead_letter_subject(subject: str) -> str:
@@ -123,78 +121,6 @@ async def publish_dead_letter(
     )
     ack = await js.publish(dead_letter_subject(subject), body, headers=wanted)
     return not ack.duplicate
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One dead letter read back: the original message and why it failed."""
-
-    subject: str  # the original subject, where a replay goes
-    body: bytes
-    headers: dict[str, str]  # the original headers, without yardarm-dlq-* and Nats-Msg-Id
-    reason: str
-    stream: str
-    consumer: str
-    stream_seq: int
-    deliveries: int
-    at: datetime
-    original_msg_id: str | None
-    msg_id: str  # the DLQ message's own Nats-Msg-Id
-    dlq_seq: int | None  # its sequence in the DLQ stream, when read from there
-
-    def replay_headers(self, dlq_seq: int) -> dict[str, str]:
-        """Headers for publishing this message again to `subject`."""
-        return {
-            **self.headers,
-            MSG_ID: f"{self.original_msg_id or self.msg_id}:replay:{dlq_seq}",
-            REPLAY_OF: str(dlq_seq),
-        }
-
-
-class NotADeadLetter(ValueError):
-    """The message lacks the dead-letter headers."""
-
-
-def parse_dead_letter(msg: Any) -> DeadLetter:
-    """Read a dead letter from `js.get_msg("DLQ", seq)` or from a consumed DLQ message."""
-    headers: dict[str, str] = dict(msg.headers or {})
-    missing = [h for h in (REASON, STREAM, SUBJECT, CONSUMER, STREAM_SEQ) if h not in headers]
-    if missing:
-        raise NotADeadLetter(f"not a dead letter: headers {', '.join(missing)} missing")
-    try:
-        stream_seq = int(headers[STREAM_SEQ])
-        deliveries = int(headers.get(DELIVERIES, "0"))
-        at = datetime.fromisoformat(headers.get(AT) or EPOCH)
-    except ValueError as exc:
-        raise NotADeadLetter(f"not a dead letter: {exc}") from None
-    return DeadLetter(
-        subject=headers[SUBJECT],
-        body=bytes(msg.data or b""),
-        headers={
-            key: value
-            for key, value in headers.items()
-            if not key.startswith(DLQ_HEADER_PREFIX) and key != MSG_ID
-        },
-        reason=headers[REASON],
-        stream=headers[STREAM],
-        consumer=headers[CONSUMER],
-        stream_seq=stream_seq,
-        deliveries=deliveries,
-        at=at,
-        original_msg_id=headers.get(ORIGINAL_MSG_ID),
-        msg_id=headers.get(MSG_ID, dead_letter_msg_id(headers[STREAM], stream_seq)),
-        dlq_seq=_dlq_seq(msg),
-    )
-
-
-def _dlq_seq(msg: Any) -> int | None:
-    seq = getattr(msg, "seq", None)  # a RawStreamMsg from get_msg
-    if isinstance(seq, int):
-        return seq
-    try:
-        return int(msg.metadata.sequence.stream)  # a message from a consumer
-    except Exception:
-        return None
 
 
 class MaxDeliveriesWatcher:
