@@ -6,6 +6,7 @@ They use the same launchers as `yardarm up`, so the tests exercise the servers u
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from yardarm.local import infra
+from yardarm.local import binaries, infra
 
 
 def free_port() -> int:
@@ -46,6 +47,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def require_servers() -> None:
+    """Skip when nats-server or Postgres is missing on a laptop; under CI, fail instead."""
+    try:
+        binaries.nats_server_binary()
+        binaries.postgres_bin_dir()
+    except binaries.MissingDependencyError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide the servers: {exc}")
+        pytest.skip(str(exc))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -31,8 +31,8 @@ import yaml
 from nats.js.errors import NotFoundError
 from yardarm_kit.messaging import Envelope, publish
 
+from tests.conftest import require_servers
 from tests.e2e.test_stack_e2e import pick_base_port
-from yardarm.local import binaries
 from yardarm.topology import Topology, default_flags, flags_file
 
 pytestmark = pytest.mark.e2e
@@ -51,16 +51,6 @@ DLQ_BOUND_S = 20 * MAX_DELIVER * (1.0 + max(BACKOFF_S))
 # The flag provider re-reads its file within seconds.
 FLAG_BOUND_S = 60.0
 APPLIED_BOUND_S = 30.0
-
-
-def _require_servers() -> None:
-    try:
-        binaries.nats_server_binary()
-        binaries.postgres_bin_dir()
-    except binaries.MissingDependencyError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide the servers: {exc}")
-        pytest.skip(str(exc))
 
 
 def _flags(error_rate: str) -> dict[str, Any]:
@@ -128,7 +118,7 @@ class DlqStack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DlqStack]:
-    _require_servers()
+    require_servers()
     root = tmp_path_factory.mktemp("dlq-e2e")
     topology = Topology(base_port=pick_base_port(33000))
     config = root / "yardarm.yaml"

@@ -42,6 +42,7 @@ import pytest
 import yaml
 from nats.js import JetStreamContext
 
+from tests.conftest import require_servers
 from tests.e2e import saga_ledger as ledger
 from tests.e2e.saga_faults import (
     Duplicator,
@@ -64,7 +65,7 @@ from tests.e2e.saga_workload import (
 )
 from tests.e2e.test_stack_e2e import Stack, _stop, pick_base_port
 from yardarm.chaos.client import fetch_state
-from yardarm.local import binaries, control, infra
+from yardarm.local import control, infra
 from yardarm.local.supervisor import Timings
 from yardarm.topology import default_flags
 
@@ -155,19 +156,9 @@ def _topology(base_port: int) -> dict[str, Any]:
     }
 
 
-def _require_servers() -> None:
-    try:
-        binaries.nats_server_binary()
-        binaries.postgres_bin_dir()
-    except binaries.MissingDependencyError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide the servers: {exc}")
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    _require_servers()
+    require_servers()
     root = tmp_path_factory.mktemp("saga-invariants")
     base_port = pick_base_port(35000)
     config = root / "yardarm.yaml"
