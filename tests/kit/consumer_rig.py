@@ -31,7 +31,7 @@ from yardarm_kit.consumer import ConsumerMetrics, Delivery, InboxConsumer
 from yardarm_kit.messaging import Envelope, connect, ensure_streams
 from yardarm_kit.postgres import Connection
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import _stop, free_port, wait_for_port
 from yardarm.local import infra
 
 SCHEMA = """
@@ -299,10 +299,5 @@ class PrivateNats:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            _stop(self.proc)
             self.proc = None
