@@ -4,8 +4,9 @@ transaction, exactly once per command envelope id.
 The kit inserts the batch's inbox rows (keyed by the envelope id, so a command
 republished under another `Nats-Msg-Id` changes nothing) and runs `apply` for each fresh
 delivery; a failing delivery's writes roll back (the rest of its batch is applied again
-without it) and it is redelivered on the backoff, then dead-lettered. `prepare` runs before the transaction, where a slow
-or failing provider call belongs: it holds no connection while it waits.
+without it) and it is redelivered on the backoff, then dead-lettered. `prepare` runs
+before the transaction, where a slow or failing provider call belongs: it holds no
+connection while it waits.
 """
 
 from __future__ import annotations

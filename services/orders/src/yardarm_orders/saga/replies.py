@@ -1,11 +1,10 @@
 """Participant replies (the `orders` consumer of EVENTS), applied to sagas exactly once.
 
 The kit's `InboxConsumer` records each reply's envelope id in the inbox and calls `apply`
-inside the batch transaction (under the delivery's own savepoint), so the inbox row, the
-saga's transition, its history and any next command commit together; a duplicate never
-reaches `apply`. A reply the saga no longer expects (it has moved on, e.g. a charge
-confirmed after the step timed out) is recorded as "ignored" and acknowledged: the
-compensation under way already covers it.
+inside the batch transaction, so the inbox row, the saga's transition, its history and
+any next command commit together; a duplicate never reaches `apply`. A reply the saga
+no longer expects (it has moved on, e.g. a charge confirmed after the step timed out) is
+recorded as "ignored" and acknowledged: the compensation under way already covers it.
 """
 
 from __future__ import annotations
