@@ -271,13 +271,15 @@ async def test_client_timeouts_and_refusals_are_typed_errors_and_metered(
         ) in text
 
 
-async def test_expired_deadline_is_refused_and_unknown_routes_are_not_traced_by_path(
+async def test_a_zero_deadline_is_a_bad_request_and_unknown_routes_are_not_traced_by_path(
     make_service: Factory,
 ) -> None:
     service, url = await make_service("a")
     await service.start()
     async with aiohttp.ClientSession(url) as http:
-        await _problem(await http.get("/teapot", headers={"yardarm-timeout-ms": "0"}), 504)
+        # No sender puts 0 ms on the wire (the kit's client refuses to send an expired
+        # deadline), so 0 is the caller's mistake: 400, not 504.
+        await _problem(await http.get("/teapot", headers={"yardarm-timeout-ms": "0"}), 400)
         await _problem(await http.get("/no/such/7"), 404)
     text = service.metrics.exposition("")[0].decode()
     assert 'http_route="unmatched"' in text and "/no/such/7" not in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ssl
 import time
 
 import aiohttp
@@ -58,19 +57,9 @@ def _check(settings: GatewaySettings, upstreams: dict[str, Upstream], doc: Routi
             raise ValueError(f"ejection names unknown endpoint {entry.upstream}/{entry.endpoint}")
 
 
-def _tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-    return context
-
-
 def create_gateway(settings: GatewaySettings) -> Service:
     """A gateway Service ready to `run()`."""
     service = Service(settings)
-    service.ssl_context = _tls_context(settings)
     service.reuse_port = settings.reuse_port
     service.server_options = {
         "max_line_size": settings.max_header_bytes,

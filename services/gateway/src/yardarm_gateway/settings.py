@@ -6,7 +6,6 @@ message naming the field, instead of surfacing as 404s or 502s later.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -117,8 +116,6 @@ class GatewaySettings(ServiceSettings):
     datastore_urls: list[str] = Field(default_factory=list)
     config_key: str = "config/gateway/routing"
     config_poll_s: float = Field(default=0.25, gt=0, le=10)
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
     reuse_port: bool = False
     # The HTTP/1.1 client of the hot path: the lean httptools pool (measured faster in
     # bench/gateway) or aiohttp's. https upstreams always use aiohttp.
@@ -129,15 +126,6 @@ class GatewaySettings(ServiceSettings):
     @classmethod
     def _datastore_urls(cls, value: list[str]) -> list[str]:
         return [_base_url(url) for url in value]
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> Self:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file must be set together")
-        for path in (self.tls_cert_file, self.tls_key_file):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {str(path)!r} does not exist")
-        return self
 
     @field_validator("strip_prefix")
     @classmethod

@@ -1,7 +1,10 @@
 """A small client for the datastore's KV API over the kit's traced HTTP client.
 
 `urls` are tried in order when a node cannot be reached, so a list of endpoints keeps
-working while one is down; any HTTP answer (even an error) ends the search.
+working while one is down; any HTTP answer (even an error) ends the search. With a
+`token`, every request carries `Authorization: Bearer <token>` (the datastore refuses
+requests without a credential whose roles allow them: 401/403, raised as
+`DatastoreRefused`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ MAX_LIST_PAGES = 1000
 
 class DatastoreUnavailable(Exception):
     """No datastore node answered usefully (unreachable, timeout or a 5xx)."""
+
+
+class DatastoreRefused(DatastoreUnavailable):
+    """The datastore refused the credential (401) or what it allows (403): to the
+    caller's own clients the datastore is as good as unavailable (a misconfiguration),
+    while a caller that acts for someone else may pass the refusal on."""
+
+    def __init__(self, status: int, what: str) -> None:
+        super().__init__(f"{what}: the datastore answered {status}")
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -45,12 +58,20 @@ class PutResult:
 
 
 class DatastoreClient:
-    def __init__(self, http: HttpClient, urls: list[str], *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        http: HttpClient,
+        urls: list[str],
+        *,
+        timeout_s: float = 5.0,
+        token: str | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("at least one datastore URL is needed")
         self._http = http
         self._urls = list(urls)
         self._timeout_s = timeout_s
+        self._token = token
 
     async def _request(
         self,
@@ -59,7 +80,11 @@ class DatastoreClient:
         *,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        token: str | None = None,
     ) -> Any:
+        credential = token or self._token
+        if credential is not None:
+            headers = {**(headers or {}), "Authorization": f"Bearer {credential}"}
         last: BaseException | None = None
         for base in self._urls:
             try:
@@ -78,6 +103,8 @@ class DatastoreClient:
                 if method == "GET" or (headers and "Idempotency-Key" in headers):
                     continue
                 raise last
+            if response.status in (401, 403):
+                raise DatastoreRefused(response.status, f"{method} {path}")
             return response
         raise DatastoreUnavailable(
             f"no datastore reachable for {method} {path} (tried {', '.join(self._urls)}): {last!r}"
@@ -100,14 +127,18 @@ class DatastoreClient:
         *,
         if_version: int | None = None,
         idempotency_key: str | None = None,
+        token: str | None = None,
     ) -> PutResult:
-        """Write `value`; a version mismatch is a result (`conflict`), not an exception."""
+        """Write `value`; a version mismatch is a result (`conflict`), not an exception.
+
+        `token` writes with another credential than the client's own (the gateway's
+        admin API writes routing changes with its caller's admin credential)."""
         body: dict[str, Any] = {"value": value}
         if if_version is not None:
             body["if_version"] = if_version
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         response = await self._request(
-            "PUT", "/kv/" + quote(key, safe="/"), json=body, headers=headers
+            "PUT", "/kv/" + quote(key, safe="/"), json=body, headers=headers, token=token
         )
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
         version: int | None = None

@@ -46,14 +46,20 @@ def budget(timeout: float | None) -> float | None:
     return min(timeout, left)
 
 
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+
 def parse_header(value: str | None) -> float | None:
-    """Seconds from a `yardarm-timeout-ms` header; None when absent or not a number."""
+    """Seconds from a `yardarm-timeout-ms` header; None when absent or not a positive,
+    finite number of milliseconds (the caller's error, answered 400: a deadline that
+    has already passed is never sent, see `HttpClient`). Budgets beyond a day are a day:
+    no request runs that long, and the event loop's timers take no larger values."""
     if value is None:
         return None
     try:
         millis = float(value)
     except ValueError:
         return None
-    if millis != millis or millis < 0:  # NaN or negative
-        return 0.0
-    return millis / 1000.0
+    if not 0 < millis < float("inf"):  # also NaN
+        return None
+    return min(millis, MAX_TIMEOUT_MS) / 1000.0

@@ -12,23 +12,28 @@ import asyncio
 import contextlib
 import gc
 import random
+import re
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import unquote_to_bytes
 
 import aiohttp
 from aiohttp import web
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import BaseModel
 
-from yardarm_kit import deadline
+from yardarm_kit import deadline, tls
 from yardarm_kit.flags import Flags
+from yardarm_kit.http_server import AppRunner
 from yardarm_kit.httpclient import HttpClient
 from yardarm_kit.logs import setup_logging
 from yardarm_kit.metrics import Metrics
+from yardarm_kit.openapi import ApiSpec, Header, Reply
 from yardarm_kit.problem import Problem
 from yardarm_kit.settings import ServiceSettings
 from yardarm_kit.telemetry import setup_tracing
@@ -37,10 +42,14 @@ Hook = Callable[[], Awaitable[None]]
 Check = Callable[[], Awaitable[bool]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 MAX_BODY_BYTES = 1024 * 1024
 READINESS_TIMEOUT_S = 2.0
 SHUTDOWN_GRACE_S = 10.0
+# The status recorded for a request whose client went away before it was answered
+# (nginx's convention): not the server's failure, and no answer can reach anyone.
+CLIENT_CLOSED = 499
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 ROUTE_KEY = "yardarm.route"
@@ -57,6 +66,22 @@ def route_of(request: web.Request) -> str:
         return named
     resource = request.match_info.route.resource
     return "unmatched" if resource is None else str(resource.canonical)
+
+
+def check_target(raw_target: str) -> None:
+    """400 for a request target whose percent-escapes are broken, whose escaped bytes
+    are not UTF-8, or that carries NUL: yarl would keep such text literally (`%zz`,
+    `%ff`), so `/kv/a%zz` and `/kv/a%25zz` would name one key."""
+    if "%" not in raw_target:
+        return
+    if _BAD_ESCAPE.search(raw_target):
+        raise Problem(400, "Invalid URL", "a '%' in the URL is not followed by two hex digits")
+    try:
+        decoded = unquote_to_bytes(raw_target).decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(400, "Invalid URL", "the URL's percent-escapes are not UTF-8") from None
+    if "\x00" in decoded:
+        raise Problem(400, "Invalid URL", "the URL contains an escaped NUL (%00)")
 
 
 GC_GEN0_THRESHOLD = 50_000
@@ -77,6 +102,19 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+class Liveness(BaseModel):
+    status: Literal["ok"]
+    instance: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, bool]
+
+
+_RETRY = Header("seconds to wait before asking again", required=True)
+
+
 class Service:
     """The runtime of one service instance."""
 
@@ -89,6 +127,11 @@ class Service:
         )
         self.metrics = Metrics(settings)
         self.flags = Flags(settings)
+        self._malformed = self.metrics.counter(
+            "yardarm_http_malformed_requests_total",
+            "Requests refused before routing because they were not valid HTTP/1.x.",
+            ("reason",),
+        )
         self._checks: dict[str, Check] = {}
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
@@ -99,6 +142,8 @@ class Service:
         # Listener options a service may set before start(): TLS, SO_REUSEPORT (several
         # processes sharing one port) and aiohttp request-parser limits.
         self.ssl_context: ssl.SSLContext | None = None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.ssl_context = tls.server_context(settings.tls_cert_file, settings.tls_key_file)
         self.reuse_port = False
         self.server_options: dict[str, Any] = {}
         self._own_process = False
@@ -107,9 +152,8 @@ class Service:
             middlewares=[self._trace_mw, self._metrics_mw, self._problem_mw, self._deadline_mw,
                          self._fault_mw],
         )  # fmt: skip
-        self.app.router.add_get("/healthz", self._healthz)
-        self.app.router.add_get("/readyz", self.readyz)
-        self.app.router.add_get("/metrics", self._metrics)
+        self.api = ApiSpec(self.app.router, f"yardarm {settings.service}", settings.version)
+        self._describe_operational()
 
     # -- registration -------------------------------------------------------------
 
@@ -138,10 +182,50 @@ class Service:
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+                connector=aiohttp.TCPConnector(
+                    limit=256, limit_per_host=64, ssl=self.client_ssl() or True
+                ),
                 auto_decompress=False,
             )
         return self._session
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """The context for calls out: trusts the stack's CA and presents this service's
+        certificate; None (the system's trust) without a CA file."""
+        settings = self.settings
+        if settings.tls_ca_file is None:
+            return None
+        return tls.client_context(
+            settings.tls_ca_file, cert=settings.tls_cert_file, key=settings.tls_key_file
+        )
+
+    def _describe_operational(self) -> None:
+        """`/healthz`, `/readyz`, `/metrics` and `/openapi.json`, described like any route."""
+        tags = ("operations",)
+        self.api.add(
+            "GET", "/healthz", self._healthz, operation_id="healthz", tags=tags, operational=True,
+            summary="Liveness: the process answers",
+            responses={200: Reply("alive", Liveness)},
+        )  # fmt: skip
+        self.api.add(
+            "GET", "/readyz", self.readyz, operation_id="readyz", tags=tags, operational=True,
+            summary="Readiness: every dependency check passes",
+            responses={
+                200: Reply("ready", Readiness),
+                503: Reply.error("a check fails; `checks` says which", **{"Retry-After": _RETRY}),
+            },
+        )  # fmt: skip
+        self.api.add(
+            "GET", "/metrics", self._metrics, operation_id="metrics", tags=tags, operational=True,
+            summary="Prometheus metrics (OpenMetrics with exemplars when asked for)",
+            responses={
+                200: Reply(
+                    "the exposition",
+                    content_type="text/plain,application/openmetrics-text",
+                )
+            },
+        )  # fmt: skip
+        self.api.serve()
 
     # -- middleware ---------------------------------------------------------------
 
@@ -193,9 +277,19 @@ class Service:
     @web.middleware
     async def _problem_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            check_target(request.raw_path)
             return await handler(request)
         except Problem as problem:
             return problem.response()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            # The client went away mid-request (often mid-body): nobody is left to answer.
+            if request.transport is not None and not request.transport.is_closing():
+                raise
+            self.log.info(
+                "client closed %s %s before it was answered", request.method, request.path,
+                extra={"event": "client_closed"},
+            )  # fmt: skip
+            return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -220,11 +314,17 @@ class Service:
 
     @web.middleware
     async def _deadline_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        budget = deadline.parse_header(request.headers.get(deadline.TIMEOUT_HEADER))
-        if budget is None:
+        raw = request.headers.get(deadline.TIMEOUT_HEADER)
+        if raw is None or request.path in OPERATIONAL_PATHS:
             return await handler(request)
-        if budget <= 0:
-            raise Problem(504, "Deadline exceeded", "the caller's deadline had already passed")
+        budget = deadline.parse_header(raw)
+        if budget is None:
+            raise Problem(
+                400,
+                f"Invalid {deadline.TIMEOUT_HEADER}",
+                f"{deadline.TIMEOUT_HEADER} must be a positive number of milliseconds "
+                f"(got {raw[:40]!r})",
+            )
         token = deadline.set_deadline(budget)
         scope = asyncio.timeout(budget)
         try:
@@ -250,6 +350,10 @@ class Service:
         if error_rate > 0 and random.random() < error_rate:
             raise Problem(500, "Injected fault", "fault.error-rate flag is on for this instance")
         return await handler(request)
+
+    def count_malformed(self, reason: str) -> None:
+        """Count a request refused before routing (see yardarm_kit.http_server)."""
+        self._malformed.inc(reason=reason)
 
     # -- operational endpoints ----------------------------------------------------
 
@@ -294,10 +398,22 @@ class Service:
         self._client_session()
         for hook in self._startup:
             await hook()
-        self._runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **self.server_options
+        self._runner = AppRunner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            on_malformed=self.count_malformed,
+            **self.server_options,
         )
         await self._runner.setup()
+        warning = tls.plaintext_warning(
+            self.settings.host,
+            self.settings.port,
+            tls=self.ssl_context is not None,
+            mesh_tls=self.settings.mesh_tls,
+        )
+        if warning is not None:
+            self.log.warning(warning, extra={"event": "plaintext_listener"})
         site = web.TCPSite(
             self._runner,
             self.settings.host,

@@ -30,9 +30,25 @@ class ServiceSettings(BaseSettings):
     state_dir: Path = Path(".yardarm")
     flags_file: Path | None = None
     log_level: str = "INFO"
+    # TLS (see yardarm_kit.tls): the listener's certificate and key, the CA that signs
+    # the peers this service calls, and the operator's word that a mesh encrypts instead.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    mesh_tls: bool = False
 
     @model_validator(mode="after")
     def _default_instance(self) -> ServiceSettings:
         if not self.instance:
             self.instance = f"{self.service}-0"
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {str(path)!r} does not exist")
         return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener serves HTTPS."""
+        return self.tls_cert_file is not None
