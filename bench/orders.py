@@ -43,6 +43,7 @@ from bench.loopback import LOOPBACK, check_loopback
 from bench.options import BenchError, Options
 from bench.rows import Row, make_row
 from yardarm.catalog import seed_catalog
+from yardarm.credentials import admin_token
 from yardarm.local.infra import postgres_dsn
 from yardarm.topology import Topology, port_plan
 
@@ -151,7 +152,7 @@ def seed_skus(stack: LocalStack, count: int = SKUS) -> list[str]:
         }
         for index in range(count)
     )
-    seed_catalog(stack.datastore, catalog)
+    seed_catalog(stack.datastore, admin_token(stack.home), catalog)
     return [str(item["sku"]) for item in catalog]
 
 

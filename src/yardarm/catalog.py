@@ -21,13 +21,17 @@ DEMO_CATALOG: tuple[dict[str, Any], ...] = (
 )
 
 
-def seed_catalog(datastore_url: str, catalog: tuple[dict[str, Any], ...] = DEMO_CATALOG) -> int:
+def seed_catalog(
+    datastore_url: str, token: str, catalog: tuple[dict[str, Any], ...] = DEMO_CATALOG
+) -> int:
     """Create each SKU unless it already exists (`if_version: 0`); returns how many were new.
 
-    Existing stock is never overwritten, so a restart keeps what orders consumed.
+    Existing stock is never overwritten, so a restart keeps what orders consumed. `token`
+    is a credential allowed to write `stock/` (the stack's admin token).
     """
     created = 0
-    with httpx.Client(base_url=datastore_url, timeout=10.0) as client:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=datastore_url, timeout=10.0, headers=headers) as client:
         for item in catalog:
             response = client.put(f"/kv/stock/{item['sku']}", json={"value": item, "if_version": 0})
             if response.status_code in (200, 201):

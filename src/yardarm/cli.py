@@ -18,6 +18,7 @@ from rich.table import Table
 from yardarm import tracing_view
 from yardarm.catalog import seed_catalog
 from yardarm.chaos import commands as chaos_commands
+from yardarm.credentials import admin_token
 from yardarm.dlq import commands as dlq_commands
 from yardarm.load import (
     LoadOptionError,
@@ -114,7 +115,7 @@ def up(
         progress.update(task, description="seeding the demo catalog")
         service_urls = urls(topology)
         try:
-            created = seed_catalog(service_urls["datastore"])
+            created = seed_catalog(service_urls["datastore"], admin_token(state_home))
         except (httpx.HTTPError, RuntimeError) as exc:
             control.stop_stack(state_home)
             raise _fail(

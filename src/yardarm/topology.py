@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from yardarm_gateway.admission import RateLimitConfig
 from yardarm_gateway.settings import UpstreamPolicy
 
 from yardarm.chaos.config import ChaosConfig, LinkConfig, config_path
+from yardarm.credentials import StackCredentials, admin_token, ensure_credentials
 from yardarm.local import infra
 
 Track = Literal["stable", "canary", "baseline", "blue", "green"]
@@ -35,7 +35,9 @@ SERVICE_DATABASES = ["orders", "fulfillment"]
 GATEWAY_ROUTES = [
     {"prefix": "/api/orders", "upstream": "orders"},
     {"prefix": "/api/stock", "upstream": "orders"},
-    {"prefix": "/api/kv", "upstream": "datastore", "admin_writes": True},
+    # The datastore authorizes every request itself (a bearer credential whose roles
+    # allow it), so the gateway passes `Authorization` on and guards nothing here.
+    {"prefix": "/api/kv", "upstream": "datastore"},
 ]
 
 
@@ -487,22 +489,6 @@ def urls(topology: Topology) -> dict[str, str]:
     }
 
 
-def admin_token(home: Path) -> str:
-    """The gateway admin token: generated once per home, readable only by its owner."""
-    path = home / "admin-token"
-    if path.is_file():
-        token = path.read_text().strip()
-        if token:
-            return token
-    home.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
-    path.chmod(0o600)
-    return token
-
-
 def flags_file(home: Path) -> Path:
     """Where the runtime renders the topology's flags."""
     return home / "flags.json"
@@ -526,6 +512,7 @@ def write_chaos_config(topology: Topology, home: Path) -> Path:
         home=home,
         links=chaos_links(topology),
         environment=topology.environment,
+        admin_token_file=StackCredentials(home).token_file("admin"),
     )
     path = config_path(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -596,6 +583,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             "NATS_URL": f"nats://127.0.0.1:{nats}",
         }
 
+    creds = ensure_credentials(home)
     run_as = infra.postgres_run_as()
     specs = [
         InstanceSpec(
@@ -684,6 +672,8 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 REPLICA_ID=str(i + 1),
                 RAFT_PORT=str(topology.raft_port(i)),
                 PEERS=json.dumps(datastore_peers(topology, i)),
+                ACCESS_FILE=str(creds.access_file),
+                PEER_TOKEN_FILE=str(creds.peer_secret_file),
             )
         )
     for i in range(svc.orders.replicas):
@@ -695,6 +685,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 topology.orders_port(i),
                 **infra_env(f"orders-{i}", "orders"),
                 DATASTORE_URLS=json.dumps(datastore_urls(f"orders-{i}")),
+                DATASTORE_TOKEN_FILE=str(creds.token_file("orders")),
             )
         )
     for i in range(svc.fulfillment.replicas):
@@ -725,6 +716,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             DATASTORE_URLS=json.dumps(datastore_urls(src)),
             ADMIN_PORT=str(admin),
             ADMIN_TOKEN=admin_token(home),
+            DATASTORE_TOKEN_FILE=str(creds.token_file("gateway")),
             REUSE_PORT="true" if svc.gateway.replicas > 1 else "false",
             RATE_LIMIT=svc.gateway.rate_limit.model_dump_json(),
             ROUTE_TIMEOUT_S=str(svc.gateway.route_timeout_s),

@@ -157,11 +157,20 @@ class ControllerProcess:
 
 
 def launch_controller(
-    home: Path, links: list[LinkConfig], *, env: dict[str, str] | None = None
+    home: Path,
+    links: list[LinkConfig],
+    *,
+    env: dict[str, str] | None = None,
+    admin_token_file: Path | None = None,
 ) -> ControllerProcess:
     """Write a config and start the controller (not waiting for it)."""
     home.mkdir(parents=True, exist_ok=True)
-    config = ChaosConfig(control_port=free_port(), home=home.resolve(), links=links)
+    config = ChaosConfig(
+        control_port=free_port(),
+        home=home.resolve(),
+        links=links,
+        admin_token_file=admin_token_file,
+    )
     path = config_path(home)
     path.write_text(config.model_dump_json())
     log = home / "chaos.log"
@@ -188,9 +197,13 @@ def wait_ready(controller: ControllerProcess) -> None:
 
 @contextlib.contextmanager
 def running_controller(
-    home: Path, links: list[LinkConfig], *, env: dict[str, str] | None = None
+    home: Path,
+    links: list[LinkConfig],
+    *,
+    env: dict[str, str] | None = None,
+    admin_token_file: Path | None = None,
 ) -> Iterator[ControllerProcess]:
-    controller = launch_controller(home, links, env=env)
+    controller = launch_controller(home, links, env=env, admin_token_file=admin_token_file)
     try:
         wait_ready(controller)
         yield controller

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from yardarm.chaos.config import Action
+from yardarm.credentials import StackCredentials
 from yardarm.local import control
 
 TIMEOUT_S = 10.0
@@ -43,7 +44,17 @@ def controller_url(home: Path) -> str:
 def _call(home: Path, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     url = f"{controller_url(home)}/faults"
     try:
-        response = httpx.request(method, url, json=body, timeout=TIMEOUT_S, trust_env=False)
+        token = StackCredentials(home).token("admin")
+    except OSError as exc:
+        raise ChaosClientError(
+            f"cannot read the stack's admin credential: {exc}",
+            f"it is {StackCredentials(home).token_file('admin')}; restart the stack to issue it",
+        ) from exc
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        response = httpx.request(
+            method, url, json=body, headers=headers, timeout=TIMEOUT_S, trust_env=False
+        )
     except httpx.HTTPError as exc:
         raise ChaosClientError(
             f"the chaos controller at {url} does not answer ({exc.__class__.__name__}: {exc})",

@@ -44,6 +44,9 @@ class ChaosConfig(BaseModel):
     links: list[LinkConfig] = Field(default_factory=list)
     version: str = "0.1.0"
     environment: str = "local"
+    # The stack's admin credential: every /faults request must carry it as a bearer
+    # token. None runs the controller open, which it says loudly at start-up.
+    admin_token_file: Path | None = None
 
 
 class FaultRequest(BaseModel):

@@ -18,7 +18,8 @@ from collections import Counter
 from typing import Any
 
 from aiohttp import web
-from yardarm_kit import Metrics, Problem, Service, ServiceSettings, parse_json
+from yardarm_kit import Metrics, Problem, Reply, Service, ServiceSettings, parse_json
+from yardarm_kit.access import AccessDocument, Authorizer, Principal, Role, digest, read_token
 
 from yardarm.chaos import process_faults
 from yardarm.chaos.config import (
@@ -30,6 +31,7 @@ from yardarm.chaos.config import (
     FaultRequest,
     LinkConfig,
 )
+from yardarm.chaos.documents import FaultsApplied, FaultsState
 from yardarm.chaos.proxy import LinkProxy
 
 LISTEN_HOST = "127.0.0.1"
@@ -247,6 +249,18 @@ async def _read_fault(request: web.Request) -> FaultRequest:
         raise
 
 
+def _authorizer(config: ChaosConfig) -> Authorizer | None:
+    """Only the stack's admin may inject faults (or read where they are)."""
+    if config.admin_token_file is None:
+        return None
+    token = read_token(config.admin_token_file)
+    document = AccessDocument(
+        roles={"admin": Role(admin=True)},
+        principals={"admin": Principal(token_sha256=digest(token), roles=["admin"])},
+    )
+    return Authorizer(document, "yardarm-chaos")
+
+
 def build_service(config: ChaosConfig) -> tuple[Service, ChaosController]:
     """The controller behind the kit's HTTP service, listening on the control port."""
     settings = ServiceSettings(
@@ -264,6 +278,22 @@ def build_service(config: ChaosConfig) -> tuple[Service, ChaosController]:
     service.on_startup(controller.start)
     service.on_shutdown(controller.stop)
     service.add_readiness_check("links", controller.listening)
+    authorizer = _authorizer(config)
+    if authorizer is None:
+
+        async def warn_open() -> None:
+            service.log.warning(
+                "no admin credential configured: anyone who reaches port %d can kill, pause "
+                "and partition this stack's processes",
+                config.control_port,
+                extra={"event": "auth_disabled"},
+            )
+
+        service.on_startup(warn_open)
+
+    def guard(request: web.Request) -> None:
+        if authorizer is not None:
+            authorizer.require_admin(request)
 
     async def post_faults(request: web.Request) -> web.Response:
         fault = await _read_fault(request)
@@ -281,6 +311,23 @@ def build_service(config: ChaosConfig) -> tuple[Service, ChaosController]:
     async def get_faults(request: web.Request) -> web.Response:
         return web.json_response(await controller.state())
 
-    service.app.router.add_post("/faults", post_faults)
-    service.app.router.add_get("/faults", get_faults)
+    secured = authorizer is not None
+    service.api.add(
+        "POST", "/faults", post_faults, operation_id="applyFault", tags=("faults",),
+        summary="Apply one fault: kill, pause, resume, partition, heal or delay",
+        description="Process faults signal an instance's process group; link faults act "
+        "on the link proxies into and out of the target (or only between it and `peer`).",
+        body=FaultRequest, validate_body=False,  # _read_fault names the valid actions
+        responses={
+            200: Reply("applied; the state after it", FaultsApplied),
+            409: Reply.error("the target has no running process of this stack"),
+        },
+        secured=secured, permission="the admin role", guard=guard,
+    )  # fmt: skip
+    service.api.add(
+        "GET", "/faults", get_faults, operation_id="faults", tags=("faults",),
+        summary="Links, paused instances and fault counts",
+        responses={200: Reply("the controller's state", FaultsState)},
+        secured=secured, permission="the admin role", guard=guard,
+    )  # fmt: skip
     return service, controller

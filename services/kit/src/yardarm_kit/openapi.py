@@ -203,6 +203,8 @@ class ApiSpec:
         secured: bool = False,
         permission: str | None = None,
         operational: bool = False,
+        guard: Callable[[web.Request], None] | None = None,
+        validate_body: bool = True,
     ) -> None:
         """Route `method path` to `handler` and describe it.
 
@@ -212,6 +214,9 @@ class ApiSpec:
         `secured` marks a bearer-token operation; `permission` says in words what the
         token's roles must allow (documentation; the service enforces it).
         `operational` routes (probes, metrics) bypass fault injection and deadlines.
+        `guard` runs before any validation (authentication first: a caller without a
+        credential learns nothing of the API's rules); `validate_body=False` leaves the
+        declared body to the handler (which parses it with the same model).
         """
         method = method.upper()
         declared = tuple(params)
@@ -239,13 +244,18 @@ class ApiSpec:
             )
         )
 
+        checks_body = body is not None and validate_body
+
         async def validated(request: web.Request) -> web.StreamResponse:
+            if guard is not None:
+                guard(request)
             request[PARAMS_KEY] = _validate_params(request, declared)
-            if body is not None:
+            if body is not None and checks_body:
                 request[BODY_KEY] = validate_document(await decode_body(request), body)
             return await handler(request)
 
-        self.router.add_route(method, path, validated if declared or body is not None else handler)
+        plain = not declared and not checks_body and guard is None
+        self.router.add_route(method, path, handler if plain else validated)
 
     # -- the document ---------------------------------------------------------------
 
