@@ -6,9 +6,10 @@ import json
 import stat
 from pathlib import Path
 
+from yardarm_kit.access import AccessDocument, digest
+
 from yardarm.credentials import PRINCIPALS, ROLES, ensure_credentials
 from yardarm.topology import Topology, instances, write_chaos_config
-from yardarm_kit.access import AccessDocument, digest
 
 
 def _mode(path: Path) -> int:
