@@ -152,7 +152,8 @@ def seed_skus(stack: LocalStack, count: int = SKUS) -> list[str]:
         }
         for index in range(count)
     )
-    seed_catalog(stack.datastore, admin_token(stack.home), catalog)
+    seed_catalog(stack.datastore, admin_token(stack.home), catalog)  # the bench runs plain HTTP
+
     return [str(item["sku"]) for item in catalog]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -22,7 +23,11 @@ DEMO_CATALOG: tuple[dict[str, Any], ...] = (
 
 
 def seed_catalog(
-    datastore_url: str, token: str, catalog: tuple[dict[str, Any], ...] = DEMO_CATALOG
+    datastore_url: str,
+    token: str,
+    catalog: tuple[dict[str, Any], ...] = DEMO_CATALOG,
+    *,
+    verify: ssl.SSLContext | bool = True,
 ) -> int:
     """Create each SKU unless it already exists (`if_version: 0`); returns how many were new.
 
@@ -31,7 +36,9 @@ def seed_catalog(
     """
     created = 0
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=datastore_url, timeout=10.0, headers=headers) as client:
+    with httpx.Client(
+        base_url=datastore_url, timeout=10.0, headers=headers, verify=verify
+    ) as client:
         for item in catalog:
             response = client.put(f"/kv/stock/{item['sku']}", json={"value": item, "if_version": 0})
             if response.status_code in (200, 201):

@@ -115,7 +115,12 @@ def up(
         progress.update(task, description="seeding the demo catalog")
         service_urls = urls(topology)
         try:
-            created = seed_catalog(service_urls["datastore"], admin_token(state_home))
+            created = seed_catalog(
+                service_urls["datastore"],
+                admin_token(state_home),
+                verify=control.stack_ssl(state_home) or True,
+            )
+
         except (httpx.HTTPError, RuntimeError) as exc:
             control.stop_stack(state_home)
             raise _fail(
@@ -384,9 +389,19 @@ def load(
             "load at someone else's service: load stays on this machine.",
         ),
     ] = False,
+    cacert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cacert",
+            help="Trust this CA for an https --url (the local stack's own CA is found by itself).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Send a realistic mix of orders and reads at the gateway; report latency and errors.
+
 
     No retries: every failure is counted. Exits 0 whenever the load ran, failures included.
     """
@@ -404,6 +419,8 @@ def load(
             timeout=timeout,
             seed=seed,
             allow_remote=allow_remote,
+            ca_file=cacert,
+            default_ca_file=lambda: control.stack_ca_file(_home(home)),
         )
     except NoTargetError as exc:
         raise _fail(

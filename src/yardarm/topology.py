@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yardarm_gateway.admission import RateLimitConfig
 from yardarm_gateway.settings import UpstreamPolicy
 
+from yardarm.certificates import StackCertificates, ensure_certificates
 from yardarm.chaos.config import ChaosConfig, LinkConfig, config_path
 from yardarm.credentials import StackCredentials, admin_token, ensure_credentials
 from yardarm.local import infra
@@ -32,6 +33,8 @@ MAX_DATASTORES = 9  # link ports base+100+10*i+j need one decimal digit per repl
 DEPENDENCY_LINK_OFFSET = 200
 CHAOS_INSTANCE = "chaos"
 SERVICE_DATABASES = ["orders", "fulfillment"]
+TLS_SERVICES = ("datastore", "orders", "fulfillment", "gateway")
+
 GATEWAY_ROUTES = [
     {"prefix": "/api/orders", "upstream": "orders"},
     {"prefix": "/api/stock", "upstream": "orders"},
@@ -95,6 +98,21 @@ class ChaosSpec(BaseModel):
     dependency_links: bool = False
 
 
+class TlsSpec(BaseModel):
+    """TLS on every HTTP link and on the datastore's Raft links (mutual there), with
+    certificates the control plane issues from a private CA of the stack
+    (`<home>/tls/`). Off by default: the local stack's links are all loopback.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.enabled else "http"
+
+
 class Services(BaseModel):
     """The four services of the stack."""
 
@@ -152,6 +170,7 @@ class Topology(BaseModel):
     environment: str = Field(default="local", min_length=1)
     services: Services = Field(default_factory=Services)
     chaos: ChaosSpec = Field(default_factory=ChaosSpec)
+    tls: TlsSpec = Field(default_factory=TlsSpec)
     flags: dict[str, Any] = Field(default_factory=default_flags)
     flags_file: Path | None = None
 
@@ -298,6 +317,7 @@ class InstanceSpec(BaseModel):
     port: int
     readiness: ReadinessKind
     readiness_url: str | None = None
+    readiness_ca_file: str | None = None  # the stack's CA, for an https readiness URL
     depends_on: list[str] = Field(default_factory=list)
     version: str = "0.1.0"
     track: str = "stable"
@@ -476,7 +496,7 @@ def load_topology(path: Path | None = None, base_port_override: int | None = Non
 
 def urls(topology: Topology) -> dict[str, str]:
     """Where each part of the stack answers (first replica for replicated services)."""
-    host = "http://127.0.0.1"
+    host = f"{topology.tls.scheme}://127.0.0.1"
     return {
         "gateway": f"{host}:{topology.gateway_port}",
         "admin": f"{host}:{topology.admin_port}",
@@ -514,7 +534,13 @@ def write_chaos_config(topology: Topology, home: Path) -> Path:
         environment=topology.environment,
         admin_token_file=StackCredentials(home).token_file("admin"),
     )
+    if topology.tls.enabled:
+        own = StackCertificates(home).service(CHAOS_INSTANCE)
+        config = config.model_copy(
+            update={"tls_cert_file": own.cert_file, "tls_key_file": own.key_file}
+        )
     path = config_path(home)
+
     home.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(config.model_dump_json(indent=2))
@@ -528,7 +554,7 @@ def datastore_peers(topology: Topology, index: int) -> dict[str, dict[str, str]]
     return {
         str(j + 1): {
             "raft": f"127.0.0.1:{topology.link_port(index, j)}",
-            "http": f"http://127.0.0.1:{topology.datastore_port(j)}",
+            "http": f"{topology.tls.scheme}://127.0.0.1:{topology.datastore_port(j)}",
         }
         for j in range(topology.services.datastore.replicas)
         if j != index
@@ -571,7 +597,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
 
     def datastore_urls(src: str) -> list[str]:
         return [
-            f"http://127.0.0.1:{dial(src, f'datastore-{j}', topology.datastore_port(j))}"
+            f"{scheme}://127.0.0.1:{dial(src, f'datastore-{j}', topology.datastore_port(j))}"
             for j in range(svc.datastore.replicas)
         ]
 
@@ -584,6 +610,22 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
         }
 
     creds = ensure_credentials(home)
+    scheme = topology.tls.scheme
+    certs = (
+        ensure_certificates(home, [*TLS_SERVICES, CHAOS_INSTANCE]) if topology.tls.enabled else None
+    )
+    ca_file = None if certs is None else str(certs.ca_file)
+
+    def tls_env(name: str) -> dict[str, str]:
+        if certs is None:
+            return {}
+        own = certs.service(name)
+        return {
+            "TLS_CERT_FILE": str(own.cert_file),
+            "TLS_KEY_FILE": str(own.key_file),
+            "TLS_CA_FILE": str(certs.ca_file),
+        }
+
     run_as = infra.postgres_run_as()
     specs = [
         InstanceSpec(
@@ -622,7 +664,8 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             ],
             port=topology.chaos_port,
             readiness="http",
-            readiness_url=f"http://127.0.0.1:{topology.chaos_port}/readyz",
+            readiness_url=f"{scheme}://127.0.0.1:{topology.chaos_port}/readyz",
+            readiness_ca_file=ca_file,
         ),
     ]
 
@@ -638,6 +681,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             "STATE_DIR": str(home),
             "FLAGS_FILE": str(flags_file(home)),
             "LOG_LEVEL": "INFO",
+            **tls_env(name),
             **extra,
         }
         depends = {
@@ -655,7 +699,8 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             env={prefix + key: value for key, value in env.items()},
             port=port,
             readiness="http",
-            readiness_url=f"http://127.0.0.1:{port}/readyz",
+            readiness_url=f"{scheme}://127.0.0.1:{port}/readyz",
+            readiness_ca_file=ca_file,
             depends_on=depends,
             version=spec.version,
             track=spec.track,
@@ -702,7 +747,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
         admin = topology.gateway_admin_port(i)
         src = f"gateway-{i}"
         orders_urls = [
-            f"http://127.0.0.1:{dial(src, f'orders-{j}', topology.orders_port(j))}"
+            f"{scheme}://127.0.0.1:{dial(src, f'orders-{j}', topology.orders_port(j))}"
             for j in range(svc.orders.replicas)
         ]
         upstreams = _gateway_upstreams(svc, orders_urls, datastore_urls(src))
@@ -722,5 +767,6 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             ROUTE_TIMEOUT_S=str(svc.gateway.route_timeout_s),
         )
         # Replicas share the public port, so each is probed on its own admin port.
-        specs.append(spec.model_copy(update={"readiness_url": f"http://127.0.0.1:{admin}/readyz"}))
+        readiness = f"{scheme}://127.0.0.1:{admin}/readyz"
+        specs.append(spec.model_copy(update={"readiness_url": readiness}))
     return specs

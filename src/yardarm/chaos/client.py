@@ -33,7 +33,7 @@ def controller_url(home: Path) -> str:
         raise ChaosClientError(f"no stack is running from {home}", "run `yardarm up` first")
     for status in control.read_status(home):
         if status.service == "chaos" and status.port:
-            return f"http://127.0.0.1:{status.port}"
+            return control.service_url(home, status.port)
     raise ChaosClientError(
         f"the stack running from {home} has no chaos controller (it was started by an "
         "older yardarm)",
@@ -53,8 +53,15 @@ def _call(home: Path, method: str, body: dict[str, Any] | None = None) -> dict[s
     headers = {"Authorization": f"Bearer {token}"}
     try:
         response = httpx.request(
-            method, url, json=body, headers=headers, timeout=TIMEOUT_S, trust_env=False
+            method,
+            url,
+            json=body,
+            headers=headers,
+            timeout=TIMEOUT_S,
+            trust_env=False,
+            verify=control.stack_ssl(home) or True,
         )
+
     except httpx.HTTPError as exc:
         raise ChaosClientError(
             f"the chaos controller at {url} does not answer ({exc.__class__.__name__}: {exc})",

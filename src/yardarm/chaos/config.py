@@ -47,6 +47,9 @@ class ChaosConfig(BaseModel):
     # The stack's admin credential: every /faults request must carry it as a bearer
     # token. None runs the controller open, which it says loudly at start-up.
     admin_token_file: Path | None = None
+    # HTTPS for the API, with a certificate the stack's CA signed (topology `tls`).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 class FaultRequest(BaseModel):

@@ -272,7 +272,10 @@ def build_service(config: ChaosConfig) -> tuple[Service, ChaosController]:
         port=config.control_port,
         state_dir=config.home,
         flags_file=None,  # no flag-driven faults inside the fault injector itself
+        tls_cert_file=config.tls_cert_file,
+        tls_key_file=config.tls_key_file,
     )
+
     service = Service(settings)
     controller = ChaosController(config, service.metrics, service.log)
     service.on_startup(controller.start)

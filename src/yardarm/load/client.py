@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,14 +30,18 @@ class Outcome:
     order_id: str | None = None
 
 
-def open_session(connections: int, timeout_s: float) -> aiohttp.ClientSession:
+def open_session(
+    connections: int, timeout_s: float, ca_file: Path | None = None
+) -> aiohttp.ClientSession:
     """A session whose connection limit is the number of senders, and that never retries.
 
     aiohttp resends an idempotent request once when a reused keep-alive connection turns
     out closed; a load generator must show that failure instead, as its own test client
-    does (`aiohttp.test_utils` clears the same flag).
+    does (`aiohttp.test_utils` clears the same flag). `ca_file` is trusted for https.
     """
-    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
+    tls = True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections, ssl=tls)
+
     session = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s),

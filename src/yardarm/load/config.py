@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -72,6 +73,7 @@ class LoadConfig(BaseModel):
     allow_remote: bool = False
     decline_share: float = Field(default=0.05, ge=0, le=1)
     progress_interval_s: float = Field(default=0.5, gt=0)
+    ca_file: Path | None = None  # trust this CA for an https target (a stack with TLS on)
 
     @model_validator(mode="after")
     def _consistent(self) -> LoadConfig:

@@ -66,7 +66,7 @@ async def run_load(
     the end, on the event loop, so it must be quick.
     """
     loop = asyncio.get_running_loop()
-    async with open_session(config.workers, config.timeout_s) as session:
+    async with open_session(config.workers, config.timeout_s, config.ca_file) as session:
         skus = await fetch_skus(session, config.base_url)
         planner = RequestPlanner(
             config.mix, skus, random.Random(config.seed), decline_share=config.decline_share

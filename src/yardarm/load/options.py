@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -76,6 +77,8 @@ def build_config(
     timeout: str = "5s",
     seed: int | None = None,
     allow_remote: bool = False,
+    ca_file: Path | None = None,
+    default_ca_file: Callable[[], Path | None] = lambda: None,
 ) -> LoadConfig:
     """Validate every option first, then find the target (`default_url` when no --url)."""
     fields: dict[str, Any] = {
@@ -94,7 +97,9 @@ def build_config(
     target = url if url is not None else default_url()
     if target is None:
         raise NoTargetError("no local stack is running here and no --url was given")
-    return _validate({**fields, "url": target})
+    if ca_file is None and url is None:  # the local stack's own CA, when it runs TLS
+        ca_file = default_ca_file()
+    return _validate({**fields, "url": target, "ca_file": ca_file})
 
 
 def _parsed(option: str, parse: Callable[[str], Any], text: str) -> Any:

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from yardarm.certificates import StackCertificates
 from yardarm.local import processes
 from yardarm.local.state import (
     LIVE_STATES,
@@ -127,13 +129,34 @@ def log_path(home: Path, instance: str) -> Path:
     return log_dir(home) / f"{instance}.log"
 
 
+def stack_ca_file(home: Path) -> Path | None:
+    """The CA that signs the stack's certificates when it runs with TLS, else None."""
+    try:
+        topology = Topology.model_validate_json((home / "topology.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return StackCertificates(home).ca_file if topology.tls.enabled else None
+
+
+def stack_ssl(home: Path) -> ssl.SSLContext | None:
+    """A client context that trusts the stack's CA (None: plain HTTP)."""
+    ca_file = stack_ca_file(home)
+    return None if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+
+
+def service_url(home: Path, port: int) -> str:
+    """The base URL of a local instance of the stack running from `home`."""
+    scheme = "https" if stack_ca_file(home) is not None else "http"
+    return f"{scheme}://127.0.0.1:{port}"
+
+
 def gateway_url(home: Path) -> str | None:
     """The running gateway's base URL, if a stack is running here."""
     if not is_running(home):
         return None
     for status in read_status(home):
         if status.service == "gateway" and status.port:
-            return f"http://127.0.0.1:{status.port}"
+            return service_url(home, status.port)
     return None
 
 

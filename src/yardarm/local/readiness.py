@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
 
 import httpx
 
@@ -13,9 +15,17 @@ from yardarm.topology import InstanceSpec
 PROBE_TIMEOUT_S = 2.0
 
 
-async def _http(url: str) -> bool:
+@functools.cache
+def _trusting(ca_file: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+async def _http(url: str, ca_file: str | None) -> bool:
+    verify: ssl.SSLContext | bool = _trusting(ca_file) if ca_file is not None else True
     try:
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=PROBE_TIMEOUT_S, trust_env=False, verify=verify
+        ) as client:
             response = await client.get(url)
     except httpx.HTTPError:
         return False
@@ -58,7 +68,9 @@ async def _postgres(port: int, databases: list[str]) -> bool:
 async def probe(spec: InstanceSpec) -> bool:
     """One readiness check; never raises for an instance that is merely not ready yet."""
     if spec.readiness == "http":
-        return await _http(spec.readiness_url or f"http://127.0.0.1:{spec.port}/readyz")
+        url = spec.readiness_url or f"http://127.0.0.1:{spec.port}/readyz"
+        return await _http(url, spec.readiness_ca_file)
+
     if spec.readiness == "tcp":
         return await _tcp(spec.port)
     return await _postgres(spec.port, spec.databases)
