@@ -65,7 +65,6 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path)
     assert data == b""
 
 
-
 def test_certificates_are_issued_once_and_keys_are_private(tmp_path: Path) -> None:
     certs = ensure_certificates(tmp_path, ["orders"])
     first = certs.service("orders").cert_file.read_bytes()
