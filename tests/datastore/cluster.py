@@ -35,10 +35,11 @@ class Node:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def alive(self) -> bool:
@@ -48,13 +49,18 @@ class Node:
 @dataclass
 class Cluster:
     """Starts, kills and restarts replicas; `raft_address(i, j)` lets a test put a proxy
-    on the link i -> j (by default replicas talk directly)."""
+    on the link i -> j (by default replicas talk directly). `headers` go with the status
+    requests the helpers make (a credential, when the group has an access document);
+    `scheme` is https when the replicas serve TLS."""
 
     root: Path
     size: int = 3
     extra_env: dict[str, str] = field(default_factory=dict)
     nodes: dict[int, Node] = field(default_factory=dict)
     link_ports: dict[tuple[int, int], int] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"
+    node_env: dict[int, dict[str, str]] = field(default_factory=dict)  # per replica
 
     def __post_init__(self) -> None:
         for i in range(1, self.size + 1):
@@ -62,7 +68,12 @@ class Cluster:
 
     def _node(self, i: int) -> Node:
         return Node(
-            i, free_port(), free_port(), self.root / f"data-{i}", self.root / f"replica-{i}.log"
+            i,
+            free_port(),
+            free_port(),
+            self.root / f"data-{i}",
+            self.root / f"replica-{i}.log",
+            scheme=self.scheme,
         )
 
     def raft_address(self, src: int, dst: int) -> str:
@@ -93,6 +104,7 @@ class Cluster:
             "YARDARM_DATASTORE_HEARTBEAT_TICKS": "2",
             "YARDARM_DATASTORE_COMMIT_TIMEOUT_S": str(COMMIT_TIMEOUT_S),
             **self.extra_env,
+            **self.node_env.get(node.id, {}),
         }
 
     def start(self, i: int, members: list[int] | None = None) -> None:
@@ -131,7 +143,9 @@ class Cluster:
     async def status(self, http: aiohttp.ClientSession, i: int) -> dict[str, Any] | None:
         try:
             async with http.get(
-                self.nodes[i].url + "/raft/status", timeout=aiohttp.ClientTimeout(total=1)
+                self.nodes[i].url + "/raft/status",
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=1),
             ) as response:
                 return dict(await response.json()) if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError):

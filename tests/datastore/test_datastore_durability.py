@@ -129,11 +129,18 @@ async def test_sigkill_right_after_the_last_ack_loses_no_acknowledged_write(
         async with aiohttp.ClientSession(base) as http:
             retry = await http.put(
                 "/kv/durable/idem",
-                json={"value": "second"},
+                json={"value": "first"},
                 headers={"Idempotency-Key": "durable-idem"},
             )
             assert retry.status == 201 and await retry.json() == idem_body
             assert retry.headers.get("Idempotent-Replayed") == "true"
+            # The request's fingerprint survived too (in a snapshot, or the log).
+            other = await http.put(
+                "/kv/durable/idem",
+                json={"value": "second"},
+                headers={"Idempotency-Key": "durable-idem"},
+            )
+            assert other.status == 422, await other.text()
             newest = max(v[1] for v in found.values())
             after = await http.put("/kv/durable/000", json={"value": "after restart"})
             assert (await after.json())["version"] > newest

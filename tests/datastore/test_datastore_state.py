@@ -10,6 +10,7 @@ from yardarm_datastore.state import (
     KVState,
     Outcome,
     delete_command,
+    fingerprint,
     put_command,
 )
 
@@ -84,15 +85,58 @@ def test_prefix_listing_pages_through_exactly_the_prefix_in_key_order() -> None:
     assert state.list("a/", 3, after="b") == ([], None)
 
 
-def test_an_idempotency_key_replays_the_first_outcome_whatever_the_body() -> None:
+def test_an_idempotency_key_replays_the_first_outcome_of_the_same_request() -> None:
     state = KVState()
-    first = state.apply(put_command("k", 1, idempotency_key="i-1"))
+    first = state.apply(put_command("k", {"a": 1, "b": [1.5, None]}, idempotency_key="i-1"))
     state.apply(put_command("k", 2))
-    retry = state.apply(put_command("other", 5, if_version=9, idempotency_key="i-1"))
+    # The same request, its object written in another key order: the same fingerprint.
+    retry = state.apply(put_command("k", {"b": [1.5, None], "a": 1}, idempotency_key="i-1"))
     assert retry == Outcome(first.status, first.body, replayed=True)
-    assert state.get("other") is None
     entry = state.get("k")
     assert entry is not None and entry.value == 2
+    deleted = state.apply(delete_command("k", if_version=2, idempotency_key="d-1"))
+    assert state.apply(delete_command("k", if_version=2, idempotency_key="d-1")) == Outcome(
+        deleted.status, deleted.body, replayed=True
+    )
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        put_command("other", 1, idempotency_key="i-1"),  # another key
+        delete_command("k", idempotency_key="i-1"),  # another operation
+        put_command("k", 2, idempotency_key="i-1"),  # another value
+        put_command("k", 1.0, idempotency_key="i-1"),  # 1.0 is not the value 1
+        put_command("k", 1, if_version=1, idempotency_key="i-1"),  # another if_version
+    ],
+    ids=["key", "operation", "value", "number-form", "if_version"],
+)
+def test_an_idempotency_key_reused_for_another_request_is_refused_and_changes_nothing(
+    other: dict[str, object],
+) -> None:
+    state = KVState()
+    state.apply(put_command("k", 1, idempotency_key="i-1"))
+    before = state.to_snapshot()
+    refused = state.apply(other)
+    assert refused.status == 422 and not refused.applied and not refused.replayed
+    assert state.recorded(other) == refused
+    assert state.to_snapshot() == before  # nothing written, no revision spent
+
+
+def test_the_fingerprint_is_canonical_and_names_the_whole_request() -> None:
+    same = fingerprint("put", "k", {"x": [1, "é"], "y": None}, 3)
+    assert same == fingerprint("put", "k", {"y": None, "x": [1, "é"]}, 3)
+    others = {
+        fingerprint("put", "k", {"x": [1, "é"], "y": None}, None),
+        fingerprint("put", "k2", {"x": [1, "é"], "y": None}, 3),
+        fingerprint("put", "k", {"x": [1, "e"], "y": None}, 3),
+        fingerprint("del", "k", None, 3),
+        fingerprint("put", "k", None, 3),
+    }
+    assert same not in others and len(others) == 5
+    command = put_command("k", {"y": None, "x": [1, "é"]}, 3, idempotency_key="i")
+    assert command["fp"] == same  # logged with the command: applying never recomputes it
+    assert "fp" not in put_command("k", 1)  # no key, nothing to compare
 
 
 def test_a_refused_write_is_not_recorded_so_its_retry_is_reevaluated() -> None:
@@ -108,7 +152,60 @@ def test_the_idempotency_table_is_bounded_and_forgets_the_oldest() -> None:
     for i in range(5):
         state.apply(put_command(f"k{i}", i, idempotency_key=f"i{i}"))
     assert list(state.idempotency) == ["i2", "i3", "i4"]
-    assert state.recorded("i1") is None and state.recorded("i4") is not None
+    assert state.recorded(put_command("k1", 1, idempotency_key="i1")) is None
+    replay = state.recorded(put_command("k4", 4, idempotency_key="i4"))
+    assert replay is not None and replay.replayed
+    # A forgotten key is a new request again.
+    assert state.apply(put_command("k9", 9, idempotency_key="i1")).status == 201
+
+
+# A snapshot as the previous version wrote it: idempotency records without fingerprints.
+FORMAT_1_SNAPSHOT = {
+    "format": 1,
+    "revision": 3,
+    "entries": [["a", {"n": 1}, 1], ["b", 2, 3]],
+    "idempotency": [
+        ["i-a", 201, {"key": "a", "version": 1}],
+        ["i-b", 200, {"key": "b", "version": 3}],
+    ],
+}
+
+
+def test_a_format_1_snapshot_is_read_and_its_records_match_only_their_own_key() -> None:
+    state = KVState.from_snapshot(FORMAT_1_SNAPSHOT)
+    entry = state.get("a")
+    assert state.revision == 3 and entry is not None and entry.value == {"n": 1}
+    # Any write to the recorded key replays (the record cannot say more about its body)...
+    replay = state.apply(put_command("a", "whatever", idempotency_key="i-a"))
+    assert replay == Outcome(201, {"key": "a", "version": 1}, replayed=True)
+    assert state.apply(delete_command("b", idempotency_key="i-b")).replayed
+    # ...and a write to another key is refused.
+    assert state.apply(put_command("c", 1, idempotency_key="i-a")).status == 422
+    assert state.get("c") is None and state.revision == 3
+    # Written back in the current format, the old records stay key-only.
+    doc = state.to_snapshot()
+    assert doc["format"] == 2
+    assert doc["idempotency"][0] == ["i-a", 201, {"key": "a", "version": 1}, None]
+    again = KVState.from_snapshot(doc)
+    assert again.apply(put_command("c", 1, idempotency_key="i-a")).status == 422
+    assert again.apply(put_command("a", 0, idempotency_key="i-a")).replayed
+
+
+def test_a_command_logged_without_a_fingerprint_matches_by_key() -> None:
+    """Commands the previous version logged carry `ik` but no `fp`; replaying the log
+    must not fail on them, and they compare by key as old records do."""
+    state = KVState()
+    first = state.apply(put_command("a", 1, idempotency_key="i"))
+    legacy = {"op": "put", "k": "a", "v": 2, "ik": "i"}
+    assert state.apply(legacy) == Outcome(first.status, first.body, replayed=True)
+    assert state.apply({"op": "put", "k": "b", "v": 2, "ik": "i"}).status == 422
+    fresh = state.apply({"op": "del", "k": "a", "ik": "j"})
+    assert fresh.status == 200 and state.idempotency["j"].fingerprint is None
+
+
+def test_an_unknown_snapshot_format_is_refused() -> None:
+    with pytest.raises(CorruptState):
+        KVState.from_snapshot({**FORMAT_1_SNAPSHOT, "format": 3})
 
 
 def _random_commands(rng: random.Random, count: int) -> list[dict[str, object]]:

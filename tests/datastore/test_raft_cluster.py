@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yardarm_datastore.models import MemberChanged
 
 from tests.datastore.cluster import COMMIT_TIMEOUT_S, ELECTION_S, Cluster
 
@@ -181,7 +182,7 @@ async def test_a_retried_write_applies_once_across_a_leader_change(
     tries: list[str] = []
     while True:
         status, again, headers = await _put(
-            http, cluster.nodes[other].url, "once", "b", **{"Idempotency-Key": "k-1"}
+            http, cluster.nodes[other].url, "once", "a", **{"Idempotency-Key": "k-1"}
         )
         if status != 503:
             break
@@ -189,6 +190,13 @@ async def test_a_retried_write_applies_once_across_a_leader_change(
         assert time.monotonic() < deadline, (tries, cluster.logs())
         await asyncio.sleep(0.05)
     assert (status, again, headers.get("Idempotent-Replayed")) == (201, first, "true")
+    # Every replica holds the request's fingerprint: another body under the key is refused.
+    for i in cluster.nodes:
+        if i != leader:
+            status, problem, _ = await _put(
+                http, cluster.nodes[i].url, "once", "b", **{"Idempotency-Key": "k-1"}
+            )
+            assert status == 422, problem
     await cluster.wait_leader(http)
     assert (await _get(http, cluster.nodes[other].url, "once")) == (
         200,
@@ -222,7 +230,8 @@ async def test_leader_transfer_and_membership_changes(
         json={"id": new.id, "raft": f"127.0.0.1:{new.raft_port}", "http": new.url},
     ) as response:
         assert response.status == 200, await response.text()
-        assert (await response.json())["voters"] == [1, 2, 3, 4]
+        added = MemberChanged.model_validate(await response.json())  # as documented
+        assert (added.op, added.member, added.voters) == ("add", new.id, [1, 2, 3, 4])
     cluster.start(new.id, members=[1, 2, 3, 4])
     deadline = time.monotonic() + 100 * ELECTION_S
     while True:
@@ -236,7 +245,9 @@ async def test_leader_transfer_and_membership_changes(
         assert response.status == 422
     async with http.delete(f"{new.url}/raft/members/{leader}") as response:
         assert response.status == 200, await response.text()
-        assert leader not in (await response.json())["voters"]
+        removed = MemberChanged.model_validate(await response.json())
+        assert removed.op == "remove" and removed.member == leader
+        assert leader not in removed.voters
     # The removed replica stops being ready, so clients and the gateway pass it over.
     deadline = time.monotonic() + 20 * ELECTION_S
     while True:

@@ -1,6 +1,7 @@
 """Replicas reach each other over real loopback TCP: in order, through cuts and late
-starts, refusing strangers, dropping (and counting) what cannot be delivered, and leaving
-no task or socket behind."""
+starts, refusing strangers (a foreign cluster, a peer without the group's secret, a
+replayed handshake, a certificate the CA did not sign), dropping (and counting) what
+cannot be delivered, and leaving no task or socket behind."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import gc
 import logging
 import os
 import socket
+import ssl
+import struct
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from yardarm_datastore import transport as transport_module
@@ -20,11 +24,16 @@ from yardarm_datastore.raft.types import Entry, Message, MsgType
 from yardarm_datastore.transport import (
     BACKOFF_CAP,
     CONNECT_TIMEOUT,
+    MAGIC,
+    PROTOCOL_VERSION,
     Peer,
     Transport,
     frame,
     hello,
 )
+from yardarm_kit import tls
+
+from tests.datastore.certs import Leaf, TestCA
 
 SCALE = float(os.environ.get("YARDARM_TEST_SCALE", "1.0"))
 # A peer that comes back is reached within one capped backoff plus a connect; the margin
@@ -92,6 +101,9 @@ async def make_node(caplog: pytest.LogCaptureFixture) -> AsyncIterator[MakeNode]
         cluster: str = "yardarm",
         max_queue: int = 8192,
         on_message: Callable[[Message], None] | None = None,
+        secret: bytes | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> Node:
         inbox: list[Message] = []
         transport = Transport(
@@ -102,6 +114,9 @@ async def make_node(caplog: pytest.LogCaptureFixture) -> AsyncIterator[MakeNode]
             on_message=on_message or inbox.append,
             cluster=cluster,
             max_queue=max_queue,
+            secret=secret,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
         )
         node = Node(transport, inbox)
         nodes.append(node)
@@ -407,11 +422,27 @@ async def test_membership_changes_open_and_close_streams(make_node: MakeNode) ->
     assert b2.inbox[0].index == 3
 
 
-async def _raw_stream(node: Node) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (length,) = struct.unpack(">I", await reader.readexactly(4))
+    return await reader.readexactly(length)
+
+
+async def _challenge(reader: asyncio.StreamReader) -> bytes:
+    """The listener's greeting; its nonce."""
+    greeting = await _read_frame(reader)
+    assert greeting[:5] == MAGIC + bytes([PROTOCOL_VERSION]) and len(greeting) == 37
+    return greeting[5:]
+
+
+async def _raw_stream(
+    node: Node, secret: bytes | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-made sender (node 9) through the handshake."""
     reader, writer = await asyncio.open_connection("127.0.0.1", node.transport.port)
-    writer.write(frame(hello("yardarm", 9)))
-    verdict = await reader.readexactly(5)
-    assert verdict == frame(b"\x00")
+    nonce = await _challenge(reader)
+    writer.write(frame(hello("yardarm", 9, nonce, secret=secret)))
+    verdict = await _read_frame(reader)
+    assert verdict[:1] == b"\x00", verdict
     return reader, writer
 
 
@@ -487,6 +518,7 @@ async def test_a_stream_that_is_not_raft_is_closed(make_node: MakeNode) -> None:
     b = await make_node(2)
     reader, writer = await asyncio.open_connection("127.0.0.1", b.transport.port)
     try:
+        await _challenge(reader)
         writer.write(b"\x00\x00\x00\x12GET / HTTP/1.1\r\n\r\n")
         assert await _closed_by_peer(reader)
     finally:
@@ -554,3 +586,161 @@ async def test_close_leaves_no_task_or_socket_behind(
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
+
+
+# -- peer authentication -----------------------------------------------------------------
+
+SECRET = b"the group's shared peer secret"
+
+
+async def test_peers_with_the_group_secret_connect_and_deliver(make_node: MakeNode) -> None:
+    b = await make_node(2, secret=SECRET)
+    a = await make_node(1, [b.peer], secret=SECRET)
+    for seq in range(50):
+        a.transport.send(msg(1, 2, seq))
+    await wait_until(lambda: len(b.inbox) == 50, "every message")
+    assert b.seqs_from(1) == list(range(50))
+    assert a.transport.stats.connects == 1 and b.transport.stats.unauthenticated == 0
+
+
+@pytest.mark.parametrize("dialer_secret", [b"another secret", None], ids=["wrong", "none"])
+async def test_a_peer_without_the_group_secret_is_refused_and_delivers_nothing(
+    make_node: MakeNode, caplog: pytest.LogCaptureFixture, dialer_secret: bytes | None
+) -> None:
+    caplog.set_level(logging.WARNING, logger="yardarm.datastore.transport")
+    b = await make_node(2, secret=SECRET)
+    a = await make_node(1, [b.peer], secret=dialer_secret)
+    a.transport.send(msg(1, 2, 0))
+    await wait_until(
+        lambda: b.transport.stats.unauthenticated >= 2 and a.transport.stats.connect_failures >= 2,
+        "refusals, seen by both ends",
+    )
+    assert a.transport.stats.connects == 0
+    assert b.inbox == [] and b.transport.stats.received == 0
+    assert "peer authentication failed" in caplog.text
+    assert b.transport.stats.refused == 0  # counted as what it is
+
+
+async def test_a_replayed_handshake_is_refused_and_delivers_nothing(make_node: MakeNode) -> None:
+    """Bytes recorded from a good handshake are worthless on a new connection: the
+    proof covers the listener's fresh nonce."""
+    b = await make_node(2, secret=SECRET)
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.transport.port)
+    nonce = await _challenge(reader)
+    recorded = frame(hello("yardarm", 9, nonce, secret=SECRET))
+    writer.write(recorded)
+    assert (await _read_frame(reader))[:1] == b"\x00"
+    writer.write(frame(encode_message(msg(9, 2, 1))))
+    await wait_until(lambda: len(b.inbox) == 1, "the message on the genuine stream")
+    writer.close()
+    await writer.wait_closed()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.transport.port)
+    try:
+        assert await _challenge(reader) != nonce
+        writer.write(recorded + frame(encode_message(msg(9, 2, 2))))
+        verdict = await _read_frame(reader)
+        assert verdict[:1] == b"\x01" and b"peer authentication failed" in verdict
+        assert await _closed_by_peer(reader)
+    finally:
+        writer.transport.abort()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    assert [m.index for m in b.inbox] == [1]
+    assert b.transport.stats.unauthenticated == 1
+
+
+async def test_a_listener_that_cannot_prove_the_secret_gets_no_messages(
+    make_node: MakeNode,
+) -> None:
+    """The dialer checks the listener's proof too: something listening at a peer's
+    address without the secret is not sent a single message."""
+    b = await make_node(2)  # no secret: accepts anyone, proves nothing
+    a = await make_node(1, [b.peer], secret=SECRET)
+    a.transport.send(msg(1, 2, 0))
+    await wait_until(lambda: a.transport.stats.connect_failures >= 2, "refusals by the dialer")
+    assert a.transport.stats.connects == 0 and b.inbox == []
+
+
+async def test_without_a_secret_peers_connect_as_before(make_node: MakeNode) -> None:
+    b = await make_node(2)
+    a = await make_node(1, [b.peer])
+    a.transport.send(msg(1, 2, 0))
+    await wait_until(lambda: len(b.inbox) == 1, "the message")
+
+
+async def test_a_previous_protocol_hello_is_refused(make_node: MakeNode) -> None:
+    b = await make_node(2, secret=SECRET)
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.transport.port)
+    try:
+        await _challenge(reader)
+        writer.write(frame(struct.pack(">4sBI", MAGIC, 1, 9) + b"yardarm"))
+        verdict = await _read_frame(reader)
+        assert verdict[:1] == b"\x01" and b"protocol version 1" in verdict
+    finally:
+        writer.transport.abort()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    assert b.transport.stats.refused == 1 and b.inbox == []
+
+
+# -- mutual TLS ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, TestCA]:
+    """The group's CA, and another one nobody in the group trusts."""
+    return TestCA(tmp_path_factory.mktemp("ca")), TestCA(tmp_path_factory.mktemp("other-ca"))
+
+
+def _server(leaf: Leaf) -> ssl.SSLContext:
+    return tls.server_context(leaf.cert, leaf.key, ca=leaf.ca, require_client_cert=True)
+
+
+def _client(ca: Path, leaf: Leaf | None) -> ssl.SSLContext:
+    if leaf is None:
+        return tls.client_context(ca)
+    return tls.client_context(ca, cert=leaf.cert, key=leaf.key)
+
+
+async def test_mutual_tls_connects_and_delivers(
+    make_node: MakeNode, pki: tuple[TestCA, TestCA]
+) -> None:
+    ca, _ = pki
+    one, two = ca.leaf("replica-1"), ca.leaf("replica-2")
+    b = await make_node(2, server_ssl=_server(two), client_ssl=_client(ca.ca_file, two),
+                        secret=SECRET)  # fmt: skip
+    a = await make_node(1, [b.peer], server_ssl=_server(one),
+                        client_ssl=_client(ca.ca_file, one), secret=SECRET)  # fmt: skip
+    for seq in range(20):
+        a.transport.send(msg(1, 2, seq, payload=b"p" * 1000))
+    await wait_until(lambda: len(b.inbox) == 20, "every message over TLS")
+    assert b.seqs_from(1) == list(range(20))
+
+
+@pytest.mark.parametrize("dialer", ["no client certificate", "another CA's certificate"])
+async def test_a_dialer_the_ca_did_not_certify_is_refused(
+    make_node: MakeNode, pki: tuple[TestCA, TestCA], dialer: str
+) -> None:
+    ca, other = pki
+    b = await make_node(2, server_ssl=_server(ca.leaf("replica-2")))
+    leaf = None if dialer == "no client certificate" else other.leaf("intruder")
+    a = await make_node(1, [b.peer], client_ssl=_client(ca.ca_file, leaf))
+    a.transport.send(msg(1, 2, 0))
+    await wait_until(lambda: a.transport.stats.connect_failures >= 2, "refused handshakes")
+    assert a.transport.stats.connects == 0 and b.inbox == []
+
+
+async def test_a_listener_the_ca_did_not_certify_is_not_trusted(
+    make_node: MakeNode, pki: tuple[TestCA, TestCA]
+) -> None:
+    ca, other = pki
+    impostor = other.leaf("impostor")
+    b = await make_node(
+        2, server_ssl=tls.server_context(impostor.cert, impostor.key)
+    )  # no client certificate asked for: the dialer alone must notice
+    own = ca.leaf("replica-1")
+    a = await make_node(1, [b.peer], client_ssl=_client(ca.ca_file, own))
+    a.transport.send(msg(1, 2, 0))
+    await wait_until(lambda: a.transport.stats.connect_failures >= 2, "refused handshakes")
+    assert a.transport.stats.connects == 0 and b.inbox == []

@@ -1,11 +1,14 @@
-"""Wires a Raft replica into a kit Service: recovery before listening, metrics, admin."""
+"""Wires a Raft replica into a kit Service: recovery before listening, metrics, admin,
+and who may reach what (the access document, the peer secret, TLS)."""
 
 from __future__ import annotations
 
-from yardarm_kit import Service
+from yardarm_kit import Service, tls
+from yardarm_kit.access import AccessDocument, Authorizer, read_token
 
 from yardarm_datastore.admin import RaftAdmin
 from yardarm_datastore.api import KVApi
+from yardarm_datastore.auth import REALM, Guard
 from yardarm_datastore.raft.types import Role, SoftState
 from yardarm_datastore.replica import Hooks, Member, Replica, ReplicaConfig
 from yardarm_datastore.settings import DatastoreSettings
@@ -17,6 +20,14 @@ ROLES = tuple(role.value for role in Role)
 
 
 def replica_config(settings: DatastoreSettings) -> ReplicaConfig:
+    secret = None
+    if settings.peer_token_file is not None:
+        secret = read_token(settings.peer_token_file).encode()
+    server_ssl = client_ssl = None
+    cert, key, ca = settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file
+    if cert is not None and key is not None and ca is not None:
+        server_ssl = tls.server_context(cert, key, ca=ca, require_client_cert=True)
+        client_ssl = tls.client_context(ca, cert=cert, key=key)
     return ReplicaConfig(
         node_id=settings.replica_id,
         data_dir=settings.data_dir,
@@ -28,6 +39,9 @@ def replica_config(settings: DatastoreSettings) -> ReplicaConfig:
         heartbeat_ticks=settings.heartbeat_ticks,
         snapshot_entries=settings.snapshot_entries,
         commit_timeout_s=settings.commit_timeout_s,
+        peer_secret=secret,
+        raft_server_ssl=server_ssl,
+        raft_client_ssl=client_ssl,
     )
 
 
@@ -91,8 +105,12 @@ def create_service(settings: DatastoreSettings) -> Service:
 
     hooks = Hooks(on_persist, on_soft_state, on_progress, on_snapshot)
     replica = Replica(replica_config(settings), hooks)
-    KVApi(service, replica)
-    RaftAdmin(service, replica)
+    authorizer = None
+    if settings.access_file is not None:
+        authorizer = Authorizer(AccessDocument.load(settings.access_file), REALM)
+    guard = Guard(service, authorizer)
+    KVApi(service, replica, guard)
+    RaftAdmin(service, replica, guard)
 
     async def recover() -> None:
         with service.tracer.start_as_current_span("datastore.recover") as span:
@@ -100,6 +118,7 @@ def create_service(settings: DatastoreSettings) -> Service:
             status = replica.status()
             span.set_attribute("yardarm.raft.term", status["term"])
             span.set_attribute("yardarm.raft.commit", status["commit"])
+        warn_if_open(service, settings, replica.raft_port)
         service.log.info(
             "replica %d recovered %s: term %d, log to index %d, snapshot at %d; peers %s",
             settings.replica_id, settings.data_dir, status["term"], status["last_index"],
@@ -114,3 +133,25 @@ def create_service(settings: DatastoreSettings) -> Service:
     service.on_shutdown(replica.close)
     service.add_readiness_check("raft", ready)
     return service
+
+
+def warn_if_open(service: Service, settings: DatastoreSettings, raft_port: int) -> None:
+    """Say loudly, once at start-up, which doors are open."""
+    if settings.access_file is None:
+        service.log.warning(
+            "authentication is OFF (no ACCESS_FILE): anyone who reaches %s:%d can read and "
+            "write every key and change the Raft group",
+            settings.host, settings.port, extra={"event": "auth_disabled"},
+        )  # fmt: skip
+    if settings.peer_token_file is None:
+        service.log.warning(
+            "Raft peers are NOT authenticated (no PEER_TOKEN_FILE): anyone who reaches the "
+            "Raft port %s:%d can speak Raft to this replica and rewrite its data",
+            settings.raft_host, raft_port, extra={"event": "peer_auth_disabled"},
+        )  # fmt: skip
+    if settings.tls and not settings.raft_tls:
+        service.log.warning(
+            "the HTTP listener uses TLS but the Raft streams do not: set TLS_CA_FILE too, "
+            "so replicas use mutual TLS between them",
+            extra={"event": "raft_plaintext"},
+        )  # fmt: skip

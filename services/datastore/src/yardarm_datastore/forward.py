@@ -5,6 +5,11 @@ Client reads and writes never come here: they travel to the leader over the Raft
 One hop only: a forwarded request that reaches a replica which is not (or no longer)
 the leader is answered 503 with Retry-After rather than passed on again, so a leader
 change can never bounce a request around the group.
+
+The caller's `Authorization` travels with the request: the leader authorizes it again
+(the follower's own check only spares the leader requests it would refuse anyway), and
+its 401's `WWW-Authenticate` comes back. The relay uses the service's client session, so
+it speaks HTTPS to a leader whose URL says so, trusting the stack's CA.
 """
 
 from __future__ import annotations
@@ -14,8 +19,14 @@ from yardarm_kit import Problem
 from yardarm_kit.httpclient import HttpClient, UpstreamTimeout, UpstreamUnavailable
 
 FORWARDED = "X-Yardarm-Forwarded-By"
-PASS_REQUEST = ("Content-Type", "Idempotency-Key")
-PASS_RESPONSE = ("Content-Type", "Retry-After", "Idempotent-Replayed", "Location")
+PASS_REQUEST = ("Authorization", "Content-Type", "Idempotency-Key")
+PASS_RESPONSE = (
+    "Content-Type",
+    "Retry-After",
+    "Idempotent-Replayed",
+    "Location",
+    "WWW-Authenticate",
+)
 
 
 def forwarded(request: web.Request) -> bool:

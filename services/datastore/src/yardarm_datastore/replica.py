@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +84,9 @@ class ReplicaConfig:
     heartbeat_ticks: int = 2
     snapshot_entries: int = 10_000
     commit_timeout_s: float = 5.0
+    peer_secret: bytes | None = None  # proves this replica to its peers (transport.py)
+    raft_server_ssl: ssl.SSLContext | None = None  # mutual TLS on the Raft streams
+    raft_client_ssl: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -167,6 +171,9 @@ class Replica:
             port=self.config.raft_port,
             peers=self._peers(),
             on_message=self._on_message,
+            secret=self.config.peer_secret,
+            server_ssl=self.config.raft_server_ssl,
+            client_ssl=self.config.raft_client_ssl,
         )
         await self._transport.start()
         if len(self.node.voters) == 1 and self.config.node_id in self.node.voters:
@@ -191,6 +198,11 @@ class Replica:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._disk, self._storage.close)
         self._disk.shutdown(wait=True)
+
+    @property
+    def raft_port(self) -> int:
+        """Where the Raft listener is (the configured port, or the one it got for 0)."""
+        return self._transport.port if self._transport is not None else self.config.raft_port
 
     @property
     def ready(self) -> bool:

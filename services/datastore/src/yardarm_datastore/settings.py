@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 from yardarm_kit import ServiceSettings
 
-RaftAddress = Annotated[str, StringConstraints(pattern=r"^[^\s:]+:[0-9]{1,5}$")]
+from yardarm_datastore.models import HttpBase, RaftAddress
 
 
 class PeerAddress(BaseModel):
-    """How this replica reaches another one."""
+    """How this replica reaches another one (the same rules as `POST /raft/members`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     raft: RaftAddress  # host:port of its Raft stream (or of a proxy in front of it)
-    http: Annotated[str, StringConstraints(pattern=r"^https?://")]
+    http: HttpBase  # the base URL of its HTTP API
 
 
 class DatastoreSettings(ServiceSettings):
@@ -27,6 +26,13 @@ class DatastoreSettings(ServiceSettings):
     `peers` names the other replicas at bootstrap, as JSON:
     `{"2": {"raft": "127.0.0.1:7061", "http": "http://127.0.0.1:7011"}, ...}`; with none,
     the replica is a group of one. Replicas added later are learned from the log.
+
+    `access_file` is the access document (`yardarm_kit.access`) that guards the KV and
+    Raft admin APIs; unset, anyone who reaches the port may read and write every key.
+    `peer_token_file` holds the group's shared secret, which a replica proves it knows
+    when it opens a Raft stream; unset, anyone who reaches the Raft port may speak Raft.
+    With `tls_cert_file`, `tls_key_file` and `tls_ca_file` all set, the Raft streams use
+    mutual TLS as well (certificates signed by that CA, both ways).
     """
 
     model_config = SettingsConfigDict(env_prefix="YARDARM_DATASTORE_", extra="ignore")
@@ -42,6 +48,8 @@ class DatastoreSettings(ServiceSettings):
     election_ticks: int = Field(default=20, ge=2, le=1000)
     snapshot_entries: int = Field(default=10_000, ge=10)
     commit_timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
+    access_file: Path | None = None
+    peer_token_file: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DatastoreSettings:
@@ -49,4 +57,12 @@ class DatastoreSettings(ServiceSettings):
             raise ValueError(f"peers must not include this replica ({self.replica_id})")
         if self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("election_ticks must be larger than heartbeat_ticks")
+        for path in (self.access_file, self.peer_token_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{str(path)!r} does not exist")
         return self
+
+    @property
+    def raft_tls(self) -> bool:
+        """Whether the Raft streams use mutual TLS (certificate, key and CA all set)."""
+        return None not in (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)

@@ -6,11 +6,30 @@ node synchronously. Raft retries everything it needs (heartbeats, appends, votes
 transport never blocks or buffers without bound: a full queue, an unknown peer or a
 broken stream drops the message and counts it.
 
-Frames are `[u32 length][payload]` (big-endian). A connection opens with a hello frame
-(magic, protocol version, sender id, cluster name); the listener answers with a one-frame
-verdict before any message flows, so a sender learns at once that the peer behind the
-address (or behind a relay in front of it) is really there, and why it was refused.
-After that the stream carries encoded messages one way only.
+Frames are `[u32 length][payload]` (big-endian). A connection opens with a handshake
+before any message flows, so a sender learns at once that the peer behind the address
+(or behind a relay in front of it) is really there, and why it was refused; after it the
+stream carries encoded messages one way only:
+
+    listener -> dialer   challenge: magic, protocol version, a fresh 32-byte nonce
+    dialer -> listener   hello: magic, version, sender id, the dialer's own 32-byte nonce,
+                         a 32-byte proof, cluster name
+    listener -> dialer   verdict: 0x00 and a 32-byte proof, or 0x01 and the reason
+
+With the group's peer secret, the dialer's proof is HMAC-SHA256(secret, "dial" ||
+challenge nonce || hello without the proof) and the listener's is HMAC-SHA256(secret,
+"accept" || challenge nonce || the dialer's hello): each side shows it holds the secret
+without sending it, and since each proof covers a nonce the other side just chose, bytes
+recorded from one handshake are worthless on another connection. The listener compares
+in constant time (`hmac.compare_digest`) and refuses (counted as `unauthenticated`,
+logged) before reading a single message. Without a secret both proofs are zeros and
+not checked: anyone who reaches the port may speak Raft (the replica says so at start).
+
+The secret authenticates who opens a stream, not each frame after it: it shuts out
+anyone who can merely reach the port, but an attacker on the path could still take over
+a plain stream once it is open. Mutual TLS closes that: with TLS contexts the listener
+requires a client certificate signed by the group's CA, the dialer checks the
+listener's certificate against the peer's host, and the handshake above runs inside TLS.
 
 A sender's newest stream replaces its older one: bytes still on their way through an old
 stream (a relay holding them, a half-open socket) are never handed over after newer
@@ -22,12 +41,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import logging
 import random
+import secrets
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from yardarm_datastore.codec import CodecError, decode_message, encode_message
 from yardarm_datastore.raft.types import Message
@@ -35,7 +59,9 @@ from yardarm_datastore.raft.types import Message
 log = logging.getLogger("yardarm.datastore.transport")
 
 MAGIC = b"YRFT"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: challenge, authenticated hello, verdict with the listener's proof
+NONCE_BYTES = 32
+PROOF_BYTES = 32
 MAX_FRAME_BYTES = 256 * 1024 * 1024  # a whole snapshot travels in one message
 MAX_HELLO_BYTES = 1024
 CONNECT_TIMEOUT = 2.0  # connect plus hello and verdict
@@ -46,9 +72,12 @@ BACKOFF_CAP = 1.0
 READ_CHUNK = 256 * 1024
 
 _LENGTH = struct.Struct(">I")
-_HELLO = struct.Struct(">4sBI")
+_CHALLENGE = struct.Struct(f">4sB{NONCE_BYTES}s")
+_HELLO = struct.Struct(f">4sBI{NONCE_BYTES}s{PROOF_BYTES}s")
+_PROOF_AT = _HELLO.size - PROOF_BYTES
 _ACCEPTED = b"\x00"
 _REFUSED = b"\x01"
+_NO_PROOF = bytes(PROOF_BYTES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +117,8 @@ class TransportStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     malformed: int = 0  # inbound streams closed for a bad hello or frame
-    refused: int = 0  # inbound streams closed for a foreign cluster
+    refused: int = 0  # inbound streams closed for a foreign cluster or protocol version
+    unauthenticated: int = 0  # inbound streams whose sender did not prove the peer secret
 
 
 class HandshakeRefused(ConnectionError):
@@ -104,9 +134,40 @@ def frame(payload: bytes) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def hello(cluster: str, node_id: int) -> bytes:
-    """The payload that opens every outbound stream."""
-    return _HELLO.pack(MAGIC, PROTOCOL_VERSION, node_id) + cluster.encode()
+def challenge(nonce: bytes) -> bytes:
+    """The payload a listener opens every inbound stream with."""
+    return _CHALLENGE.pack(MAGIC, PROTOCOL_VERSION, nonce)
+
+
+def _mac(secret: bytes, label: bytes, *parts: bytes) -> bytes:
+    return hmac.new(secret, b"".join((label, *parts)), hashlib.sha256).digest()
+
+
+def _unsigned(payload: bytes) -> bytes:
+    """A hello without its proof: what the proof signs."""
+    return payload[:_PROOF_AT] + payload[_HELLO.size :]
+
+
+def hello(
+    cluster: str, node_id: int, challenge_nonce: bytes, *, secret: bytes | None = None
+) -> bytes:
+    """The dialer's answer to a challenge: who it is, a nonce of its own (which the
+    listener's proof must cover), and (with the group's secret) the proof that it holds
+    the secret, bound to this challenge."""
+    own = secrets.token_bytes(NONCE_BYTES)
+    payload = _HELLO.pack(MAGIC, PROTOCOL_VERSION, node_id, own, _NO_PROOF) + cluster.encode()
+    if secret is None:
+        return payload
+    proof = _mac(secret, b"dial", challenge_nonce, _unsigned(payload))
+    return payload[:_PROOF_AT] + proof + payload[_HELLO.size :]
+
+
+def acceptance(secret: bytes | None, challenge_nonce: bytes, hello_payload: bytes) -> bytes:
+    """The listener's proof, bound to its challenge and to the dialer's hello (and so to
+    the dialer's own nonce)."""
+    if secret is None:
+        return _NO_PROOF
+    return _mac(secret, b"accept", challenge_nonce, hello_payload)
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:
@@ -183,17 +244,40 @@ class _Link:
         return f"{self.peer.id} at {self.peer.host}:{self.peer.port}"
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        owner = self.owner
+        tls = owner.client_ssl
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            reader, writer = await asyncio.open_connection(self.peer.host, self.peer.port)
+            reader, writer = await asyncio.open_connection(
+                self.peer.host,
+                self.peer.port,
+                ssl=tls,
+                server_hostname=self.peer.host if tls is not None else None,
+                ssl_handshake_timeout=CONNECT_TIMEOUT if tls is not None else None,
+            )
         try:
             _nodelay(writer)
-            writer.write(frame(hello(self.owner.cluster, self.owner.node_id)))
             async with asyncio.timeout(CONNECT_TIMEOUT):
+                payload = await _read_frame(reader, MAX_HELLO_BYTES)
+                if len(payload) != _CHALLENGE.size:
+                    raise CodecError(f"not a raft listener ({len(payload)}-byte greeting)")
+                magic, version, nonce = _CHALLENGE.unpack(payload)
+                if magic != MAGIC:
+                    raise CodecError(f"not a raft listener (magic {magic!r})")
+                if version != PROTOCOL_VERSION:
+                    raise HandshakeRefused(
+                        f"the peer speaks protocol version {version}, this node {PROTOCOL_VERSION}"
+                    )
+                mine = hello(owner.cluster, owner.node_id, nonce, secret=owner.secret)
+                writer.write(frame(mine))
                 await writer.drain()
                 verdict = await _read_frame(reader, MAX_HELLO_BYTES)
-            if verdict != _ACCEPTED:
+            if verdict[:1] != _ACCEPTED:
                 reason = verdict[1:].decode(errors="replace") or "no reason given"
                 raise HandshakeRefused(f"refused: {reason}")
+            if owner.secret is not None and not hmac.compare_digest(
+                verdict[1:], acceptance(owner.secret, nonce, mine)
+            ):
+                raise HandshakeRefused("the peer did not prove it holds the peer secret")
         except BaseException:
             await _shut(writer)
             raise
@@ -260,14 +344,22 @@ class Transport:
         on_message: Callable[[Message], None],
         cluster: str = "yardarm",
         max_queue: int = 8192,
+        secret: bytes | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
         if len(cluster.encode()) > MAX_HELLO_BYTES - _HELLO.size:
             raise ValueError(f"cluster name {cluster!r} is too long")
+        if secret is not None and not secret:
+            raise ValueError("an empty peer secret proves nothing")
         self.node_id = node_id
         self.host = host
         self.port = port
         self.cluster = cluster
         self.max_queue = max_queue
+        self.secret = secret
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
         self.stats = TransportStats()
         self._on_message = on_message
         self._links: dict[int, _Link] = {}
@@ -284,7 +376,12 @@ class Transport:
             raise RuntimeError("transport already started")
         self._started = True
         self._server = await asyncio.start_server(
-            self._on_connect, self.host, self.port, limit=READ_CHUNK
+            self._on_connect,
+            self.host,
+            self.port,
+            limit=READ_CHUNK,
+            ssl=self.server_ssl,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.server_ssl is not None else None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         for link in self._links.values():
@@ -390,35 +487,61 @@ class Transport:
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> int | None:
-        """Check the hello and answer it: the sender's id, or None if refused."""
+        """Challenge the dialer and check its hello: the sender's id, or None if refused.
+        The proof is checked before anything else the hello says is trusted, so a
+        stranger learns no more than that it was refused."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        writer.write(frame(challenge(nonce)))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            await writer.drain()
             payload = await _read_frame(reader, MAX_HELLO_BYTES)
+        if len(payload) < 4 + 1 + 4 or payload[:4] != MAGIC:
+            raise CodecError(f"not a raft stream (it opens with {payload[:4]!r})")
+        version = payload[4]
+        sender = int.from_bytes(payload[5:9], "big")
+        if version != PROTOCOL_VERSION:
+            reason = f"protocol version {version}, this node speaks {PROTOCOL_VERSION}"
+            await self._refuse(writer, sender, reason, "refused")
+            return None
         if len(payload) < _HELLO.size:
             raise CodecError(f"hello of {len(payload)} bytes is too short")
-        magic, version, sender = _HELLO.unpack_from(payload)
-        if magic != MAGIC:
-            raise CodecError(f"not a raft stream (magic {magic!r})")
+        proof = payload[_PROOF_AT : _HELLO.size]
+        if self.secret is not None and not hmac.compare_digest(
+            proof, _mac(self.secret, b"dial", nonce, _unsigned(payload))
+        ):
+            reason = "peer authentication failed (a wrong or missing peer secret)"
+            await self._refuse(writer, sender, reason, "unauthenticated")
+            return None
         try:
             cluster = payload[_HELLO.size :].decode()
         except UnicodeDecodeError as exc:
             raise CodecError("cluster name is not UTF-8") from exc
-        reason = ""
-        if version != PROTOCOL_VERSION:
-            reason = f"protocol version {version}, this node speaks {PROTOCOL_VERSION}"
-        elif cluster != self.cluster:
+        if cluster != self.cluster:
             reason = f"cluster {cluster!r}, this node is in {self.cluster!r}"
-        if reason:
-            self.stats.refused += 1
-            log.warning(
-                "refused a raft stream from node %d (%s): %s", sender, _remote(writer), reason
-            )
-            writer.write(frame(_REFUSED + reason.encode()))
-            with contextlib.suppress(OSError):
-                await writer.drain()
+            await self._refuse(writer, sender, reason, "refused")
             return None
-        writer.write(frame(_ACCEPTED))
+        writer.write(frame(_ACCEPTED + acceptance(self.secret, nonce, payload)))
         await writer.drain()
-        return int(sender)
+        return sender
+
+    async def _refuse(
+        self,
+        writer: asyncio.StreamWriter,
+        sender: int,
+        reason: str,
+        counter: Literal["refused", "unauthenticated"],
+    ) -> None:
+        if counter == "unauthenticated":
+            self.stats.unauthenticated += 1
+        else:
+            self.stats.refused += 1
+        log.warning(
+            "refused a raft stream claiming to be node %d (%s): %s", sender, _remote(writer),
+            reason, extra={"event": "raft_stream_refused", "reason": counter},
+        )  # fmt: skip
+        writer.write(frame(_REFUSED + reason.encode()))
+        with contextlib.suppress(OSError):
+            await writer.drain()
 
     async def _read_messages(self, reader: asyncio.StreamReader, sender: int) -> None:
         """Decode every whole frame each read brings, so a batch costs one wakeup."""
