@@ -139,8 +139,10 @@ async def test_bulkhead_refuses_beyond_the_concurrency_limit_with_503(
     start_backend: StartBackend, start_gateway: StartGateway, client: aiohttp.ClientSession
 ) -> None:
     release = asyncio.Event()
+    arrived: list[web.Request] = []
 
-    async def slow(_: web.Request) -> web.Response:
+    async def slow(request: web.Request) -> web.Response:
+        arrived.append(request)
         await release.wait()
         return web.json_response({"backend": "slow"})
 
@@ -154,7 +156,12 @@ async def test_bulkhead_refuses_beyond_the_concurrency_limit_with_503(
     upstreams = {"svc": {"endpoints": [url], "max_concurrent": 2}, "kv": [url]}
     gw = await start_gateway([{"prefix": "/api/work", "upstream": "svc"}, ROUTES[1]], upstreams)
     held = [asyncio.create_task(client.get(f"{gw.url}/api/work")) for _ in range(2)]
-    await asyncio.sleep(0.5)
+    for _ in range(200):  # until both hold the bulkhead's two places at the backend
+        if len(arrived) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert len(arrived) == 2
+
     async with client.get(f"{gw.url}/api/work") as resp:
         assert resp.status == 503
         assert resp.headers["Retry-After"] == "1"

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.gateway.apps import echo_app
+from tests.gateway.processes import metric_sum, scrape
 
 # Fixture types (see conftest.py).
 StartBackend = Callable[..., Awaitable[str]]
@@ -27,6 +28,7 @@ ROUTES = [
     {"prefix": "/api/kv", "upstream": "datastore"},
 ]
 PROBLEM = "application/problem+json"
+ADMIN_TOKEN = "proxy-admin-token-0123456789"
 
 
 async def test_routes_by_longest_segment_prefix_and_strips_api_keeping_query(
@@ -196,6 +198,82 @@ async def test_a_refused_connection_is_retried_for_any_method_because_nothing_wa
         metrics = await resp.text()
     connect_errors = [line for line in metrics.splitlines() if "connect_error" in line]
     assert any(f'endpoint="{dead}"' in line for line in connect_errors), metrics
+
+
+async def test_refused_connections_are_rerouted_outside_the_retry_budget_count_and_backoff(
+    start_backend: StartBackend,
+    start_gateway: StartGateway,
+    client: aiohttp.ClientSession,
+    free_port: FreePort,
+) -> None:
+    """Three dead replicas of four, a budget of zero, a 2 s backoff: every request still
+    reaches the live one at once, because a refused connection sent nothing."""
+    live = await start_backend(echo_app("orders-live"))
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(3)]
+    off = {"enabled": False}
+    blind = {"health": off, "outlier": off, "breaker": off, "track_breaker": off}
+    retry = {"budget_percent": 0, "budget_min_retry_concurrency": 0,
+             "backoff_base_s": 2.0, "backoff_max_s": 2.0}  # fmt: skip
+    upstreams = {
+        "orders": {"endpoints": [*dead, live], "retry": retry, **blind},
+        "datastore": [live],
+    }
+    gw = await start_gateway(ROUTES, upstreams)
+    started = time.monotonic()
+    for i in range(8):
+        async with client.get(f"{gw.url}/api/orders/{i}") as resp:
+            assert resp.status == 200, await resp.text()
+        async with client.post(f"{gw.url}/api/orders", json={"n": i}) as resp:
+            assert resp.status == 200, await resp.text()
+    # Each request takes four picks, one whole round-robin cycle, so every one met the
+    # three dead replicas first: three re-routes each, more than max_retries (2), and
+    # with a 2 s backoff per retry the 16 requests would take about 48 s.
+    assert time.monotonic() - started < 8.0
+    samples = await scrape(client, gw.url)
+    rerouted = metric_sum(samples, "yardarm_gateway_retries_total", reason="connect_error")
+    refused = metric_sum(
+        samples, "yardarm_gateway_upstream_requests_total", outcome="connect_error"
+    )
+    assert rerouted == refused == 16 * 3
+    assert metric_sum(samples, "yardarm_gateway_retries_refused_total") == 0
+
+
+async def test_retries_that_found_no_endpoint_left_give_their_budget_slot_back(
+    start_backend: StartBackend, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    """Both replicas answer 503: a retry is granted, then no untried endpoint remains.
+    The slot must come back, or a burst of such requests spends the budget for good."""
+    healthy = {"a": False, "b": False}
+
+    def replica(name: str) -> web.Application:
+        async def serve(_: web.Request) -> web.Response:
+            status = 200 if healthy[name] else 503
+            return web.json_response({"backend": name}, status=status)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", serve)
+        return app
+
+    a = await start_backend(replica("a"))
+    b = await start_backend(replica("b"))
+    off = {"enabled": False}
+    blind = {"health": off, "outlier": off, "breaker": off, "track_breaker": off}
+    upstreams = {"orders": {"endpoints": [a, b], **blind}, "datastore": [a]}
+    gw = await start_gateway(ROUTES, upstreams, admin=True, admin_token=ADMIN_TOKEN)
+    for i in range(12):
+        async with client.get(f"{gw.url}/api/orders/{i}") as resp:
+            assert resp.status == 503
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with client.get(f"{gw.admin_url}/admin/upstreams", headers=auth) as resp:
+        budget = (await resp.json())["orders"]["retry_budget"]
+    assert (budget["active_requests"], budget["active_retries"]) == (0, 0)
+
+    healthy["b"] = True  # round robin: every other request fails on a first, then retries
+    for i in range(12):
+        async with client.get(f"{gw.url}/api/orders/{i}") as resp:
+            assert resp.status == 200, await resp.text()
+    samples = await scrape(client, gw.url)
+    assert metric_sum(samples, "yardarm_gateway_retries_refused_total") == 0
 
 
 async def test_5xx_answers_are_retried_for_reads_and_keyed_writes_never_for_unkeyed_writes(

@@ -112,13 +112,14 @@ async def test_a_slow_backend_opens_its_circuit_then_half_open_probes_close_it(
     for _ in range(5):
         async with client.get(f"{gw.url}/work") as resp:
             assert resp.status == 200  # slow, but answered
-    started = time.monotonic()
+    seen = (await slow.control(client))["requests"]
     async with client.get(f"{gw.url}/work") as resp:
         body = await resp.json()
         assert resp.status == 503, body
         assert body["title"] == "circuit open"
         assert int(resp.headers["Retry-After"]) >= 1
-    assert time.monotonic() - started < 0.2  # failed fast, without waiting for the backend
+    # Failed fast: the open circuit answered without sending anything to the backend.
+    assert (await slow.control(client))["requests"] == seen
     await slow.control(client, latency_ms=0)
     deadline = time.monotonic() + 10 * breaker["wait_in_open_s"]
     status = 503
@@ -203,7 +204,12 @@ async def test_weights_changed_through_one_replica_reach_every_replica_and_survi
 
     await stable.control(client, latency_ms=1500)  # a request in flight across the change
     in_flight = asyncio.create_task(client.get(f"{gw_b.url}/api/work"))
-    await asyncio.sleep(0.3)
+    for _ in range(100):  # until the backend holds it
+        if (await stable.control(client))["in_flight"] >= 1:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the request never reached the backend")
     headers = {"Authorization": f"Bearer {TOKEN}"}
     changed_at = time.monotonic()
     async with client.put(
@@ -235,10 +241,11 @@ async def test_weights_changed_through_one_replica_reach_every_replica_and_survi
     gw_c = await start_gateway(routes, upstreams, **common)
     assert (await shares(client, gw_c.url, 100)) == Counter({"stable": 50, "canary": 50})
 
-    # Invalid admin payloads are precise 4xx and change nothing.
+    # Invalid admin payloads are precise 4xx and change nothing; weight on a track
+    # without endpoints is valid in itself but conflicts with the upstream: 409.
     for body, status in [
         ({"weights": {"stable": -1}}, 422),
-        ({"weights": {"blue": 10}}, 422),
+        ({"weights": {"blue": 10}}, 409),
         ({"weights": {"stable": 0, "canary": 0}}, 422),
         ({"weigths": {"stable": 1}}, 422),
     ]:
@@ -258,4 +265,3 @@ async def test_weights_changed_through_one_replica_reach_every_replica_and_survi
     async with client.get(f"{gw_a.admin_url}/admin/routes", headers=headers) as resp:
         doc = await resp.json()
     assert doc["routes"][0]["split"] == {"stable": 50, "canary": 50}
-    assert json.dumps(doc)  # JSON-ready

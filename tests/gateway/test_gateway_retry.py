@@ -7,7 +7,13 @@ import random
 import pytest
 from multidict import CIMultiDict
 from pydantic import ValidationError
-from yardarm_gateway.retry import RetryBudget, RetryConfig, backoff_s, is_retryable_request
+from yardarm_gateway.retry import (
+    RetryBudget,
+    RetryConfig,
+    backoff_s,
+    is_retryable_request,
+    retry_verdict,
+)
 
 
 def test_config_defaults_retry_gateway_errors_twice() -> None:
@@ -16,7 +22,69 @@ def test_config_defaults_retry_gateway_errors_twice() -> None:
     assert config.max_retries == 2
     assert config.retry_on_status == frozenset({502, 503, 504})
     assert config.per_try_timeout_s is None
-    assert (config.budget_percent, config.budget_min_retry_concurrency) == (20.0, 3)
+    assert (config.budget_percent, config.budget_min_retry_concurrency) == (20.0, 10)
+
+
+def test_default_budget_retries_every_request_in_flight_on_a_replica_that_dies() -> None:
+    """A SIGKILLed replica of two resets the requests it held, about half of those in
+    flight; with a handful of clients every one of them must still get its retry."""
+    config = RetryConfig()
+    budget = RetryBudget(config.budget_percent, config.budget_min_retry_concurrency)
+    for _ in range(16):
+        budget.request_started()
+    assert all(budget.try_acquire_retry() for _ in range(8))
+    assert budget.rejected == 0
+
+
+RETRYABLE = RetryConfig()
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_a_refused_connection_is_rerouted_whatever_the_retries_already_spent(
+    idempotent: bool,
+) -> None:
+    """Nothing left the gateway: another endpoint is tried at once, outside the budget
+    and the retry count (each endpoint still only once per request, see the proxy)."""
+    for spent in (0, RETRYABLE.max_retries, RETRYABLE.max_retries + 5):
+        verdict = retry_verdict(
+            "connect_error", None, idempotent=idempotent, config=RETRYABLE, retries=spent
+        )
+        assert verdict == "reroute", spent
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [("invalid_response", None), ("timeout", None), (None, 502), (None, 503), (None, 504)],
+)
+def test_an_idempotent_request_that_reached_an_upstream_is_retried_within_max_retries(
+    failure: str | None, status: int | None
+) -> None:
+    verdicts = [
+        retry_verdict(failure, status, idempotent=True, config=RETRYABLE, retries=spent)
+        for spent in range(RETRYABLE.max_retries + 2)
+    ]
+    assert verdicts == ["retry"] * RETRYABLE.max_retries + ["stop", "stop"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"), [("invalid_response", None), ("timeout", None), (None, 503)]
+)
+def test_a_request_without_a_key_that_reached_an_upstream_is_never_sent_again(
+    failure: str | None, status: int | None
+) -> None:
+    verdict = retry_verdict(failure, status, idempotent=False, config=RETRYABLE, retries=0)
+    assert verdict == "stop"
+
+
+@pytest.mark.parametrize("status", [200, 404, 409, 500, 501])
+def test_answers_outside_retry_on_status_are_final(status: int) -> None:
+    assert retry_verdict(None, status, idempotent=True, config=RETRYABLE, retries=0) == "stop"
+
+
+def test_retries_turned_off_stop_every_retry_even_a_reroute() -> None:
+    off = RetryConfig(enabled=False)
+    for failure in ("connect_error", "invalid_response"):
+        assert retry_verdict(failure, None, idempotent=True, config=off, retries=0) == "stop"
 
 
 def test_config_reads_statuses_from_a_json_list() -> None:

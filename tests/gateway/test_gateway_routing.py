@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jsonschema_rs
 import pytest
 from pydantic import ValidationError
 from yardarm_gateway.routing import DotSegmentError, Route, RouteTable
@@ -83,3 +86,99 @@ def test_trailing_slash_prefix_is_the_same_prefix() -> None:
 def test_invalid_prefixes_are_rejected(prefix: str) -> None:
     with pytest.raises(ValidationError):
         Route(prefix=prefix, upstream="orders")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name"),
+    [
+        ("/api/orders", "api-orders"),
+        ("/API/Orders/", "api-orders"),
+        ("/", "root"),
+        ("//", "root"),
+        ("/a//b", "a--b"),
+        ("/a b/c", "a-b-c"),
+        ("/.well-known", "well-known"),
+        ("/ö/x", "x"),
+        ("/ö", "root"),
+        ("/" + "x" * 100, "x" * 63),
+    ],
+)
+def test_every_prefix_gives_a_valid_name(prefix: str, name: str) -> None:
+    """A prefix valid as a path never fails for the name it derives."""
+    assert Route(prefix=prefix, upstream="u").name == name
+    assert Route.model_validate({"prefix": prefix, "upstream": "u", "name": None}).name == name
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        {"prefix": "/a", "upstream": "u", "timeout_s": "5"},
+        {"prefix": "/a", "upstream": "u", "admin_writes": 1},
+        {"prefix": "/a", "upstream": "u", "admin_writes": "true"},
+        {"prefix": "/a", "upstream": "u", "split": {"stable": "5"}},
+        {"prefix": "/a", "upstream": "u", "split": {"stable": True}},
+        {"prefix": "/a", "upstream": "u", "split": {"stable": 5.5}},
+        {"prefix": "/a", "upstream": "u", "split": {"canary\n": 5}},
+        {"prefix": "/a", "upstream": "u", "name": 0},
+        {"prefix": "/a", "upstream": "u", "split": {"s": 1}, "sticky": {"header": "x y"}},
+        {"prefix": "/a", "upstream": "u", "split": {"s": 1}, "sticky": {"cookie": "c\n"}},
+    ],
+)
+def test_routes_take_json_types_as_they_are_and_whole_names_only(route: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Route.model_validate(route)
+
+
+def test_an_integral_weight_written_as_a_float_is_an_integer() -> None:
+    route = Route.model_validate({"prefix": "/a", "upstream": "u", "split": {"stable": 5.0}})
+    assert route.split == {"stable": 5} and isinstance(route.split["stable"], int)
+
+
+# Each: a route document, and whether it is valid. The model and the JSON Schema the admin
+# API publishes for it must agree on every one.
+AGREEMENT = [
+    ({"prefix": "/", "upstream": "u"}, True),
+    ({"prefix": "/a/./b", "upstream": "u"}, False),
+    ({"prefix": "/a/..", "upstream": "u"}, False),
+    ({"prefix": "/a/...", "upstream": "u"}, True),
+    ({"prefix": "/.\n", "upstream": "u"}, True),
+    ({"prefix": "/a/", "upstream": "u"}, True),
+    ({"prefix": "/a?b", "upstream": "u"}, False),
+    ({"prefix": "a", "upstream": "u"}, False),
+    ({"prefix": "/a", "upstream": ""}, False),
+    ({"prefix": "/a", "upstream": " "}, True),
+    ({"prefix": "/a", "upstream": "u", "name": ""}, True),
+    ({"prefix": "/a", "upstream": "u", "name": "Upper"}, False),
+    ({"prefix": "/a", "upstream": "u", "name": "ok\n"}, False),
+    ({"prefix": "/a", "upstream": "u", "split": {"stable": 0}}, False),
+    ({"prefix": "/a", "upstream": "u", "split": {}}, False),
+    ({"prefix": "/a", "upstream": "u", "split": {"stable": 0, "canary": 1}}, True),
+    ({"prefix": "/a", "upstream": "u", "split": {"stable": 10_001}}, False),
+    ({"prefix": "/a", "upstream": "u", "split": {"Stable": 1}}, False),
+    ({"prefix": "/a", "upstream": "u", "sticky": {"header": "x-user"}}, False),
+    ({"prefix": "/a", "upstream": "u", "sticky": None}, True),
+    ({"prefix": "/a", "upstream": "u", "split": {"s": 1}, "sticky": {"header": "x-user"}}, True),
+    ({"prefix": "/a", "upstream": "u", "split": {"s": 1}, "sticky": {}}, False),
+    ({"prefix": "/a", "upstream": "u", "split": {"s": 1},
+      "sticky": {"header": "h", "cookie": "c"}}, False),
+    ({"prefix": "/a", "upstream": "u", "split": {"s": 1},
+      "sticky": {"header": None, "cookie": "c"}}, True),
+    ({"prefix": "/a", "upstream": "u", "timeout_s": 0}, False),
+    ({"prefix": "/a", "upstream": "u", "timeout_s": 300}, True),
+    ({"prefix": "/a", "upstream": "u", "surprise": 1}, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("route", "valid"), AGREEMENT)
+def test_the_published_schema_says_what_the_model_accepts(
+    route: dict[str, Any], valid: bool
+) -> None:
+    schema = Route.model_json_schema()
+    validator = jsonschema_rs.Draft202012Validator(schema)
+    assert validator.is_valid(route) == valid, "schema"
+    try:
+        Route.model_validate(route)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == valid, "model"

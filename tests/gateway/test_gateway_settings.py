@@ -144,3 +144,47 @@ def test_tls_files_must_come_as_an_existing_pair(tmp_path: Any) -> None:
         settings(tls_cert_file=cert)
     with pytest.raises(ValidationError, match="does not exist"):
         settings(tls_cert_file=cert, tls_key_file=tmp_path / "missing.pem")
+
+
+def test_the_admin_token_may_come_from_a_file_but_not_from_both(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "admin.token"
+    secret.write_text("from-the-file-0123456789\n")  # editors add the newline
+    monkeypatch.setenv("YARDARM_GATEWAY_PORT", "8080")
+    monkeypatch.setenv("YARDARM_GATEWAY_ADMIN_TOKEN_FILE", str(secret))
+    s = GatewaySettings()  # type: ignore[call-arg]  # fields come from the environment
+    assert s.admin_credential == "from-the-file-0123456789"
+    monkeypatch.delenv("YARDARM_GATEWAY_ADMIN_TOKEN_FILE")
+    assert settings(admin_token="from-the-value-0123456789").admin_credential == (
+        "from-the-value-0123456789"
+    )
+    assert settings().admin_credential is None
+    with pytest.raises(ValidationError, match="admin_token or admin_token_file, not both"):
+        settings(admin_token="from-the-value-0123456789", admin_token_file=secret)
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n", "short"])
+def test_an_unusable_admin_token_file_stops_the_start_naming_the_field(
+    tmp_path: Any, content: str | None
+) -> None:
+    path = tmp_path / "admin.token"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValidationError, match="admin_token_file"):
+        settings(admin_token_file=path)
+
+
+def test_the_datastore_credential_is_read_from_its_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "gateway.token"
+    path.write_text("gateway-credential\n")
+    monkeypatch.setenv("YARDARM_GATEWAY_PORT", "8080")
+    monkeypatch.setenv("YARDARM_GATEWAY_DATASTORE_TOKEN_FILE", str(path))
+    s = GatewaySettings()  # type: ignore[call-arg]  # fields come from the environment
+    assert s.datastore_credential == "gateway-credential"
+    monkeypatch.delenv("YARDARM_GATEWAY_DATASTORE_TOKEN_FILE")
+    assert settings().datastore_credential is None
+    with pytest.raises(ValidationError, match="datastore_token_file"):
+        settings(datastore_token_file=tmp_path / "missing.token")

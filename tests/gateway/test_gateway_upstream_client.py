@@ -638,6 +638,41 @@ async def test_an_unanswered_request_is_sent_again_once_only() -> None:
         await pool.close()
 
 
+async def test_a_request_the_upstream_took_then_died_is_never_reported_as_refused() -> None:
+    """The upstream read the request and died; the resend found nothing listening.
+
+    The request may have run, so this is not a refused connection (`UpstreamConnectError`
+    means nothing was sent, which lets the proxy re-route outside its retry budget).
+    """
+    server: asyncio.Server | None = None
+    requests: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = RawConnection(0, reader, writer, requests)
+        await conn.read_request()
+        await conn.send(response(b"first"))
+        await conn.read_request()  # taken; then the process dies, listener and all
+        assert server is not None
+        server.close()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = UpstreamPool()
+    try:
+        await pool.request(origin, "GET", "/", [], b"", WAIT_S)
+        with pytest.raises(UpstreamProtocolError) as caught:
+            await pool.request(origin, "GET", "/", [], b"", WAIT_S)
+        assert not isinstance(caught.value, UpstreamConnectError)
+        assert len(requests) == 2
+        # A fresh connection refused is still a refused connection.
+        with pytest.raises(UpstreamConnectError):
+            await pool.request(origin, "GET", "/", [], b"", WAIT_S)
+    finally:
+        await pool.close()
+        server.close()
+
+
 # -- shutdown and cancellation ------------------------------------------------------
 
 

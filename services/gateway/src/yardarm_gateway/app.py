@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yardarm_kit import Service
 from yardarm_kit.datastore_client import DatastoreClient
+from yardarm_kit.http_server import AppRunner
 from yardarm_kit.lifecycle import cancel_task
 
-from yardarm_gateway.admin import AdminApi, admin_app
+from yardarm_gateway.admin import AdminApi, admin_app, admin_openapi
 from yardarm_gateway.health import HealthChecker
 from yardarm_gateway.proxy import Proxy, RoutingState
 from yardarm_gateway.routeconfig import RoutingDoc, RoutingSync
@@ -23,6 +25,7 @@ from yardarm_gateway.upstream_client import UpstreamPool
 from yardarm_gateway.upstreams import Upstream
 
 SWEEP_TICK_S = 0.5
+ADMIN_APP = web.AppKey("yardarm.gateway.admin_app", web.Application)
 
 
 class _Ejections:
@@ -57,6 +60,27 @@ def _check(settings: GatewaySettings, upstreams: dict[str, Upstream], doc: Routi
             raise ValueError(f"ejection names unknown endpoint {entry.upstream}/{entry.endpoint}")
 
 
+def _own_paths(app: web.Application) -> dict[str, frozenset[str]]:
+    """The paths the service answers itself (probes, metrics, its OpenAPI document) and
+    their methods: the proxy must never forward them, whatever the routes say."""
+    paths: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path")
+        if isinstance(path, str):
+            paths.setdefault(path, set()).add(route.method)
+    return {path: frozenset(methods) for path, methods in paths.items()}
+
+
+def admin_document(service: Service) -> dict[str, Any]:
+    """The admin listener's OpenAPI document, as its `/openapi.json` serves it (for
+    `yardarm api-docs`); the gateway must have been created with an admin port."""
+    app = service.app.get(ADMIN_APP)
+    if app is None:
+        raise ValueError("this gateway has no admin listener (admin_port is not set)")
+    return admin_openapi(app)
+
+
 def create_gateway(settings: GatewaySettings) -> Service:
     """A gateway Service ready to `run()`."""
     service = Service(settings)
@@ -86,10 +110,11 @@ def create_gateway(settings: GatewaySettings) -> Service:
         service.tracer,
         route_timeout_s=settings.route_timeout_s,
         max_body_bytes=settings.max_body_bytes,
-        admin_token=settings.admin_token,
+        admin_token=settings.admin_credential,
         rate_limit=settings.rate_limit,
+        own_paths=_own_paths(service.app),
     )
-    service.app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    service.app.router.add_route("*", "/{tail:.*}", proxy.handle)  # after the kit's own
     ejections = _Ejections(upstreams)
 
     def apply(doc: RoutingDoc, version: int) -> None:
@@ -101,7 +126,10 @@ def create_gateway(settings: GatewaySettings) -> Service:
     datastore: DatastoreClient | None = None
     if settings.datastore_urls:
         datastore = DatastoreClient(
-            service.http_client("datastore", traced=False), settings.datastore_urls, timeout_s=2.0
+            service.http_client("datastore", traced=False),
+            settings.datastore_urls,
+            timeout_s=2.0,
+            token=settings.datastore_credential,  # reads config/gateway/ only
         )
     sync = RoutingSync(
         datastore,
@@ -118,6 +146,7 @@ def create_gateway(settings: GatewaySettings) -> Service:
             upstream.endpoints,
             on_change=functools.partial(telemetry.health_change, name),
             on_pass=upstream.health_check_passed,
+            ssl_context=service.client_ssl(),
         )
         for name, upstream in upstreams.items()
     ]
@@ -135,8 +164,11 @@ def create_gateway(settings: GatewaySettings) -> Service:
                     due[name] = now + upstream.spec.outlier.interval_s
 
     async def start() -> None:
+        # https upstreams (a stack with TLS on) are verified against the stack's CA.
         proxy.dispatcher.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=30, ssl=service.client_ssl() or True
+            ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
@@ -171,13 +203,17 @@ def create_gateway(settings: GatewaySettings) -> Service:
 
     if settings.admin_port is not None:
         api = AdminApi(sync, lambda: base, upstreams, settings.strip_prefix)
-        admin = web.AppRunner(
-            admin_app(api, token=settings.admin_token, readyz=service.readyz), access_log=None
+        app = admin_app(
+            api, token=settings.admin_credential, readyz=service.readyz, version=settings.version
         )
+        admin = AppRunner(app, access_log=None, on_malformed=service.count_malformed)
+        service.app[ADMIN_APP] = app
 
         async def start_admin() -> None:
             await admin.setup()
-            await web.TCPSite(admin, settings.host, settings.admin_port).start()
+            await web.TCPSite(
+                admin, settings.host, settings.admin_port, ssl_context=service.ssl_context
+            ).start()
 
         service.on_startup(start_admin)
         service.on_shutdown(admin.cleanup)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 
 import aiohttp
@@ -102,8 +103,10 @@ class HealthChecker:
         endpoints: Iterable[Endpoint],
         on_change: Change | None = None,
         on_pass: Pass | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self._ssl = ssl_context
         self.tracker = tracker
         self._endpoints = tuple(endpoints)
         self._on_change = on_change
@@ -121,7 +124,7 @@ class HealthChecker:
             return
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-            connector=aiohttp.TCPConnector(force_close=True),
+            connector=aiohttp.TCPConnector(force_close=True, ssl=self._ssl or True),
         )
         await self.probe_once()
         self._task = asyncio.create_task(self._loop(), name=f"health-{self.name}")

@@ -16,10 +16,12 @@ Per request, in order:
    `yardarm-timeout-ms`) covers every attempt and is propagated to the upstream.
 
 Retries: GET/HEAD/OPTIONS and requests carrying an Idempotency-Key are retried on a
-connection failure, a reset or garbled answer, a per-try timeout, or a 502/503/504.
-A request of any method is retried when the connection was never established,
-because then it never left the gateway and cannot have had an effect. Every retry
-needs the upstream's retry budget and waits a fully jittered backoff.
+reset or garbled answer, a per-try timeout, or a 502/503/504; every such retry needs
+the upstream's retry budget, waits a fully jittered backoff and counts against
+`max_retries`. A refused connection is re-routed instead, for a request of any method:
+it never left the gateway, so another endpoint is tried at once, outside the budget
+and the count (see `retry.retry_verdict`). Each endpoint is tried at most once per
+request, and the deadline bounds them all.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from yardarm_gateway.balancer import request_hash_key
 from yardarm_gateway.dispatch import Attempt, Dispatcher
 from yardarm_gateway.endpoints import Endpoint
 from yardarm_gateway.forwarding import downstream_response_headers, upstream_request_headers
-from yardarm_gateway.retry import backoff_s, is_retryable_request
+from yardarm_gateway.retry import backoff_s, is_retryable_request, retry_verdict
 from yardarm_gateway.routing import DotSegmentError, Route, RouteTable
 from yardarm_gateway.split import TrafficSplit
 from yardarm_gateway.telemetry import GatewayTelemetry
@@ -101,6 +103,7 @@ class Proxy:
         admin_token: str | None,
         rate_limit: RateLimitConfig,
         rng: random.Random | None = None,
+        own_paths: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.state = state
         self._upstreams = upstreams
@@ -109,6 +112,7 @@ class Proxy:
         self._route_timeout_s = route_timeout_s
         self._max_body_bytes = max_body_bytes
         self._admin_token = admin_token.encode() if admin_token else None
+        self._own_paths = dict(own_paths or {})
         self._rate_limit = rate_limit
         self._limiter = RateLimiter(rate_limit) if rate_limit.enabled else None
         self._rng = rng or random.Random()
@@ -121,7 +125,8 @@ class Proxy:
         return (
             presented is not None
             and self._admin_token is not None
-            and hmac.compare_digest(presented.encode(), self._admin_token)
+            # a value that is not UTF-8 compares unequal rather than raising
+            and hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._admin_token)
         )
 
     def _require_admin(self, request: web.Request, route: Route, why: str) -> None:
@@ -152,6 +157,9 @@ class Proxy:
     # -- handler ------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        allowed = self._own_paths.get(request.path)
+        if allowed is not None:  # the gateway's own path with another method: never proxied
+            raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
         state = self.state
         try:
             match = state.table.match(request.raw_path)
@@ -292,8 +300,11 @@ class Proxy:
         )
         tried: list[Endpoint] = []
         last: Attempt | None = None
-        retries = 0
-        upstream.budget.request_started()
+        retries = 0  # retries under the budget; re-routes of refused connections are free
+        holding = False  # a retry-budget slot is held for the next attempt
+        retry_reason: str | None = None  # why the next attempt is a retry or re-route
+        retry_budget = upstream.budget
+        retry_budget.request_started()
         try:
             while True:
                 now = loop.time()
@@ -310,45 +321,41 @@ class Proxy:
                 if remaining <= 0:
                     upstream.breakers[endpoint].release()
                     return last or Attempt(endpoint, failure="timeout")
+                if retry_reason is not None:
+                    self._telemetry.retries.inc(upstream=upstream.name, reason=retry_reason)
                 per_try = policy.per_try_timeout_s
                 timeout = remaining if per_try is None else min(per_try, remaining)
-                is_retry = retries > 0
                 try:
                     last = await self.dispatcher.send(
                         request.method, endpoint, path, body, headers, timeout, upstream
                     )
                 finally:
-                    if is_retry:
-                        upstream.budget.release_retry()
-                if not self._should_retry(last, idempotent, policy.retry_on_status):
+                    if holding:
+                        retry_budget.release_retry()
+                        holding = False
+                verdict = retry_verdict(
+                    last.failure, last.status, idempotent=idempotent, config=policy,
+                    retries=retries,
+                )  # fmt: skip
+                if verdict == "stop":
                     return last
-                if not policy.enabled or retries >= policy.max_retries:
-                    return last
+                retry_reason = last.failure or str(last.status)
+                if verdict == "reroute":
+                    continue  # nothing was sent: no budget, no backoff, not a retry spent
                 delay = backoff_s(retries, policy, self._rng)
                 if loop.time() + delay >= end:
                     self._telemetry.retries_refused.inc(upstream=upstream.name, why="deadline")
                     return last
-                if not upstream.budget.try_acquire_retry():
+                if not retry_budget.try_acquire_retry():
                     self._telemetry.retries_refused.inc(upstream=upstream.name, why="budget")
                     return last
-                reason = last.failure or str(last.status)
-                self._telemetry.retries.inc(upstream=upstream.name, reason=reason)
+                holding = True
                 retries += 1
-                try:
-                    await asyncio.sleep(delay)
-                except BaseException:
-                    upstream.budget.release_retry()
-                    raise
+                await asyncio.sleep(delay)
         finally:
-            upstream.budget.request_finished()
-
-    @staticmethod
-    def _should_retry(attempt: Attempt, idempotent: bool, retry_on: frozenset[int]) -> bool:
-        if attempt.failure == "connect_error":
-            return True  # never sent: safe whatever the method
-        if not idempotent:
-            return False
-        return attempt.failure is not None or attempt.status in retry_on
+            if holding:  # granted, but no attempt followed (no endpoint left, cancelled)
+                retry_budget.release_retry()
+            retry_budget.request_finished()
 
     def _respond(
         self,

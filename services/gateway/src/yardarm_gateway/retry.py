@@ -7,18 +7,25 @@ service that is already failing. So retries are bounded three ways: per request
 arrive in lockstep), per route deadline (the caller stops when its deadline passes),
 and per upstream (a retry budget, as in Envoy, caps concurrent retries relative to the
 requests in flight, so retries can never multiply an overload).
+
+A connection the upstream refused is different: the request never left the gateway,
+so sending it to another endpoint adds no load anywhere. That is a re-route, not a
+retry (`retry_verdict`): at once, outside the budget and `max_retries`, bounded only by
+the request's deadline and by trying each endpoint once.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENCY_KEY = "idempotency-key"
+
+Verdict = Literal["stop", "retry", "reroute"]
 
 # 2.0 ** 1024 overflows a float; any exponent past this is already far beyond any cap.
 _MAX_EXPONENT = 1023
@@ -29,7 +36,14 @@ class RetryConfig(BaseModel):
 
     `per_try_timeout_s=None` lets each try use whatever is left of the route deadline;
     a per-try timeout lets a retry still fit when one replica hangs. `retry_on_status`
-    applies only to retryable requests (see `is_retryable_request`).
+    applies only to retryable requests (see `is_retryable_request`). `enabled=False`
+    turns off re-routes of refused connections too.
+
+    The budget floor (`budget_min_retry_concurrency`, Envoy's default is 3) is 10: a
+    replica SIGKILLed under load resets every request it held at the same instant, about
+    1/N of those in flight with N replicas, and a floor of 3 let a few of them fail
+    with fewer than twenty clients. Ten concurrent retries cannot overload anything; past
+    50 requests in flight the percentage governs, as before.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,7 +55,7 @@ class RetryConfig(BaseModel):
     per_try_timeout_s: float | None = Field(default=None, gt=0)
     retry_on_status: frozenset[int] = frozenset({502, 503, 504})
     budget_percent: float = Field(default=20.0, ge=0, le=100)
-    budget_min_retry_concurrency: int = Field(default=3, ge=0)
+    budget_min_retry_concurrency: int = Field(default=10, ge=0)
 
     @field_validator("retry_on_status")
     @classmethod
@@ -74,6 +88,35 @@ def backoff_s(attempt: int, config: RetryConfig, rng: random.Random) -> float:
         raise ValueError(f"attempt must be >= 0 (got {attempt})")
     ceiling = config.backoff_base_s * 2.0 ** min(attempt, _MAX_EXPONENT)
     return rng.uniform(0.0, min(config.backoff_max_s, ceiling))
+
+
+def retry_verdict(
+    failure: str | None,
+    status: int | None,
+    *,
+    idempotent: bool,
+    config: RetryConfig,
+    retries: int,
+) -> Verdict:
+    """What follows an attempt that ended with `failure` or `status`.
+
+    "reroute": the connection was refused (`connect_error`), so the request was never
+    sent: another endpoint is tried at once, without the budget, a backoff or counting
+    against `max_retries`, whatever the method. "retry": the request reached an
+    upstream, may run twice (`idempotent`, see `is_retryable_request`) and failed in a
+    way another try may fix, and fewer than `max_retries` (`retries` so far, re-routes
+    not counted) were spent; it still needs the budget and waits a backoff. "stop":
+    the answer or failure goes back to the client.
+    """
+    if not config.enabled:
+        return "stop"
+    if failure == "connect_error":
+        return "reroute"
+    if not idempotent:
+        return "stop"
+    if failure is None and status not in config.retry_on_status:
+        return "stop"
+    return "retry" if retries < config.max_retries else "stop"
 
 
 def is_retryable_request(method: str, headers: Mapping[str, str]) -> bool:

@@ -9,6 +9,11 @@ the process (tests, a lone gateway).
 
 A document that fails validation (for instance written by hand through /api/kv) is
 refused and counted; the gateway keeps routing with the last good one.
+
+Credentials: the gateway reads the document with its own datastore credential, which
+may only read `config/gateway/`; a change is written with the credential of the admin
+who asked for it, so the gateway itself can never rewrite its routing. A refused read
+is logged and counted (`refused`) like an unreachable datastore, and polling goes on.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable
+from yardarm_kit.datastore_client import DatastoreClient, DatastoreRefused, DatastoreUnavailable
 from yardarm_kit.lifecycle import cancel_task
 
 from yardarm_gateway.routing import Route
@@ -87,7 +92,7 @@ class RoutingSync:
         self._on_error = on_error
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._unreachable = False
+        self._failing: str | None = None  # why the last read failed, logged once per outage
         self.version = 0
         self.doc: RoutingDoc | None = None
 
@@ -112,15 +117,24 @@ class RoutingSync:
         try:
             record = await self._client.get(self._key)
         except DatastoreUnavailable as exc:
-            if not self._unreachable:  # log the outage once, count every failed poll
-                log.warning("routing document not read: %s", exc, extra={"event": "routing_error"})
-            self._unreachable = True
+            kind = "refused" if isinstance(exc, DatastoreRefused) else "unreachable"
+            if self._failing != kind:  # log the outage once, count every failed poll
+                why = (
+                    "the datastore refused the gateway's credential (see datastore_token_file)"
+                    if kind == "refused"
+                    else "the datastore is unreachable"
+                )
+                log.warning(
+                    "routing document not read: %s: %s", why, exc,
+                    extra={"event": "routing_error", "kind": kind},
+                )  # fmt: skip
+            self._failing = kind
             if self._on_error is not None:
-                self._on_error("unreachable")
+                self._on_error(kind)
             return
-        if self._unreachable:
+        if self._failing is not None:
             log.info("routing document readable again", extra={"event": "routing"})
-            self._unreachable = False
+            self._failing = None
         if record is None or record.version == self.version:
             return
         try:
@@ -133,12 +147,21 @@ class RoutingSync:
             return
         self._install(doc, record.version)
 
-    async def update(self, change: Callable[[RoutingDoc], RoutingDoc], base: RoutingDoc) -> int:
+    async def update(
+        self,
+        change: Callable[[RoutingDoc], RoutingDoc],
+        base: RoutingDoc,
+        *,
+        token: str | None = None,
+    ) -> int:
         """Apply `change` to the current document and store it; returns the new version.
 
         `base` is the document in force when nothing is stored yet (the built-in
-        routes). Raises ValueError when the changed document is invalid,
-        RoutingConflict after repeated concurrent changes, DatastoreUnavailable.
+        routes). The write is made with `token`, the credential of the admin asking
+        (the read with the gateway's own). Raises ValueError when the changed document
+        is invalid, RoutingConflict after repeated concurrent changes, DatastoreRefused
+        when the datastore refused `token`, DatastoreUnavailable otherwise (a refused
+        read included: that is the gateway's misconfiguration, not the caller's).
         """
         async with self._lock:
             if self._client is None:
@@ -147,7 +170,13 @@ class RoutingSync:
                 self._install(doc, self.version + 1)
                 return self.version
             for _ in range(MAX_CAS_ATTEMPTS):
-                record = await self._client.get(self._key)
+                try:
+                    record = await self._client.get(self._key)
+                except DatastoreRefused as exc:
+                    self._error("refused", f"routing document not read for a change: {exc}")
+                    raise DatastoreUnavailable(
+                        f"the datastore refused the gateway's own credential: {exc}"
+                    ) from None
                 current, version = base, 0
                 if record is not None:
                     version = record.version
@@ -156,7 +185,7 @@ class RoutingSync:
                 doc = change(current)
                 self._check(doc)
                 result = await self._client.put(
-                    self._key, doc.model_dump(mode="json"), if_version=version
+                    self._key, doc.model_dump(mode="json"), if_version=version, token=token
                 )
                 if result.applied and result.version is not None:
                     self._install(doc, result.version)

@@ -14,15 +14,96 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from yardarm_kit.openapi import portable_pattern
 
-from yardarm_gateway.split import StickyConfig
+from yardarm_gateway.split import STICKY_SCHEMA, StickyConfig
 
 ROUTE_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-TRACK = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+TRACK = re.compile(r"[a-z][a-z0-9-]{0,31}")  # whole names only: see `fullmatch` below
+MAX_WEIGHT = 10_000
+_NOT_NAME = re.compile(r"[^a-z0-9._-]+")
+
+# The JSON Schema of what `Route` accepts (the admin API's document is built from it):
+# the validators below say the same in Python. No string holds NUL (the kit refuses it).
+TRACK_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": portable_pattern(r"^[a-z][a-z0-9-]{0,31}$"),
+}
+SPLIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "weight per track (0..10000); at least one above 0",
+    "propertyNames": TRACK_SCHEMA,
+    "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_WEIGHT},
+    "not": {"additionalProperties": {"const": 0}},
+}
+_PREFIX_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "description": "a path: '/' then segments, none of them '.' or '..', no '?' or '#'",
+    "pattern": portable_pattern(r"^(?:/(?!\.{1,2}(?:/|$))[^/?#\x00]*)+$"),
+}
+ROUTE_SCHEMA_PROPERTIES: dict[str, Any] = {
+    "prefix": _PREFIX_SCHEMA,
+    "upstream": {"type": "string", "pattern": portable_pattern(r"^[^\x00]+$")},
+    "name": {
+        "description": "derived from the prefix when absent, null or empty",
+        "anyOf": [
+            {"type": "string", "pattern": portable_pattern(r"^(?:[a-z0-9][a-z0-9._-]{0,62})?$")},
+            {"type": "null"},
+        ],
+    },
+    "split": {"anyOf": [SPLIT_SCHEMA, {"type": "null"}]},
+    "sticky": {"anyOf": [STICKY_SCHEMA, {"type": "null"}]},
+    "timeout_s": {
+        "anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 300}, {"type": "null"}]
+    },
+    "admin_writes": {"type": "boolean"},
+}
+
+
+def _route_schema(schema: dict[str, Any]) -> None:
+    schema["properties"] = ROUTE_SCHEMA_PROPERTIES
+    schema["required"] = ["prefix", "upstream"]
+    schema["additionalProperties"] = False
+    schema["allOf"] = [  # a sticky route needs a split
+        {
+            "if": {"required": ["sticky"], "properties": {"sticky": {"type": "object"}}},
+            "then": {"required": ["split"], "properties": {"split": {"type": "object"}}},
+        }
+    ]
+
+
+def _integral(value: Any) -> Any:
+    """`5.0` as 5: JSON Schema counts a number with a zero fraction as an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Weight = Annotated[int, BeforeValidator(_integral)]
+"""A track's weight: a JSON integer (strict: never a string or a boolean)."""
+
+
+def derive_name(prefix: str) -> str:
+    """The route name a prefix gives when none is set: `/api/orders` is `api-orders`, `/`
+    is `root`; any character a name may not hold becomes `-`, so every prefix has one."""
+    text = normalize_prefix(prefix).strip("/").lower().replace("/", "-")
+    return _NOT_NAME.sub("-", text).lstrip("._-")[:63] or "root"
+
+
+def check_split(value: dict[str, Weight]) -> dict[str, int]:
+    """Track names and weights of a split, and at least one weight above 0."""
+    for track, weight in value.items():
+        if not TRACK.fullmatch(track):
+            raise ValueError(f"track name {track!r} must match ^{TRACK.pattern}$")
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight of track {track!r} must be 0..{MAX_WEIGHT} (got {weight})")
+    if not any(value.values()):
+        raise ValueError("a split needs at least one track with a weight above 0")
+    return value
 
 
 class Route(BaseModel):
@@ -31,15 +112,20 @@ class Route(BaseModel):
     `split` weighs the upstream's tracks (`{"stable": 90, "canary": 10}`); without it
     every endpoint of the upstream is eligible whatever its track. `sticky` keeps one
     client on one track. `admin_writes` lets only holders of the admin token send
-    anything but GET/HEAD/OPTIONS (the raw KV route). `name` defaults to the prefix.
+    anything but GET/HEAD/OPTIONS (the raw KV route). `name` is derived from the prefix
+    when absent, null or empty (`derive_name`). Types are JSON's as they are (strict: a
+    string is never a number, nor 1 a boolean), so the published schema says exactly what
+    is taken.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, json_schema_extra=_route_schema
+    )
 
     prefix: str
     upstream: str
     name: str = Field(default="", pattern=ROUTE_NAME)
-    split: dict[str, int] | None = None
+    split: dict[str, Weight] | None = None
     sticky: StickyConfig | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=300)
     admin_writes: bool = False
@@ -49,26 +135,16 @@ class Route(BaseModel):
     def _default_name(cls, value: Any) -> Any:
         if (
             isinstance(value, dict)
-            and not value.get("name")
+            and value.get("name") in (None, "")
             and isinstance(value.get("prefix"), str)
         ):
-            derived = normalize_prefix(value["prefix"]).strip("/").replace("/", "-").lower()
-            value = {**value, "name": derived or "root"}
+            value = {**value, "name": derive_name(value["prefix"])}
         return value
 
     @field_validator("split")
     @classmethod
-    def _split_weights(cls, value: dict[str, int] | None) -> dict[str, int] | None:
-        if value is None:
-            return None
-        for track, weight in value.items():
-            if not TRACK.match(track):
-                raise ValueError(f"track name {track!r} must match {TRACK.pattern}")
-            if not 0 <= weight <= 10_000:
-                raise ValueError(f"weight of track {track!r} must be 0..10000 (got {weight})")
-        if not any(value.values()):
-            raise ValueError("a split needs at least one track with a weight above 0")
-        return value
+    def _split_weights(cls, value: dict[str, Weight] | None) -> dict[str, int] | None:
+        return None if value is None else check_split(value)
 
     @model_validator(mode="after")
     def _sticky_needs_split(self) -> Route:

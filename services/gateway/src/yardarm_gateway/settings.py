@@ -6,12 +6,14 @@ message naming the field, instead of surfacing as 404s or 502s later.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 from yardarm_kit import ServiceSettings
+from yardarm_kit.access import read_token
 
 from yardarm_gateway.admission import RateLimitConfig
 from yardarm_gateway.balancer import BalancerConfig
@@ -99,7 +101,15 @@ class UpstreamSpec(UpstreamPolicy):
 
 
 class GatewaySettings(ServiceSettings):
-    """Routes, upstream endpoints and their policies, admission, TLS and the admin API."""
+    """Routes, upstream endpoints and their policies, admission, TLS and the admin API.
+
+    The admin token (`admin_token`, or `admin_token_file` where a secret store mounts
+    it; not both) guards the admin API and the public port's admin-only controls
+    (`x-yardarm-admin-token`). `datastore_token_file` is the gateway's own datastore
+    credential, which only reads the routing document: routing changes are written with
+    the credential of the admin who asked for them. Token files are read once, here, so
+    a missing or empty one stops the process at start naming the field.
+    """
 
     model_config = SettingsConfigDict(env_prefix="YARDARM_GATEWAY_")
 
@@ -113,7 +123,9 @@ class GatewaySettings(ServiceSettings):
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     admin_port: int | None = Field(default=None, ge=0, le=65535)
     admin_token: str | None = Field(default=None, min_length=16)
+    admin_token_file: Path | None = None
     datastore_urls: list[str] = Field(default_factory=list)
+    datastore_token_file: Path | None = None
     config_key: str = "config/gateway/routing"
     config_poll_s: float = Field(default=0.25, gt=0, le=10)
     reuse_port: bool = False
@@ -121,6 +133,8 @@ class GatewaySettings(ServiceSettings):
     # bench/gateway) or aiohttp's. https upstreams always use aiohttp.
     upstream_http: Literal["native", "aiohttp"] = "native"
     max_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    _admin_credential: str | None = PrivateAttr(default=None)
+    _datastore_credential: str | None = PrivateAttr(default=None)
 
     @field_validator("datastore_urls")
     @classmethod
@@ -139,9 +153,42 @@ class GatewaySettings(ServiceSettings):
         check_routes(self.routes, self.tracks())
         return self
 
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("set admin_token or admin_token_file, not both")
+        self._admin_credential = self.admin_token
+        if self.admin_token_file is not None:
+            token = _read_credential("admin_token_file", self.admin_token_file)
+            if len(token) < 16:
+                raise ValueError("admin_token_file: the token must be at least 16 characters")
+            self._admin_credential = token
+        if self.datastore_token_file is not None:
+            self._datastore_credential = _read_credential(
+                "datastore_token_file", self.datastore_token_file
+            )
+        return self
+
+    @property
+    def admin_credential(self) -> str | None:
+        """The admin token, from `admin_token` or `admin_token_file`; None: admin off."""
+        return self._admin_credential
+
+    @property
+    def datastore_credential(self) -> str | None:
+        """The gateway's own datastore token (reads `config/gateway/`), if configured."""
+        return self._datastore_credential
+
     def tracks(self) -> dict[str, set[str]]:
         """The tracks each upstream's endpoints serve."""
         return {
             name: {endpoint.track for endpoint in spec.endpoints}
             for name, spec in self.upstreams.items()
         }
+
+
+def _read_credential(field: str, path: Path) -> str:
+    try:
+        return read_token(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{field}: cannot read a token from {str(path)!r}: {exc}") from None

@@ -19,17 +19,47 @@ the same weights place every key identically.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
+from yardarm_kit.openapi import portable_pattern
+
+# An HTTP token (RFC 9110): what a header or cookie name may be.
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+
+
+_NAME_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": portable_pattern(f"^{TOKEN.pattern}$")},
+        {"type": "null"},
+    ]
+}
+STICKY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "exactly one of a header or a cookie (an HTTP token) carries the key",
+    "additionalProperties": False,
+    "properties": {"header": _NAME_SCHEMA, "cookie": _NAME_SCHEMA},
+    "oneOf": [
+        {"required": ["header"], "properties": {"header": {"type": "string"}}},
+        {"required": ["cookie"], "properties": {"cookie": {"type": "string"}}},
+    ],
+}
+
+
+def _sticky_schema(schema: dict[str, Any]) -> None:
+    schema.update({k: v for k, v in STICKY_SCHEMA.items() if k != "description"})
 
 
 class StickyConfig(BaseModel):
-    """Where the client's sticky key is read: exactly one of a header or a cookie."""
+    """Where the client's sticky key is read: exactly one of a header or a cookie, named
+    by an HTTP token (a name with spaces or separators could never be sent)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, json_schema_extra=_sticky_schema
+    )
 
     header: str | None = None
     cookie: str | None = None
@@ -39,8 +69,11 @@ class StickyConfig(BaseModel):
         if (self.header is None) == (self.cookie is None):
             raise ValueError("sticky needs exactly one of 'header' or 'cookie'")
         for field, value in (("header", self.header), ("cookie", self.cookie)):
-            if value is not None and not value.strip():
-                raise ValueError(f"sticky {field} name must not be empty")
+            if value is not None and not TOKEN.fullmatch(value):
+                raise ValueError(
+                    f"sticky {field} name {value[:40]!r} must be an HTTP token of 1..128 "
+                    "letters, digits or !#$%&'*+.^_`|~-"
+                )
         return self
 
 

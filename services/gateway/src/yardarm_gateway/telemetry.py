@@ -47,7 +47,8 @@ class GatewayTelemetry:
         )
         self.retries = metrics.counter(
             "yardarm_gateway_retries_total",
-            "Retries sent, by the reason of the failed attempt.",
+            "Retries sent, by the reason of the failed attempt; connect_error counts the "
+            "re-routes of refused connections, which need no retry budget.",
             ["upstream", "reason"],
         )
         self.retries_refused = metrics.counter(

@@ -31,7 +31,7 @@ class UpstreamError(Exception):
 
 
 class UpstreamConnectError(UpstreamError):
-    """The TCP connection could not be established: the request was not sent."""
+    """The TCP connection could not be established: the request was not sent at all."""
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -331,17 +331,24 @@ class UpstreamPool:
         reused = conn is not None and (
             method in _REPEATABLE or any(k.lower() == "idempotency-key" for k, _ in headers)
         )
+        unanswered: _ClosedBeforeResponse | None = None
         while True:
             if conn is None:
-                conn = await self._connect(origin, dest, deadline, loop)
+                try:
+                    conn = await self._connect(origin, dest, deadline, loop)
+                except UpstreamConnectError:
+                    if unanswered is not None:  # it was sent once: never "not sent"
+                        raise unanswered from None
+                    raise
             waiter: asyncio.Future[UpstreamResponse] = loop.create_future()
             timer = loop.call_at(deadline, conn.expire)
             conn.send(data, waiter, head)
             try:
                 return await waiter
-            except _ClosedBeforeResponse:
+            except _ClosedBeforeResponse as exc:
                 if not reused:
                     raise
+                unanswered = exc
             finally:
                 timer.cancel()
                 self._checkin(dest, conn, loop)
@@ -350,7 +357,9 @@ class UpstreamPool:
             # request never ran. But an upstream that read the request and died
             # without a word looks the same, so only requests that may run twice
             # (safe methods, or an Idempotency-Key) are sent again, once, and never
-            # after a fresh connection failed; others get UpstreamProtocolError.
+            # after a fresh connection failed; others get UpstreamProtocolError. Should
+            # the new connection be refused, the first failure is raised: the request
+            # went out once, so it is not a refused connection that sent nothing.
             reused = False
             conn = None
 
