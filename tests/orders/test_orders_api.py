@@ -66,6 +66,7 @@ def test_unknown_sku_is_422_pointing_at_the_item(orders_service: OrdersProcess) 
     body = order_body([{"sku": "rope", "quantity": 1}, {"sku": "no-such-sku", "quantity": 1}])
     problem = assert_problem(orders_service.post(body, str(uuid.uuid4())), 422)
     assert fields(problem) == {"items.1.sku"}
+    assert problem["type"] == "urn:yardarm:orders:unknown-sku"
 
 
 async def test_same_key_same_body_is_the_same_order_and_other_body_is_422(
@@ -85,7 +86,8 @@ async def test_same_key_same_body_is_the_same_order_and_other_body_is_422(
     assert again.json()["id"] == order_id
     assert again.headers["Location"] == first.headers["Location"]
 
-    assert_problem(orders_service.post({**body, "customer_id": "someone-else"}, key), 422)
+    reused = assert_problem(orders_service.post({**body, "customer_id": "someone-else"}, key), 422)
+    assert reused["type"] == "urn:yardarm:orders:idempotency-key-reused"
 
     conn = await asyncpg.connect(orders_service.dsn)
     try:
@@ -169,9 +171,10 @@ def test_order_reads_back_with_total_items_trace_and_history(
         assert key in order
 
 
-def test_unknown_and_malformed_order_ids_are_404(orders_service: OrdersProcess) -> None:
+def test_an_unknown_order_id_is_404_and_a_malformed_one_422(orders_service: OrdersProcess) -> None:
     assert_problem(orders_service.get(str(uuid.uuid4())), 404)
-    assert_problem(orders_service.get("not-a-uuid"), 404)
+    problem = assert_problem(orders_service.get("not-a-uuid"), 422)
+    assert fields(problem) == {"path.order_id"}
 
 
 def test_stock_lists_every_page_and_reads_one(orders_service: OrdersProcess) -> None:
@@ -182,4 +185,6 @@ def test_stock_lists_every_page_and_reads_one(orders_service: OrdersProcess) -> 
     one = httpx.get(f"{orders_service.url}/stock/sku-007", timeout=10).json()
     assert one == {"sku": "sku-007", "name": "sku-007 name", "price_cents": 107, "available": 7}
     assert_problem(httpx.get(f"{orders_service.url}/stock/nope", timeout=10), 404)
-    assert_problem(httpx.get(f"{orders_service.url}/stock/..%2F..", timeout=10), 404)
+    # Not an SKU at all (it could never be in the catalog): the parameter is refused.
+    problem = assert_problem(httpx.get(f"{orders_service.url}/stock/..%2F..", timeout=10), 422)
+    assert fields(problem) == {"path.sku"}

@@ -23,9 +23,11 @@ def cancel(service: OrdersProcess, order_id: str) -> httpx.Response:
     return httpx.post(f"{service.url}/orders/{order_id}/cancel", timeout=10)
 
 
-def test_cancelling_an_unknown_order_is_404(orders_service: OrdersProcess) -> None:
+def test_cancelling_an_unknown_order_is_404_and_a_malformed_id_422(
+    orders_service: OrdersProcess,
+) -> None:
     assert_problem(cancel(orders_service, str(uuid.uuid4())), 404)
-    assert_problem(cancel(orders_service, "not-a-uuid"), 404)
+    assert_problem(cancel(orders_service, "not-a-uuid"), 422)
 
 
 async def test_cancel_while_the_saga_runs_is_409_naming_the_state_and_changes_nothing(

@@ -52,18 +52,33 @@ async def _item(pool: asyncpg.Pool, order_id: uuid.UUID) -> store.Reservation:
     return item
 
 
-def _write_as_a_crashed_run(datastore_url: str, key: str, available: int) -> None:
-    """The stock write a run made just before it crashed (its outcome never recorded)."""
-    current = httpx.get(f"{datastore_url}/kv/stock/rope").json()
-    applied = httpx.put(
-        f"{datastore_url}/kv/stock/rope",
-        json={
+async def _crash_mid_write(
+    pool: asyncpg.Pool,
+    datastore_url: str,
+    order_id: uuid.UUID,
+    kind: str,
+    available: int,
+    *,
+    sent: bool,
+) -> None:
+    """What a run does before it crashes: record write number 1 of `kind` with the exact
+    request (a compare-and-set to `available`), then send it (`sent`) or die first."""
+    async with httpx.AsyncClient(base_url=datastore_url, timeout=10) as client:
+        current = (await client.get("/kv/stock/rope")).json()
+        request = {
+            "attempt": 1,
             "value": {**current["value"], "available": available},
             "if_version": current["version"],
-        },
-        headers={"Idempotency-Key": key},
-    )
-    assert applied.status_code == 200, applied.text
+        }
+        async with pool.acquire() as conn:
+            await store.record_attempt(conn, order_id, "rope", kind, 1, request)
+        if sent:
+            applied = await client.put(
+                "/kv/stock/rope",
+                json={"value": request["value"], "if_version": request["if_version"]},
+                headers={"Idempotency-Key": idempotency_key(kind, order_id, "rope", 1)},
+            )
+            assert applied.status_code == 200, applied.text
 
 
 async def test_a_reservation_that_applied_before_a_crash_is_not_applied_again(
@@ -72,9 +87,7 @@ async def test_a_reservation_that_applied_before_a_crash_is_not_applied_again(
     seed_stock(datastore_url, {"rope": (250, 10)})
     order_id = await _claimed_order(pool, "rope", 4)
     # The crashed run: attempt 1 recorded, its write applied, the outcome never recorded.
-    async with pool.acquire() as conn:
-        await store.record_attempt(conn, order_id, "rope", "reserve", 1)
-    _write_as_a_crashed_run(datastore_url, idempotency_key("reserve", order_id, "rope", 1), 6)
+    await _crash_mid_write(pool, datastore_url, order_id, "reserve", 6, sent=True)
     # Stock is now exactly the order's quantity short; a naive re-run would see 6 >= 4
     # and reserve again.
     steps = StockSteps(
@@ -83,7 +96,8 @@ async def test_a_reservation_that_applied_before_a_crash_is_not_applied_again(
     outcome = await steps.reserve(order_id, await _item(pool, order_id), None)
     assert outcome is StockOutcome.RESERVED
     assert stock_available(datastore_url, "rope") == 6
-    assert (await _item(pool, order_id)).state == "reserved"
+    item = await _item(pool, order_id)
+    assert item.state == "reserved" and item.reserve_attempt == 1
 
 
 async def test_a_write_recorded_but_never_sent_is_applied_once_on_the_next_run(
@@ -91,8 +105,7 @@ async def test_a_write_recorded_but_never_sent_is_applied_once_on_the_next_run(
 ) -> None:
     seed_stock(datastore_url, {"rope": (250, 10)})
     order_id = await _claimed_order(pool, "rope", 4)
-    async with pool.acquire() as conn:
-        await store.record_attempt(conn, order_id, "rope", "reserve", 1)
+    await _crash_mid_write(pool, datastore_url, order_id, "reserve", 6, sent=False)
     steps = StockSteps(
         pool, DatastoreClient(http, [datastore_url]), owner="w", lease_s=60, cas_retries=5
     )
@@ -100,14 +113,72 @@ async def test_a_write_recorded_but_never_sent_is_applied_once_on_the_next_run(
         StockOutcome.RESERVED
     )
     assert stock_available(datastore_url, "rope") == 6
-    assert (await _item(pool, order_id)).reserve_attempt == 2
+    # The recorded request itself was sent (and applied): no second write was needed.
+    assert (await _item(pool, order_id)).reserve_attempt == 1
     # and a release after a crash that had already applied it gives back exactly once
-    async with pool.acquire() as conn:
-        await store.record_attempt(conn, order_id, "rope", "release", 1)
-    _write_as_a_crashed_run(datastore_url, idempotency_key("release", order_id, "rope", 1), 10)
+    await _crash_mid_write(pool, datastore_url, order_id, "release", 10, sent=True)
     await steps.release(order_id, await _item(pool, order_id), None)
     assert stock_available(datastore_url, "rope") == 10
     assert (await _item(pool, order_id)).state == "released"
+
+
+async def test_a_recorded_write_overtaken_by_another_writer_is_redone_once(
+    pool: asyncpg.Pool, datastore_url: str, http: HttpClient
+) -> None:
+    """The crashed run's write never arrived and the record moved on since: sending it
+    now is refused (409), so the next run reads again and writes once, with a new key."""
+    seed_stock(datastore_url, {"rope": (250, 10)})
+    order_id = await _claimed_order(pool, "rope", 4)
+    await _crash_mid_write(pool, datastore_url, order_id, "reserve", 6, sent=False)
+    seed_stock(datastore_url, {"rope": (250, 20)})  # another writer restocks meanwhile
+    steps = StockSteps(
+        pool, DatastoreClient(http, [datastore_url]), owner="w", lease_s=60, cas_retries=5
+    )
+    assert await steps.reserve(order_id, await _item(pool, order_id), None) is (
+        StockOutcome.RESERVED
+    )
+    assert stock_available(datastore_url, "rope") == 16
+    assert (await _item(pool, order_id)).reserve_attempt == 2
+
+
+async def test_an_attempt_a_previous_version_recorded_is_probed_not_answered_by_an_older_request(
+    pool: asyncpg.Pool, datastore_url: str, http: HttpClient
+) -> None:
+    """A previous version records attempt numbers without requests, so the request on the
+    row may be an older attempt's: it is never sent under the newer attempt's key."""
+    seed_stock(datastore_url, {"rope": (250, 10)})
+    order_id = await _claimed_order(pool, "rope", 4)
+    await _crash_mid_write(pool, datastore_url, order_id, "reserve", 6, sent=False)
+    async with pool.acquire() as conn:  # the previous version's attempt 2, never sent
+        await conn.execute("UPDATE reservations SET reserve_attempt = 2")
+    steps = StockSteps(
+        pool, DatastoreClient(http, [datastore_url]), owner="w", lease_s=60, cas_retries=5
+    )
+    assert await steps.reserve(order_id, await _item(pool, order_id), None) is (
+        StockOutcome.RESERVED
+    )
+    assert stock_available(datastore_url, "rope") == 6
+    assert (await _item(pool, order_id)).reserve_attempt == 3  # probed, then written anew
+
+
+async def test_an_applied_attempt_a_previous_version_recorded_is_not_applied_again(
+    pool: asyncpg.Pool, datastore_url: str, http: HttpClient
+) -> None:
+    """The probe of a previous version's attempt reuses its key with another request:
+    the datastore refuses that as a reused key, which only an applied write leaves."""
+    seed_stock(datastore_url, {"rope": (250, 10)})
+    order_id = await _claimed_order(pool, "rope", 4)
+    await _crash_mid_write(pool, datastore_url, order_id, "reserve", 6, sent=True)
+    async with pool.acquire() as conn:  # a previous version recorded no request
+        await conn.execute("UPDATE reservations SET reserve_request = NULL")
+    steps = StockSteps(
+        pool, DatastoreClient(http, [datastore_url]), owner="w", lease_s=60, cas_retries=5
+    )
+    assert await steps.reserve(order_id, await _item(pool, order_id), None) is (
+        StockOutcome.RESERVED
+    )
+    assert stock_available(datastore_url, "rope") == 6  # reserved once, not twice
+    assert (await _item(pool, order_id)).reserve_attempt == 1
 
 
 async def test_a_worker_whose_lease_was_taken_cannot_record_progress(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from yardarm_orders.saga.worker import SagaWorker
 from tests.orders.test_orders_store import new_order, saga_metrics
 
 SAGAS = 6
+POLL_S = 0.05
 
 
 class GatedSteps(StockSteps):
@@ -58,17 +60,21 @@ async def _run(pool: asyncpg.Pool, concurrency: int) -> GatedSteps:
     engine = SagaEngine(order_saga(), CommandWriter(2), metrics, log)
     worker = SagaWorker(
         pool, steps, engine, owner=f"w-{uuid.uuid4().hex[:6]}", lease_s=30.0,
-        poll_interval_s=0.05, metrics=metrics, tracer=TracerProvider().get_tracer("t"),
+        poll_interval_s=POLL_S, metrics=metrics, tracer=TracerProvider().get_tracer("t"),
         log=log, on_outbox=lambda: None, concurrency=concurrency,
     )  # fmt: skip
     await worker.start()
     try:
-        # Every loop claims within a few poll intervals; wait well past that.
+        # Every loop claims within a few poll intervals: the allowed ones did so in
+        # `reached_s`; one beyond the bound would claim as fast, so wait well past both.
+        started = time.monotonic()
         for _ in range(100):
             if len(steps.running) >= min(concurrency, SAGAS):
                 break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # a loop beyond the bound would have claimed by now
+            await asyncio.sleep(POLL_S)
+        reached_s = time.monotonic() - started
+        assert len(steps.running) == min(concurrency, SAGAS), steps.running
+        await asyncio.sleep(max(10 * POLL_S, 3 * reached_s))
         steps.gate.set()
         for _ in range(200):
             async with pool.acquire() as conn:

@@ -52,7 +52,7 @@ class Fulfillment:
         self.service.add_readiness_check("nats", self._nats_ready)
         self.service.on_startup(self._start)
         self.service.on_shutdown(self._stop)
-        ledger_api.add_routes(self.service.app, lambda: self.pool)
+        ledger_api.add_routes(self.service.api, lambda: self.pool)
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -1,33 +1,98 @@
-"""Read-only HTTP views of the ledgers, for people and tests checking what happened."""
+"""Read-only HTTP views of the ledgers, for people and tests checking what happened.
+
+Both operations are registered with their OpenAPI description; every answer is built by
+the model the document declares (`extra="forbid"`, every field required, nullable ones
+marked), so the document is exactly what clients receive.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
-from yardarm_kit import Problem
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from yardarm_kit import ApiSpec, Param, Problem, Reply, params_of
 
 MAX_SAGA_ID_LENGTH = 200
+TAGS = ("ledgers",)
+# Saga ids are whatever the commands carried (the orders saga uses the order's UUID);
+# the view takes any text a ledger row can hold: 1-200 characters without U+0000
+# (which Postgres text refuses, and the kit refuses in a URL).
+SagaId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_SAGA_ID_LENGTH, pattern=r"^[^\u0000]{1,200}$"),
+]
+SAGA_ID = Param(
+    "saga_id",
+    "path",
+    SagaId,
+    f"the saga's id as its commands carried it (1 to {MAX_SAGA_ID_LENGTH} characters; "
+    "the orders saga's id is its order's id)",
+)
 
 
-def _saga_id(request: web.Request) -> str:
-    saga_id = request.match_info["saga_id"]
-    if len(saga_id) > MAX_SAGA_ID_LENGTH:
-        raise Problem(400, "Invalid saga id", f"a saga id has at most {MAX_SAGA_ID_LENGTH} chars")
-    return saga_id
+class _View(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def _iso(value: Any) -> str | None:
-    return None if value is None else str(value.isoformat())
+class PaymentEntry(_View):
+    """One ledger row: a charge (charged or declined) or a refund."""
+
+    id: UUID
+    order_id: str
+    kind: Literal["charge", "refund"]
+    amount_cents: int = Field(ge=0)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    card_last4: str | None = Field(description="null for a refund with nothing charged")
+    status: Literal["charged", "declined", "refunded"]
+    reason: str | None
+    refund_of: UUID | None = Field(description="the charge a refund returned money for")
+    created_at: datetime
 
 
-def add_routes(app: web.Application, pool: Callable[[], asyncpg.Pool]) -> None:
+class PaymentsView(_View):
+    """`GET /payments/{saga_id}`: the saga's ledger rows, oldest first."""
+
+    saga_id: str
+    entries: list[PaymentEntry] = Field(min_length=1)
+
+
+class ShippedItem(_View):
+    sku: str
+    quantity: int = Field(ge=1)
+
+
+class ShipmentView(_View):
+    """`GET /shipments/{saga_id}`: the saga's one shipment."""
+
+    saga_id: str
+    order_id: str
+    shipment_id: UUID
+    status: Literal["scheduled", "failed", "cancelled"]
+    reason: str | None
+    items: list[ShippedItem] | None = Field(
+        description="null for a shipment cancelled before it was scheduled"
+    )
+    customer_id: str | None = Field(
+        description="null for a shipment cancelled before it was scheduled"
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+def _json(view: BaseModel) -> web.Response:
+    return web.json_response(view.model_dump(mode="json"))
+
+
+def add_routes(api: ApiSpec, pool: Callable[[], asyncpg.Pool]) -> None:
     """`GET /payments/{saga_id}` and `GET /shipments/{saga_id}`; 404 problem when none."""
 
     async def payments(request: web.Request) -> web.Response:
-        saga_id = _saga_id(request)
+        saga_id: str = params_of(request)["saga_id"]
         rows = await pool().fetch(
             """
             SELECT id, order_id, kind, amount_cents, currency, card_last4, status, reason,
@@ -38,25 +103,11 @@ def add_routes(app: web.Application, pool: Callable[[], asyncpg.Pool]) -> None:
         )
         if not rows:
             raise Problem(404, "No payments", f"no payment is recorded for saga {saga_id}")
-        entries = [
-            {
-                "id": str(row["id"]),
-                "order_id": row["order_id"],
-                "kind": row["kind"],
-                "amount_cents": row["amount_cents"],
-                "currency": row["currency"],
-                "card_last4": row["card_last4"],
-                "status": row["status"],
-                "reason": row["reason"],
-                "refund_of": None if row["refund_of"] is None else str(row["refund_of"]),
-                "created_at": _iso(row["created_at"]),
-            }
-            for row in rows
-        ]
-        return web.json_response({"saga_id": saga_id, "entries": entries})
+        entries = [PaymentEntry.model_validate(dict(row)) for row in rows]
+        return _json(PaymentsView(saga_id=saga_id, entries=entries))
 
     async def shipment(request: web.Request) -> web.Response:
-        saga_id = _saga_id(request)
+        saga_id: str = params_of(request)["saga_id"]
         row = await pool().fetchrow(
             """
             SELECT order_id, shipment_id, status, reason, items, customer_id, created_at,
@@ -67,19 +118,24 @@ def add_routes(app: web.Application, pool: Callable[[], asyncpg.Pool]) -> None:
         )
         if row is None:
             raise Problem(404, "No shipment", f"no shipment is recorded for saga {saga_id}")
-        return web.json_response(
-            {
-                "saga_id": saga_id,
-                "order_id": row["order_id"],
-                "shipment_id": str(row["shipment_id"]),
-                "status": row["status"],
-                "reason": row["reason"],
-                "items": row["items"],
-                "customer_id": row["customer_id"],
-                "created_at": _iso(row["created_at"]),
-                "updated_at": _iso(row["updated_at"]),
-            }
-        )
+        fields: dict[str, Any] = dict(row)
+        return _json(ShipmentView(saga_id=saga_id, **fields))
 
-    app.router.add_get("/payments/{saga_id}", payments)
-    app.router.add_get("/shipments/{saga_id}", shipment)
+    api.add(
+        "GET", "/payments/{saga_id}", payments, operation_id="getPayments", tags=TAGS,
+        summary="The payment ledger of one saga (charges, declines, refunds)",
+        params=[SAGA_ID],
+        responses={
+            200: Reply("the saga's ledger rows, oldest first", PaymentsView),
+            404: Reply.error("no payment is recorded for this saga"),
+        },
+    )  # fmt: skip
+    api.add(
+        "GET", "/shipments/{saga_id}", shipment, operation_id="getShipment", tags=TAGS,
+        summary="The shipment of one saga",
+        params=[SAGA_ID],
+        responses={
+            200: Reply("the saga's shipment", ShipmentView),
+            404: Reply.error("no shipment is recorded for this saga"),
+        },
+    )  # fmt: skip

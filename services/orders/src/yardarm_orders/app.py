@@ -12,15 +12,16 @@ import uuid
 from dataclasses import dataclass
 
 import asyncpg
-from aiohttp import web
 from nats.aio.client import Client as NATS
 from yardarm_kit import Service
+from yardarm_kit.access import read_token
 from yardarm_kit.consumer import ConsumerMetrics, InboxConsumer
 from yardarm_kit.datastore_client import DatastoreClient
 from yardarm_kit.messaging import connect, ensure_streams
 from yardarm_kit.outbox import OutboxRelay
 from yardarm_kit.postgres import create_pool, migrate
 
+from yardarm_orders import orders_api, stock_api
 from yardarm_orders.orders_api import OrdersApi
 from yardarm_orders.outbox import forget_cards
 from yardarm_orders.saga.commands import CommandWriter
@@ -62,12 +63,8 @@ class OrdersService:
         self.owner = f"{settings.instance}:{uuid.uuid4().hex[:8]}"
         self.migrated = False
         self._running: _Running | None = None
-        app = self.service.app
-        app.router.add_post("/orders", self._create_order)
-        app.router.add_get("/orders/{order_id}", self._get_order)
-        app.router.add_post("/orders/{order_id}/cancel", self._cancel_order)
-        app.router.add_get("/stock", self._list_stock)
-        app.router.add_get("/stock/{sku}", self._get_stock)
+        orders_api.add_routes(self.service.api, lambda: self.running.orders)
+        stock_api.add_routes(self.service.api, lambda: self.running.stock)
         self.service.on_startup(self._start)
         self.service.on_shutdown(self._stop)
         self.service.add_readiness_check("postgres", self._postgres_ready)
@@ -80,21 +77,6 @@ class OrdersService:
             raise RuntimeError("the orders service has not started")
         return self._running
 
-    async def _create_order(self, request: web.Request) -> web.Response:
-        return await self.running.orders.create(request)
-
-    async def _get_order(self, request: web.Request) -> web.Response:
-        return await self.running.orders.get(request)
-
-    async def _cancel_order(self, request: web.Request) -> web.Response:
-        return await self.running.orders.cancel(request)
-
-    async def _list_stock(self, request: web.Request) -> web.Response:
-        return await self.running.stock.list(request)
-
-    async def _get_stock(self, request: web.Request) -> web.Response:
-        return await self.running.stock.get(request)
-
     async def _start(self) -> None:
         s = self.settings
         log = self.service.log
@@ -105,8 +87,17 @@ class OrdersService:
         log.info("migrations applied: %s", ", ".join(applied) or "none needed")
         nc, js = await connect(s.nats_url, s.instance)
         await ensure_streams(js)
+        token = None if s.datastore_token_file is None else read_token(s.datastore_token_file)
+        if token is None:
+            log.warning(
+                "no YARDARM_ORDERS_DATASTORE_TOKEN_FILE: datastore requests carry no credential",
+                extra={"event": "datastore_unauthenticated"},
+            )
         datastore = DatastoreClient(
-            self.service.http_client("datastore"), s.datastore_urls, timeout_s=s.datastore_timeout_s
+            self.service.http_client("datastore"),
+            s.datastore_urls,
+            timeout_s=s.datastore_timeout_s,
+            token=token,
         )
         relay = OutboxRelay(
             pool,
@@ -157,11 +148,12 @@ class OrdersService:
                 pool,
                 datastore,
                 engine,
+                log=log,
                 on_created=worker.nudge,
                 on_outbox=relay.nudge,
                 in_flight_wait_ms=s.in_flight_wait_ms,
             ),
-            stock=StockApi(datastore),
+            stock=StockApi(datastore, log),
             worker=worker,
             relay=relay,
             consumer=consumer,

@@ -1,68 +1,107 @@
-"""`POST /orders`, `GET /orders/{id}` and `POST /orders/{id}/cancel`.
+"""`POST /orders`, `GET /orders/{order_id}` and `POST /orders/{order_id}/cancel`.
 
 Creating validates, prices and starts the saga exactly once per Idempotency-Key. Cancel
 honours the saga's semantic lock: while a saga runs on the order (forward or
 compensating) nothing else may change it, so a cancel then is 409 naming the state; a
 confirmed order is cancelled by compensating every step (cancel the shipment, refund,
 release the stock), which runs as a saga of its own.
+
+`add_routes` registers the operations with their OpenAPI description; the parameters
+and the body are validated by the kit before a handler runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
 from opentelemetry import trace
-from pydantic import ValidationError
-from yardarm_kit import Problem, parse_json
+from pydantic import BeforeValidator, StringConstraints, ValidationError
+from yardarm_kit import ApiSpec, Header, Param, Problem, Reply, params_of, parse_json
 from yardarm_kit.datastore_client import DatastoreClient, DatastoreUnavailable
 from yardarm_kit.messaging import current_traceparent
 from yardarm_kit.telemetry import current_trace_ids
 
 from yardarm_orders import order_store
-from yardarm_orders.order_store import InFlight, KeyedOrder, NewOrder, OrderView, SagaView
+from yardarm_orders.datastore import UNAVAILABLE, unavailable
+from yardarm_orders.documents import OrderAccepted, OrderDocument
+from yardarm_orders.order_store import InFlight, KeyedOrder, NewOrder
 from yardarm_orders.payloads import OrderRequest, StockItem
 from yardarm_orders.saga import store as saga_store
-from yardarm_orders.saga.definition import CANCEL_REASON, RUNNING_STATES, SagaState, Trigger
+from yardarm_orders.saga.definition import (
+    CANCEL_REASON,
+    RUNNING_STATES,
+    OrderStatus,
+    SagaState,
+    Trigger,
+)
 from yardarm_orders.saga.engine import SagaEngine
 from yardarm_orders.saga.stock_steps import stock_key
 from yardarm_orders.saga.store import SagaRow
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
-_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[\x21-\x7e]{1,255}$"),
+]
+# The refusals of a well-formed order that depend on live data or earlier requests, so
+# no schema can state them; clients (and the fuzzer) tell them apart by these types.
+UNKNOWN_SKU_TYPE = "urn:yardarm:orders:unknown-sku"
+KEY_REUSED_TYPE = "urn:yardarm:orders:idempotency-key-reused"
 # A 409 on a running saga suggests retrying by its deadline, at most this far out.
 MAX_RETRY_AFTER_S = 30
 
+TAGS = ("orders",)
+_RETRY_AFTER = Header("seconds to wait before retrying", required=True)
+_LOCATION = Header("the order's URL, `/orders/{order_id}`", required=True)
+_UUID_TEXT = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
-def _idempotency_key(request: web.Request) -> str:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if not key:
-        raise Problem(
-            400,
-            "Idempotency-Key required",
-            "send an Idempotency-Key header (1 to 255 visible ASCII characters, e.g. a UUID) "
-            "so a retried request cannot create a second order",
-        )
-    if len(key) > MAX_KEY_LENGTH or not _PRINTABLE.match(key):
-        raise Problem(
-            400,
-            "Invalid Idempotency-Key",
-            "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
-        )
-    return key
+
+def _hyphenated(value: object) -> object:
+    """Only the form `format: uuid` names; pydantic alone would also take braces, a
+    `urn:uuid:` prefix or 32 bare hex digits."""
+    if isinstance(value, str) and not _UUID_TEXT.match(value):
+        raise ValueError("must be a UUID in its hyphenated form (8-4-4-4-12 hex digits)")
+    return value
+
+
+OrderId = Annotated[uuid.UUID, BeforeValidator(_hyphenated)]
+ORDER_ID = Param(
+    "order_id",
+    "path",
+    OrderId,
+    "the order's id, a UUID as `POST /orders` returned it; anything else is a 422",
+)
+IDEMPOTENCY_KEY = Param(
+    IDEMPOTENCY_HEADER,
+    "header",
+    IdempotencyKey,
+    "1 to 255 visible ASCII characters (e.g. a UUID) naming this order: a retry with the "
+    "same key and body answers with the same order, never a second one",
+    required=True,
+)
+# Stateful links: an accepted order can be read and cancelled.
+ORDER_LINKS = {
+    "GetOrder": {"operationId": "getOrder", "parameters": {"order_id": "$response.body#/id"}},
+    "CancelOrder": {
+        "operationId": "cancelOrder",
+        "parameters": {"order_id": "$response.body#/id"},
+    },
+}
 
 
 def _accepted(order: KeyedOrder) -> web.Response:
+    body = OrderAccepted(id=order.order_id, status=OrderStatus(order.status))
     return web.json_response(
-        {"id": str(order.order_id), "status": order.status},
+        body.model_dump(mode="json"),
         status=202,
         headers={"Location": f"/orders/{order.order_id}"},
     )
@@ -75,52 +114,14 @@ def _replay(existing: KeyedOrder, request_hash: str) -> web.Response:
             "Idempotency-Key reused",
             "this Idempotency-Key was already used for a different request body; "
             "use a new key for a new order",
+            type=KEY_REUSED_TYPE,
         )
     return _accepted(existing)
 
 
-def _iso(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat()
-
-
-def _saga_document(saga: SagaView | None) -> dict[str, Any] | None:
-    if saga is None:
-        return None
-    return {
-        "state": saga.state,
-        "step": saga.step,
-        "step_started_at": saga.step_started_at.isoformat(),
-        "deadline_at": _iso(saga.deadline_at),
-        "attempts": saga.attempts,
-    }
-
-
-def order_document(order: OrderView) -> dict[str, Any]:
-    """The JSON shape of `GET /orders/{id}`."""
-    return {
-        "id": str(order.id),
-        "customer_id": order.customer_id,
-        "status": order.status,
-        "reason": order.reason,
-        "items": order.items,
-        "total_cents": order.total_cents,
-        "currency": order.currency,
-        "card_last4": order.card_last4,
-        "trace_id": order.trace_id,
-        "created_at": order.created_at.isoformat(),
-        "updated_at": order.updated_at.isoformat(),
-        "history": [
-            {
-                "step": entry.step,
-                "outcome": entry.outcome,
-                "detail": entry.detail,
-                "trace_id": entry.trace_id,
-                "at": entry.at.isoformat(),
-            }
-            for entry in order.history
-        ],
-        "saga": _saga_document(order.saga),
-    }
+def _document(order: order_store.OrderView, status: int = 200, **headers: str) -> web.Response:
+    body = OrderDocument.of(order).model_dump(mode="json")
+    return web.json_response(body, status=status, headers=headers or None)
 
 
 class OrdersApi:
@@ -130,6 +131,7 @@ class OrdersApi:
         datastore: DatastoreClient,
         engine: SagaEngine,
         *,
+        log: logging.Logger,
         on_created: Callable[[], None],
         on_outbox: Callable[[], None],
         in_flight_wait_ms: int,
@@ -137,17 +139,13 @@ class OrdersApi:
         self._pool = pool
         self._datastore = datastore
         self._engine = engine
+        self._log = log
         self._on_created = on_created
         self._on_outbox = on_outbox
         self._in_flight_wait_ms = in_flight_wait_ms
 
-    def register(self, app: web.Application) -> None:
-        app.router.add_post("/orders", self.create)
-        app.router.add_get("/orders/{order_id}", self.get)
-        app.router.add_post("/orders/{order_id}/cancel", self.cancel)
-
     async def create(self, request: web.Request) -> web.Response:
-        key = _idempotency_key(request)
+        key: str = params_of(request)[IDEMPOTENCY_HEADER]
         body = await parse_json(request, OrderRequest)
         request_hash = body.request_hash()
         async with self._pool.acquire() as conn:
@@ -199,12 +197,7 @@ class OrdersApi:
                 *(self._datastore.get(stock_key(item.sku)) for item in merged)
             )
         except DatastoreUnavailable as exc:
-            raise Problem(
-                503,
-                "Stock unavailable",
-                f"the stock service could not be reached; retry shortly ({exc})",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise unavailable(self._log, exc, "pricing an order") from None
         stock: dict[str, StockItem] = {}
         for item, record in zip(merged, records, strict=True):
             if record is None or not isinstance(record.value, dict):
@@ -224,6 +217,7 @@ class OrdersApi:
                 "Unknown SKU",
                 "the order names SKUs that are not in the catalog (GET /stock lists them)",
                 errors=errors,
+                type=UNKNOWN_SKU_TYPE,
             )
         return [
             {
@@ -236,24 +230,24 @@ class OrdersApi:
         ]
 
     async def get(self, request: web.Request) -> web.Response:
-        order_id = _order_id(request)
+        order_id: uuid.UUID = params_of(request)["order_id"]
         async with self._pool.acquire() as conn:
             order = await order_store.get(conn, order_id, self._engine.saga)
         if order is None:
-            raise _not_found(request)
-        return web.json_response(order_document(order))
+            raise _not_found(order_id)
+        return _document(order)
 
     async def cancel(self, request: web.Request) -> web.Response:
         """202 when compensation of a confirmed order starts, 200 when it is cancelled
         already, 409 while a saga runs on it, 404 for an unknown order."""
-        order_id = _order_id(request)
+        order_id: uuid.UUID = params_of(request)["order_id"]
         trace.get_current_span().set_attribute("order.id", str(order_id))
         applied = None
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 saga = await saga_store.lock_saga(conn, order_id)
                 if saga is None:
-                    raise _not_found(request)
+                    raise _not_found(order_id)
                 if saga.state in RUNNING_STATES:
                     raise self._locked(saga)
                 if saga.state is SagaState.CONFIRMED:
@@ -263,13 +257,11 @@ class OrdersApi:
             order = await order_store.get(conn, order_id, self._engine.saga)
         assert order is not None  # the saga row, locked above, references it
         if applied is None:
-            return web.json_response(order_document(order))
+            return _document(order)
         self._engine.observe(applied)
         if applied.wrote_outbox:
             self._on_outbox()
-        return web.json_response(
-            order_document(order), status=202, headers={"Location": f"/orders/{order_id}"}
-        )
+        return _document(order, 202, Location=f"/orders/{order_id}")
 
     def _locked(self, saga: SagaRow) -> Problem:
         phase = self._engine.saga.phase(saga.state)
@@ -288,13 +280,76 @@ class OrdersApi:
         )
 
 
-def _order_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["order_id"])
-    except ValueError:
-        raise _not_found(request) from None
+def _not_found(order_id: uuid.UUID) -> Problem:
+    return Problem(404, "Order not found", f"no order with id {order_id}")
 
 
-def _not_found(request: web.Request) -> Problem:
-    raw = request.match_info["order_id"]
-    return Problem(404, "Order not found", f"no order with id {raw!r}")
+def add_routes(api: ApiSpec, orders: Callable[[], OrdersApi]) -> None:
+    """Register the orders operations; `orders()` is the started replica's `OrdersApi`."""
+
+    async def create(request: web.Request) -> web.Response:
+        return await orders().create(request)
+
+    async def get(request: web.Request) -> web.Response:
+        return await orders().get(request)
+
+    async def cancel(request: web.Request) -> web.Response:
+        return await orders().cancel(request)
+
+    not_found = Reply.error("no order has this id")
+    api.add(
+        "POST", "/orders", create, operation_id="createOrder", tags=TAGS,
+        summary="Place an order (once per Idempotency-Key)",
+        description=(
+            "Validates and prices the order, then starts its saga (reserve stock, charge, "
+            "ship). Lines naming one SKU are merged; the merged quantity may be at most "
+            "1000 like any line's."
+        ),
+        body=OrderRequest, params=[IDEMPOTENCY_KEY],
+        responses={
+            202: Reply(
+                "accepted: the saga runs; the same key and body answer with the same order",
+                OrderAccepted, headers={"Location": _LOCATION}, links=ORDER_LINKS,
+            ),
+            400: Reply.error(
+                "the body is not JSON this API takes (malformed, nested too deep, a number "
+                "out of range), or the Idempotency-Key header is missing or invalid"
+            ),
+            409: Reply.error(
+                "an order with this Idempotency-Key is being created right now",
+                **{"Retry-After": _RETRY_AFTER},
+            ),
+            422: Reply.error(
+                "the body does not validate (`errors` names each field; one SKU's lines "
+                "totalling more than 1000 name each such `items.N.quantity`), a line names "
+                f"an SKU not in the catalog (type `{UNKNOWN_SKU_TYPE}`, `errors` naming each "
+                f"`items.N.sku`), or the Idempotency-Key was used for another body (type "
+                f"`{KEY_REUSED_TYPE}`)"
+            ),
+            503: UNAVAILABLE,
+        },
+    )  # fmt: skip
+    api.add(
+        "GET", "/orders/{order_id}", get, operation_id="getOrder", tags=TAGS,
+        summary="An order with its history and saga",
+        params=[ORDER_ID],
+        responses={200: Reply("the order", OrderDocument), 404: not_found},
+    )  # fmt: skip
+    api.add(
+        "POST", "/orders/{order_id}/cancel", cancel, operation_id="cancelOrder", tags=TAGS,
+        summary="Cancel a confirmed order (compensates every step)",
+        params=[ORDER_ID],
+        responses={
+            200: Reply("the order was cancelled already; nothing changed", OrderDocument),
+            202: Reply(
+                "compensation started; the order is PENDING until it ends CANCELLED",
+                OrderDocument, headers={"Location": _LOCATION},
+            ),
+            404: not_found,
+            409: Reply.error(
+                "a saga runs on the order (the semantic lock); the problem's `state` and "
+                "`step` say which, Retry-After when it should be done",
+                **{"Retry-After": _RETRY_AFTER},
+            ),
+        },
+    )  # fmt: skip

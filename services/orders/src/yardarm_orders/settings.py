@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from yardarm_kit import ServiceSettings
@@ -25,6 +27,10 @@ class OrdersSettings(ServiceSettings):
     # it writes, so pool_max_size must leave room for the API and the consumer).
     worker_concurrency: int = Field(default=8, ge=1, le=64)
     datastore_timeout_s: float = Field(default=5.0, gt=0)
+    # The credential sent to the datastore (`Authorization: Bearer`), read at start-up
+    # from this file (the control plane renders `<home>/credentials/orders.token`).
+    # None: requests carry none, which only a datastore without access control accepts.
+    datastore_token_file: Path | None = None
     # Compare-and-set retries per SKU within one run of a stock step.
     cas_retries: int = Field(default=8, ge=1)
     retry_base_s: float = Field(default=0.5, gt=0)

@@ -2,10 +2,20 @@
 
 Each write is a compare-and-set on the stock record's version, retried on conflict a
 bounded number of times, and carries an Idempotency-Key. The number of the write about
-to be sent is committed first (`reserve_attempt` / `release_attempt`), so after a crash
-the next run asks the datastore whether that write applied, by repeating its key with a
-version that cannot match: a replayed success means it did, anything else means it did
-not. Neither a reservation nor a release is ever applied twice, and none is lost.
+to be sent and the exact request (`{"attempt", "value", "if_version"}`) are committed
+first (`reserve_attempt` / `reserve_request`, likewise for release), so a run that finds
+an attempt whose outcome it never saw sends that identical request again under the same
+key: the datastore replays it if it applied, applies it now if it never arrived and the
+version still matches, and refuses it (409) if the record moved on, when the step reads
+again and writes anew. Neither a reservation nor a release is ever applied twice, and
+none is lost. (The datastore refuses a key reused for another request, so only the
+identical request can ask.)
+
+An attempt recorded by a previous version has no request of its number; it is probed as
+that version did, by repeating its key with a version that cannot match: a datastore
+that matches replays by key alone replays it, one that binds keys to requests refuses
+it as a reused key (422); either answer means the attempt applied.
+
 """
 
 from __future__ import annotations
@@ -84,7 +94,15 @@ class StockSteps:
         key = stock_key(item.sku)
         done = StockOutcome.RESERVED if kind == "reserve" else StockOutcome.RELEASED
         attempt = item.reserve_attempt if kind == "reserve" else item.release_attempt
-        unsure = attempt > 0  # an earlier run started a write whose outcome we never saw
+        sent = item.reserve_request if kind == "reserve" else item.release_request
+        if sent is not None and sent.get("attempt") != attempt:
+            sent = None  # a previous version recorded this attempt (and no request)
+        # An earlier run started write number `attempt` and never saw its outcome.
+        unsure = attempt > 0
+        if unsure and sent is not None:
+            if await self._send(key, sent, idempotency_key(kind, order_id, item.sku, attempt)):
+                return done
+            unsure = False  # it never applied and now cannot: write anew
         for _ in range(self._cas_retries):
             record = await self._datastore.get(key)
             if record is None:
@@ -99,19 +117,27 @@ class StockSteps:
             if stock.available + delta < 0:
                 return StockOutcome.INSUFFICIENT
             attempt += 1
+            request: dict[str, Any] = {
+                "attempt": attempt,
+                "value": {**record.value, "available": stock.available + delta},
+                "if_version": record.version,
+            }
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.hold_lease(conn, order_id, self._owner, self._lease_s)
-                await store.record_attempt(conn, order_id, item.sku, kind, attempt)
-            value: dict[str, Any] = {**record.value, "available": stock.available + delta}
-            result = await self._datastore.put(
-                key,
-                value,
-                if_version=record.version,
-                idempotency_key=idempotency_key(kind, order_id, item.sku, attempt),
-            )
-            if result.applied:
+                await store.record_attempt(conn, order_id, item.sku, kind, attempt, request)
+            if await self._send(key, request, idempotency_key(kind, order_id, item.sku, attempt)):
                 return done
         raise Contended(f"{kind} {item.sku}: {self._cas_retries} compare-and-set attempts lost")
+
+    async def _send(self, key: str, request: dict[str, Any], idempotency: str) -> bool:
+        """Send a recorded write; True when it applied (now, or earlier: a replay)."""
+        result = await self._datastore.put(
+            key,
+            request["value"],
+            if_version=int(request["if_version"]),
+            idempotency_key=idempotency,
+        )
+        return result.applied
 
     async def _applied_before(
         self, record: KvRecord, kind: str, order_id: UUID, sku: str, attempt: int
@@ -122,7 +148,9 @@ class StockSteps:
             if_version=record.version + PROBE_VERSION_OFFSET,
             idempotency_key=idempotency_key(kind, order_id, sku, attempt),
         )
-        return probe.applied and probe.replayed
+        # A datastore that binds keys to requests refuses the probe (another request
+        # under a recorded key), and records keys only for writes it applied: so did it.
+        return (probe.applied and probe.replayed) or probe.key_reused
 
     async def _mark(
         self,

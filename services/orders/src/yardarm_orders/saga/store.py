@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -43,6 +44,10 @@ class Reservation:
     state: str  # pending | reserved | released
     reserve_attempt: int
     release_attempt: int
+    # The datastore write of the last attempt, `{"attempt", "value", "if_version"}` (None
+    # before the first; of an older attempt when a previous version recorded the last).
+    reserve_request: dict[str, Any] | None = None
+    release_request: dict[str, Any] | None = None
 
 
 _SAGA_COLUMNS = """
@@ -169,8 +174,8 @@ async def hold_lease(conn: Connection, order_id: UUID, owner: str, lease_s: floa
 
 async def reservations(conn: Connection, order_id: UUID) -> list[Reservation]:
     rows = await conn.fetch(
-        "SELECT sku, quantity, state, reserve_attempt, release_attempt FROM reservations"
-        " WHERE order_id = $1 ORDER BY sku",
+        "SELECT sku, quantity, state, reserve_attempt, release_attempt, reserve_request,"
+        " release_request FROM reservations WHERE order_id = $1 ORDER BY sku",
         order_id,
     )
     return [
@@ -180,21 +185,32 @@ async def reservations(conn: Connection, order_id: UUID) -> list[Reservation]:
             state=row["state"],
             reserve_attempt=row["reserve_attempt"],
             release_attempt=row["release_attempt"],
+            reserve_request=row["reserve_request"],
+            release_request=row["release_request"],
         )
         for row in rows
     ]
 
 
 async def record_attempt(
-    conn: Connection, order_id: UUID, sku: str, kind: str, attempt: int
+    conn: Connection,
+    order_id: UUID,
+    sku: str,
+    kind: str,
+    attempt: int,
+    request: dict[str, Any],
 ) -> None:
-    """Note that datastore write number `attempt` of `kind` (reserve/release) is starting."""
-    column = {"reserve": "reserve_attempt", "release": "release_attempt"}[kind]
+    """Note that datastore write number `attempt` of `kind` (reserve/release) is starting,
+    and exactly what it sends (`{"attempt", "value", "if_version"}`)."""
+    if kind not in ("reserve", "release"):
+        raise ValueError(f"unknown stock write {kind!r}")
     await conn.execute(
-        f"UPDATE reservations SET {column} = $3 WHERE order_id = $1 AND sku = $2",
+        f"UPDATE reservations SET {kind}_attempt = $3, {kind}_request = $4"
+        " WHERE order_id = $1 AND sku = $2",
         order_id,
         sku,
         attempt,
+        request,
     )
 
 

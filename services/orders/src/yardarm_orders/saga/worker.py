@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 import asyncpg
 from opentelemetry import trace
-from yardarm_kit.datastore_client import DatastoreUnavailable
+from yardarm_kit.datastore_client import DatastoreRefused, DatastoreUnavailable
 from yardarm_kit.lifecycle import finish_task
 
+from yardarm_orders.datastore import log_failure
 from yardarm_orders.saga import store
 from yardarm_orders.saga.definition import RUNNING_STATES, SagaState, Trigger
 from yardarm_orders.saga.engine import Applied, SagaEngine
@@ -124,6 +125,8 @@ class SagaWorker:
                     extra={"order_id": str(saga.order_id), "state": saga.state.value},
                 )
             except (DatastoreUnavailable, Contended) as exc:
+                if isinstance(exc, DatastoreRefused):
+                    log_failure(self._log, exc, f"running {saga.state.value}")
                 await self._retry_later(saga, str(exc))
         return True
 
