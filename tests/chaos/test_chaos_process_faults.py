@@ -148,7 +148,11 @@ def test_processes_that_cannot_be_trusted_are_left_alone(sleepers: Sleepers) -> 
     sleepers.procs["gone-0"].wait()
     assert fault(controller, action="resume", target="gone-0").status_code == 409
 
-    time.sleep(0.2)
+    # A positive control: a trusted instance killed after those refusals is seen dead, so
+    # a signal the refused requests had sent would have landed by now as well.
+    sleepers.start("witness-0")
+    assert fault(controller, action="kill", target="witness-0").status_code == 200
+    assert sleepers.procs["witness-0"].wait(timeout=10) == -signal.SIGKILL
     for name in ("stranger-0", "starting-0"):
         assert sleepers.procs[name].poll() is None
         assert sleepers.status(name) != psutil.STATUS_STOPPED

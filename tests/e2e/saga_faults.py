@@ -44,13 +44,31 @@ def _service(instance: str) -> str:
     return instance.rsplit("-", 1)[0]
 
 
+def pid_of(home: Path, instance: str) -> int | None:
+    """The instance's pid as the supervisor recorded it in state.json."""
+    return next((s.pid for s in control.read_status(home) if s.name == instance), None)
+
+
+def proc_state(pid: int | None) -> str | None:
+    """The kernel's state letter for `pid` (T: stopped, Z: not yet reaped); None: gone."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 @dataclass(frozen=True)
 class Kill:
-    """One SIGKILL: when (seconds since the faults started), whom, and the sagas in flight."""
+    """One SIGKILL: when (seconds since the faults started), whom, the sagas in flight,
+    and the pid the supervisor had recorded for the victim just before."""
 
     at_s: float
     target: str
     in_flight: int
+    pid: int | None
 
 
 class ProcessKiller:
@@ -123,12 +141,13 @@ class ProcessKiller:
             return
         target = self._rng.choice(eligible)
         in_flight = await self._in_flight()
+        pid = await asyncio.to_thread(pid_of, self._home, target)
         try:
             await asyncio.to_thread(send_fault, self._home, "kill", target)
         except ChaosClientError as exc:  # restarting at this very moment: next time
             self.refused.append(f"{target}: {exc.message}")
             return
-        self.kills.append(Kill(round(time.monotonic() - started, 1), target, in_flight))
+        self.kills.append(Kill(round(time.monotonic() - started, 1), target, in_flight, pid))
         services = {_service(t) for t in self._targets}
         if (
             len(self.kills) >= self._min_kills
@@ -148,8 +167,10 @@ class Pause:
     # From the resume until the service had taken every message waiting for it (None:
     # not within the bound); the killer spared it until then.
     caught_up_s: float | None
-    # What the controller listed as paused while they were held.
+    # What the controller listed as paused while they were held, and which of them the
+    # kernel showed stopped (state T in /proc) then.
     listed: tuple[str, ...]
+    stopped: tuple[str, ...]
     # Sagas waiting on the paused service, order id -> saga state, read `read_s` after
     # the last replica stopped.
     in_step: Mapping[str, str]
@@ -231,6 +252,8 @@ async def pause_together(
             read_s = time.monotonic() - stopped_at
             state = await asyncio.to_thread(fetch_state, home)
             listed = tuple(sorted(str(row["instance"]) for row in state["paused"]))
+            pids = {t: await asyncio.to_thread(pid_of, home, t) for t in targets}
+            stopped = tuple(sorted(t for t, pid in pids.items() if proc_state(pid) == "T"))
             await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - stopped_at)))
         finally:
             resumed_at = time.monotonic()
@@ -246,6 +269,7 @@ async def pause_together(
         held_s=round(resumed_at - stopped_at, 1),
         caught_up_s=None if recovered is None else round(recovered, 1),
         listed=listed,
+        stopped=stopped,
         in_step=caught,
         read_s=round(read_s, 1),
     )

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tests.e2e.saga_faults import Poison
+from tests.e2e.saga_workload import PlannedOrder
 
 TERMINAL = frozenset({"CONFIRMED", "CANCELLED"})
 # Saga states waiting on a fulfillment reply to go forward.
@@ -26,6 +27,8 @@ REMOTE_STEPS = ("CHARGING", "SHIPPING")
 # The history entry of a step timeout, and of a command sent again for want of a reply.
 TIMEOUT_STEP, APPLIED, RESENT = "step.timeout", "applied", "resent"
 TIMED_OUT = "timed out"
+# How a stock step's failure reads in the order's reason (the SKU follows the first).
+STOCK_SHORT, STOCK_BUSY = "insufficient stock for ", "stock could not be reserved"
 DLQ_REASON_HEADER = "yardarm-dlq-reason"
 DLQ_SUBJECT_HEADER = "yardarm-dlq-subject"
 SHOWN = 8  # violations quoted per rule; the count says how many there were
@@ -39,6 +42,7 @@ class OrderRow:
     reason: str | None
     items: Mapping[str, int]
     total_cents: int
+    card_last4: str
     saga_state: str | None
 
 
@@ -91,7 +95,7 @@ async def read_orders(pool: asyncpg.Pool) -> list[OrderRow]:
     rows = await pool.fetch(
         """
         SELECT o.id::text AS id, o.customer_id, o.status, o.reason, o.items::text AS items,
-               o.total_cents, s.state AS saga_state
+               o.total_cents, o.card_last4, s.state AS saga_state
           FROM orders o LEFT JOIN sagas s ON s.order_id = o.id
         """
     )
@@ -108,6 +112,7 @@ async def read_orders(pool: asyncpg.Pool) -> list[OrderRow]:
                 reason=row["reason"],
                 items=dict(quantities),
                 total_cents=int(row["total_cents"]),
+                card_last4=row["card_last4"],
                 saga_state=row["saga_state"],
             )
         )
@@ -207,62 +212,161 @@ def check_terminal(orders: Sequence[OrderRow]) -> list[str]:
     return _report(bad)
 
 
-def check_stock(
-    initial: Mapping[str, int], available: Mapping[str, int], orders: Sequence[OrderRow]
-) -> list[str]:
-    """Per SKU: initial stock == what is left + what CONFIRMED orders took."""
-    taken: Counter[str] = Counter()
+def _by_customer(orders: Sequence[OrderRow]) -> dict[str, list[OrderRow]]:
+    rows: dict[str, list[OrderRow]] = defaultdict(list)
     for order in orders:
+        rows[order.customer_id].append(order)
+    return rows
+
+
+def _placed(
+    planned: Sequence[PlannedOrder], ids: Mapping[str, str], orders: Sequence[OrderRow]
+) -> list[tuple[PlannedOrder, OrderRow]]:
+    """Each accepted plan entry with the order its placement was given, where stored."""
+    by_id = {o.id: o for o in orders}
+    return [(p, by_id[ids[p.key]]) for p in planned if ids.get(p.key) in by_id]
+
+
+def check_exactly_once(
+    planned: Sequence[PlannedOrder], ids: Mapping[str, str], orders: Sequence[OrderRow]
+) -> list[str]:
+    """Each accepted plan entry is exactly one order, the one its placement was given,
+    and every stored order belongs to a plan entry.
+
+    Orders are matched to the plan by customer id (one per entry), not through the
+    service's idempotency table, so a second order made for one entry (a retry that
+    escaped its Idempotency-Key, a create applied twice) shows up.
+    """
+    rows = _by_customer(orders)
+    known = {p.customer_id for p in planned}
+    bad = []
+    for entry in planned:
+        found = sorted(o.id for o in rows.get(entry.customer_id, []))
+        expected = [ids[entry.key]] if entry.key in ids else []
+        if found != expected:
+            bad.append(f"plan entry {entry.key}: stored orders {found}, placed {expected}")
+    bad += [
+        f"order {o.id}: customer {o.customer_id} belongs to no plan entry"
+        for o in orders
+        if o.customer_id not in known
+    ]
+    return _report(bad)
+
+
+def check_recorded_as_planned(
+    planned: Sequence[PlannedOrder],
+    ids: Mapping[str, str],
+    orders: Sequence[OrderRow],
+    prices: Mapping[str, int],
+) -> list[str]:
+    """Each order holds its plan entry's card, items, and the total of the seeded prices."""
+    bad = []
+    for entry, order in _placed(planned, ids, orders):
+        if order.card_last4 != entry.card[-4:]:
+            bad.append(
+                f"order {order.id} ({entry.key}): card ..{order.card_last4}, planned {entry.card}"
+            )
+        if dict(order.items) != entry.quantities():
+            bad.append(
+                f"order {order.id} ({entry.key}): items {dict(order.items)}, "
+                f"planned {entry.quantities()}"
+            )
+        if order.total_cents != entry.amount_cents(prices):
+            bad.append(
+                f"order {order.id} ({entry.key}): total {order.total_cents}, the plan costs "
+                f"{entry.amount_cents(prices)}"
+            )
+    return _report(bad)
+
+
+def check_stock(
+    initial: Mapping[str, int],
+    available: Mapping[str, int],
+    planned: Sequence[PlannedOrder],
+    ids: Mapping[str, str],
+    orders: Sequence[OrderRow],
+) -> list[str]:
+    """Per SKU: seeded stock == what is left + what the CONFIRMED plan entries ordered.
+
+    The quantities are the plan's, not the items the service stored, so an order stored
+    with other items, or stock kept by a cancelled or a duplicate order, breaks the sum.
+    """
+    taken: Counter[str] = Counter()
+    for entry, order in _placed(planned, ids, orders):
         if order.status == "CONFIRMED":
-            taken.update(order.items)
+            taken.update(entry.quantities())
     bad = [
-        f"{sku}: initial {initial[sku]} != available {available[sku]} + confirmed {taken[sku]}"
+        f"{sku}: seeded {initial[sku]} != available {available[sku]} + confirmed by plan "
+        f"{taken[sku]}"
         for sku in sorted(initial)
         if initial[sku] != available[sku] + taken[sku]
     ]
     return _report(bad)
 
 
-def check_ledger(
+def check_money(
+    planned: Sequence[PlannedOrder],
     orders: Sequence[OrderRow],
     payments: Sequence[PaymentRow],
     shipments: Mapping[str, str],
+    prices: Mapping[str, int],
 ) -> list[str]:
-    """Money and shipments agree with each order's outcome.
+    """The payment ledger and the shipments (fulfillment's own records) agree with the
+    plan and with each outcome.
 
-    At most one successful charge per saga; a CANCELLED order keeps no money (charged
-    minus refunded is zero) and ships nothing; a CONFIRMED order was charged its total
-    and has a scheduled shipment.
+    Per plan entry, over every order stored for it (duplicates included): at most one
+    successful charge, of what the planned items cost at the seeded prices, and at most
+    one scheduled shipment. A CONFIRMED order keeps exactly that charge, has no refund and
+    a scheduled shipment; a CANCELLED one was refunded what it was charged and ships
+    nothing; a declined card is never charged; an oversized order never gets as far as
+    payment. Ledger rows of sagas no stored order owns are violations too.
     """
-    charged: dict[str, list[int]] = defaultdict(list)
-    refunded: dict[str, int] = defaultdict(int)
+    by_saga: dict[str, list[PaymentRow]] = defaultdict(list)
     for p in payments:
-        if p.kind == "charge" and p.status == "charged":
-            charged[p.saga_id].append(p.amount_cents)
-        elif p.kind == "refund":
-            refunded[p.saga_id] += p.amount_cents
-    bad = [f"saga {saga}: {len(amounts)} charges" for saga, amounts in charged.items()
-           if len(amounts) > 1]  # fmt: skip
-    for order in orders:
-        taken = sum(charged.get(order.id, []))
-        if order.status == "CANCELLED":
-            if taken - refunded.get(order.id, 0) != 0:
-                bad.append(
-                    f"cancelled order {order.id}: charged {taken}, refunded "
-                    f"{refunded.get(order.id, 0)} ({order.reason})"
-                )
-            if shipments.get(order.id) == "scheduled":
-                bad.append(f"cancelled order {order.id}: shipment still scheduled")
-        elif order.status == "CONFIRMED":
-            if charged.get(order.id) != [order.total_cents]:
-                bad.append(
-                    f"confirmed order {order.id}: charges {charged.get(order.id)}, "
-                    f"total {order.total_cents}"
-                )
-            if refunded.get(order.id, 0):
-                bad.append(f"confirmed order {order.id}: refunded {refunded[order.id]}")
-            if shipments.get(order.id) != "scheduled":
-                bad.append(f"confirmed order {order.id}: shipment {shipments.get(order.id)}")
+        by_saga[p.saga_id].append(p)
+    rows = _by_customer(orders)
+    bad = []
+    for entry in planned:
+        mine = rows.get(entry.customer_id, [])
+        sagas = [o.id for o in mine]
+        ledger = [p for saga in sagas for p in by_saga.get(saga, [])]
+        charges = [p.amount_cents for p in ledger if p.kind == "charge" and p.status == "charged"]
+        refunded = sum(p.amount_cents for p in ledger if p.kind == "refund")
+        scheduled = [s for s in sagas if shipments.get(s) == "scheduled"]
+        amount = entry.amount_cents(prices)
+        label = f"{entry.kind} entry {entry.key} (orders {sagas})"
+        if len(charges) > 1:
+            bad.append(f"{label}: charged {len(charges)} times: {charges}")
+        if any(c != amount for c in charges):
+            bad.append(f"{label}: charged {charges}, the planned items cost {amount}")
+        if len(scheduled) > 1:
+            bad.append(f"{label}: {len(scheduled)} shipments scheduled")
+        if entry.kind == "declined" and charges:
+            bad.append(f"{label}: declined card charged {charges}")
+        if entry.kind == "oversized" and ledger:
+            bad.append(f"{label}: more than any stock, yet reached payment: {ledger}")
+        for order in mine:
+            if order.status == "CONFIRMED":
+                if charges != [amount] or refunded:
+                    bad.append(
+                        f"{label}: confirmed with charges {charges}, refunded {refunded}, "
+                        f"planned {amount}"
+                    )
+                if shipments.get(order.id) != "scheduled":
+                    bad.append(f"{label}: confirmed, shipment {shipments.get(order.id)}")
+            elif order.status == "CANCELLED":
+                if refunded != sum(charges):
+                    bad.append(
+                        f"{label}: cancelled ({order.reason}), charged {charges}, refunded "
+                        f"{refunded}"
+                    )
+                if order.id in scheduled:
+                    bad.append(f"{label}: cancelled, shipment still scheduled")
+    owned = {o.id for o in orders}
+    bad += [
+        f"ledger rows for saga {saga}, which no stored order owns: {by_saga[saga]}"
+        for saga in sorted(set(by_saga) - owned)
+    ]
     return _report(bad)
 
 
@@ -279,18 +383,35 @@ def check_untouched(
 
 
 def check_outcomes(
-    orders: Sequence[OrderRow], expected_cancelled: Mapping[str, Iterable[str]]
+    planned: Sequence[PlannedOrder],
+    ids: Mapping[str, str],
+    orders: Sequence[OrderRow],
+    contended: Iterable[str],
 ) -> list[str]:
-    """Orders whose inputs forbid success (declined card, unserviceable address, more
-    than any stock) all ended CANCELLED."""
-    status = {o.id: o for o in orders}
+    """Each order ends in a state its plan entry allows.
+
+    An entry that cannot succeed (declined card, `noship-` customer, more than any stock)
+    ends CANCELLED. An `ok` entry ends CONFIRMED, or CANCELLED by a step timeout (the
+    pause, a crash) or by stock; short stock only for one of its own SKUs that the plan
+    wants more of than was seeded, as no other SKU can ever run short.
+    """
+    short_skus = set(contended)
     bad = []
-    for why, ids in expected_cancelled.items():
-        for order_id in ids:
-            order = status.get(order_id)
-            if order is None or order.status != "CANCELLED":
-                state = None if order is None else order.status
-                bad.append(f"{why} order {order_id}: {state}, expected CANCELLED")
+    for entry, order in _placed(planned, ids, orders):
+        label = f"{entry.kind} order {order.id} ({entry.key})"
+        if entry.kind != "ok":
+            if order.status != "CANCELLED":
+                bad.append(f"{label}: {order.status}, expected CANCELLED")
+            continue
+        reason = order.reason or ""
+        if order.status == "CONFIRMED" or TIMED_OUT in reason or reason.startswith(STOCK_BUSY):
+            continue
+        if reason.startswith(STOCK_SHORT):
+            sku = reason.removeprefix(STOCK_SHORT)
+            if sku not in entry.quantities() or sku not in short_skus:
+                bad.append(f"{label}: {reason!r}, but the plan cannot run {sku} short")
+            continue
+        bad.append(f"{label}: {order.status} ({reason!r}), expected CONFIRMED")
     return _report(bad)
 
 
@@ -342,16 +463,6 @@ def cancel_reasons(orders: Sequence[OrderRow]) -> Counter[str]:
         )  # fmt: skip
         kinds[kind] += 1
     return kinds
-
-
-def compensated(history: Mapping[str, Sequence[tuple[str, str]]], word: str) -> set[str]:
-    """Orders whose history records a step naming `word` (refund, release) taking effect."""
-    skipped = {"ignored", "duplicate", "failed", "retry", "resent"}
-    return {
-        order_id
-        for order_id, steps in history.items()
-        if any(word in step.lower() and outcome not in skipped for step, outcome in steps)
-    }
 
 
 def timed_out(orders: Sequence[OrderRow]) -> dict[str, str]:

@@ -63,6 +63,17 @@ class PlannedOrder:
             "payment": {"card": self.card},
         }
 
+    def quantities(self) -> dict[str, int]:
+        """Units per SKU, lines naming one SKU merged (as the orders API merges them)."""
+        merged: Counter[str] = Counter()
+        for sku, qty in self.items:
+            merged[sku] += qty
+        return dict(merged)
+
+    def amount_cents(self, prices: Mapping[str, int]) -> int:
+        """What a charge for this order must take, from the seeded catalog prices."""
+        return sum(prices[sku] * qty for sku, qty in self.quantities().items())
+
 
 # How often orders pick each SKU of the catalog, in its order.
 SKU_WEIGHTS = (4, 3, 3, 1)
@@ -114,9 +125,46 @@ def plan_orders(run: str, count: int, skus: list[Sku], rng: random.Random) -> li
     return planned
 
 
-async def seed(datastore_url: str, skus: list[Sku]) -> dict[str, int]:
+def contended(orders: list[PlannedOrder], skus: list[Sku]) -> set[str]:
+    """SKUs the plan wants more of than was seeded: the only ones an order can find short.
+
+    Every order but an oversized one may hold its units for a while (a declined or
+    unserviceable one gives them back), so all of them count; an oversized order never
+    reserves anything (its single line is above every stock level).
+    """
+    demand: Counter[str] = Counter()
+    for order in orders:
+        if order.kind != "oversized":
+            demand.update(order.quantities())
+    return {s.sku for s in skus if demand[s.sku] > s.available}
+
+
+def confirmable(orders: list[PlannedOrder], skus: list[Sku]) -> set[str]:
+    """Plan keys of the `ok` orders the seeded stock covers, taken in plan order.
+
+    Clients place orders roughly in plan order and everything that is not `ok` gives
+    its units back, so this is about how many orders a run without faults confirms.
+    """
+    left = {s.sku: s.available for s in skus}
+    fits = set()
+    for order in orders:
+        wanted = order.quantities()
+        if order.kind == "ok" and all(left[sku] >= qty for sku, qty in wanted.items()):
+            for sku, qty in wanted.items():
+                left[sku] -= qty
+            fits.add(order.key)
+    return fits
+
+
+def _datastore(url: str, token: str) -> httpx.AsyncClient:
+    """A client for the stack's datastore with a credential that may use `stock/`."""
+    auth = {"Authorization": f"Bearer {token}"}
+    return httpx.AsyncClient(base_url=url, timeout=10, trust_env=False, headers=auth)
+
+
+async def seed(datastore_url: str, token: str, skus: list[Sku]) -> dict[str, int]:
     """Create the SKUs (each must be new); their initial quantities."""
-    async with httpx.AsyncClient(base_url=datastore_url, timeout=10, trust_env=False) as http:
+    async with _datastore(datastore_url, token) as http:
         for item in skus:
             value = {
                 "sku": item.sku,
@@ -131,10 +179,10 @@ async def seed(datastore_url: str, skus: list[Sku]) -> dict[str, int]:
     return {item.sku: item.available for item in skus}
 
 
-async def available(datastore_url: str, skus: list[str]) -> dict[str, int]:
+async def available(datastore_url: str, token: str, skus: list[str]) -> dict[str, int]:
     """Each SKU's stock, read linearizably (the datastore's default)."""
     found = {}
-    async with httpx.AsyncClient(base_url=datastore_url, timeout=10, trust_env=False) as http:
+    async with _datastore(datastore_url, token) as http:
         for sku in skus:
             response = await http.get(f"/kv/stock/{sku}", params={"consistency": "linearizable"})
             assert response.status_code == 200, response.text
@@ -222,17 +270,3 @@ async def place_all(
 
         await asyncio.gather(*(client() for _ in range(clients)))
     return result
-
-
-def by_kind(orders: list[PlannedOrder], placement: Placement) -> Mapping[Kind, set[str]]:
-    """Order ids grouped by the outcome their inputs aimed at."""
-    groups: dict[Kind, set[str]] = {
-        "ok": set(),
-        "declined": set(),
-        "noship": set(),
-        "oversized": set(),
-    }
-    for order in orders:
-        if order.key in placement.ids:
-            groups[order.kind].add(placement.ids[order.key])
-    return groups

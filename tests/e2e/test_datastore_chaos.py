@@ -6,27 +6,43 @@ controller through the same client `yardarm chaos` uses (a process start per fau
 eat the window): SIGKILL of the leader (the supervisor restarts it), a paused follower, a
 partitioned leader, slow links. `yardarm chaos status` and `heal` run as real commands.
 The recorded history is checked with the Wing-Gong/Lowe search.
+
+That the faults took effect is observed by the test itself, never taken from the
+controller's counters: a killed leader's pid is replaced in state.json and the group's
+term rises; a paused follower is in state T in /proc and a request to it stalls until
+it is resumed; a partitioned leader's commit index stands still while the majority
+elects a leader in a higher term and commits past it; writes through a delayed replica
+take at least two delayed hops longer than before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
 import pytest
 from yardarm_datastore.linearizability import Operation, OpName, check_history
+from yardarm_datastore.settings import DatastoreSettings
 
 from tests.e2e.test_stack_e2e import Stack, _start, _stop, pick_base_port
 from yardarm.chaos.client import ChaosClientError, send_fault
+from yardarm.credentials import StackCredentials
+from yardarm.local import control
+from yardarm.local.supervisor import Timings
 
 pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
 
 SCALE = float(os.environ.get("YARDARM_TEST_SCALE", "1"))
 DURATION_S = 20.0 * SCALE
@@ -34,6 +50,25 @@ CLIENTS = 6
 KEYS = [f"lin/{i}" for i in range(10)]
 MAX_OPS_PER_KEY = 180
 REQUEST_TIMEOUT_S = 2.0
+
+# The group's timing: the stack runs the datastore with its default settings.
+_TIMING = DatastoreSettings.model_fields
+TICK_S = float(_TIMING["tick_s"].default)
+HEARTBEAT_S = TICK_S * int(_TIMING["heartbeat_ticks"].default)
+ELECTION_S = TICK_S * int(_TIMING["election_ticks"].default)  # a follower waits [E, 2E)
+COMMIT_TIMEOUT_S = float(_TIMING["commit_timeout_s"].default)
+# A live replica answers its status far within an election timeout; a paused one never.
+STATUS_TIMEOUT_S = ELECTION_S
+# A fault shows its effect within the longest election timeout (ten times over, for two
+# busy cores), after a supervisor restart at its longest backoff.
+OBSERVE_BOUND_S = Timings().backoff_max + 10 * 2 * ELECTION_S
+# How long each fault lasts.
+PAUSE_S, PARTITION_S, DELAY_HOLD_S = 1.5, 2.0, 1.5
+# Well above the noise of a write on two busy cores (50-150 ms under the clients' load),
+# well below an election timeout, so the leader keeps leading through it.
+DELAY_MS, JITTER_MS = 150, 50
+# Writes timed before and during the delay, on a key the clients leave alone.
+PROBE_WRITES, PROBE_KEY = 5, "probe/latency"
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +86,52 @@ def _replicas(stack: Stack) -> list[str]:
     return [f"http://127.0.0.1:{stack.base_port + 10 + i}" for i in range(3)]
 
 
+def _admin(stack: Stack) -> dict[str, str]:
+    """The stack's admin credential: the datastore answers nobody without one."""
+    return {"Authorization": f"Bearer {StackCredentials(stack.home).token('admin')}"}
+
+
+def _datastore(
+    stack: Stack, method: str, url: str, path: str, timeout: float, **kwargs: Any
+) -> httpx.Response:
+    """A direct call of this module's own to one replica (status reads, probe writes)."""
+    return httpx.request(
+        method, f"{url}{path}", timeout=timeout, trust_env=False, headers=_admin(stack), **kwargs
+    )
+
+
+def _raft_status(
+    stack: Stack, url: str, timeout: float = STATUS_TIMEOUT_S
+) -> dict[str, Any] | None:
+    """A replica's `/raft/status`, or None when it does not answer within `timeout`."""
+    try:
+        response = _datastore(stack, "GET", url, "/raft/status", timeout)
+        response.raise_for_status()
+        status: dict[str, Any] = response.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return status
+
+
+def _stalls(stack: Stack, url: str) -> bool:
+    """The replica takes the connection (the kernel does) but does not answer in time."""
+    try:
+        _datastore(stack, "GET", url, "/raft/status", STATUS_TIMEOUT_S)
+    except httpx.ReadTimeout:
+        return True
+    except httpx.HTTPError:
+        return False
+    return False
+
+
 def _leader(stack: Stack, timeout: float = 30.0) -> int:
     """The index (0-based, as in `datastore-<i>`) of the replica the group agrees leads."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen = set()
+        seen: set[Any] = set()
         for url in _replicas(stack):
-            try:
-                seen.add(httpx.get(f"{url}/raft/status", timeout=1).json()["leader"])
-            except (httpx.HTTPError, ValueError, KeyError):
-                seen.add(None)
+            status = _raft_status(stack, url)
+            seen.add(None if status is None else status.get("leader"))
         if len(seen) == 1 and None not in seen and 0 not in seen:
             return int(seen.pop()) - 1
         time.sleep(0.1)
@@ -144,58 +215,191 @@ async def _client(
             await asyncio.sleep(0.02)
 
 
-def _faults(stack: Stack, until: float) -> list[str]:
-    """Run the fault schedule until `until`; the faults injected."""
-    done: list[str] = []
-    schedule = ["kill-leader", "pause-follower", "partition-leader", "delay", "kill-leader"]
+@dataclass(frozen=True)
+class Seen:
+    """One injected fault and what the test itself observed of it (`ok`: the effect)."""
+
+    fault: str
+    target: str
+    ok: bool
+    detail: str
+
+
+def _pid(stack: Stack, instance: str) -> int | None:
+    """The instance's pid as the supervisor recorded it in state.json."""
+    return next((s.pid for s in control.read_status(stack.home) if s.name == instance), None)
+
+
+def _proc_state(pid: int | None) -> str | None:
+    """The kernel's state letter for `pid` (T: stopped, Z: not yet reaped); None: gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, TypeError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _poll(check: Callable[[], T | None], bound_s: float = OBSERVE_BOUND_S) -> T | None:
+    """`check()` every heartbeat until it returns something, at most `bound_s`."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        found = check()
+        if found is not None or time.monotonic() > deadline:
+            return found
+        time.sleep(HEARTBEAT_S)
+
+
+def _terms(stack: Stack, urls: list[str]) -> list[int]:
+    statuses = [_raft_status(stack, url) for url in urls]
+    return [int(s["term"]) for s in statuses if s is not None]
+
+
+def _kill_leader(stack: Stack, leader: int) -> Seen:
+    """Kill the leader: its process is replaced and the group elects in a higher term."""
+    urls, target = _replicas(stack), f"datastore-{leader}"
+    pid, term = _pid(stack, target), max(_terms(stack, urls), default=0)
+    send_fault(stack.home, "kill", target)
+
+    def replaced() -> tuple[int, int | None] | None:
+        new_pid, terms = _pid(stack, target), _terms(stack, urls)
+        gone = _proc_state(pid) in (None, "Z")
+        if gone and new_pid not in (None, pid) and max(terms, default=0) > term:
+            return max(terms), new_pid
+        return None
+
+    after = _poll(replaced)
+    detail = f"pid {pid}, term {term}; after: term and pid {after}"
+    return Seen("kill-leader", target, after is not None, detail)
+
+
+def _pause_follower(stack: Stack, leader: int) -> Seen | None:
+    """Pause a follower for PAUSE_S: the kernel shows it stopped, a request to it stalls,
+    and it answers again once resumed. None when neither follower could be paused."""
+    for other in (1, 2):
+        index = (leader + other) % 3
+        target, url = f"datastore-{index}", _replicas(stack)[index]
+        pid = _pid(stack, target)
+        try:
+            send_fault(stack.home, "pause", target)
+        except ChaosClientError:  # the supervisor is still restarting it (409)
+            continue
+        break
+    else:
+        return None
+    started = time.monotonic()
+    stopped = _poll(lambda: True if _proc_state(pid) == "T" else None, PAUSE_S) is not None
+    stalled = _stalls(stack, url)
+    time.sleep(max(0.0, PAUSE_S - (time.monotonic() - started)))
+    send_fault(stack.home, "resume", target)
+    answers = _poll(lambda: _raft_status(stack, url)) is not None
+    state = _proc_state(pid)
+    detail = f"pid {pid} stopped {stopped}, stalled {stalled}, answers after resume {answers}"
+    return Seen("pause-follower", target, stopped and stalled and answers and state != "T", detail)
+
+
+def _partition_leader(stack: Stack, leader: int) -> Seen:
+    """Cut the leader off for at least PARTITION_S: the majority elects a leader in a
+    higher term and commits past the cut-off replica, whose commit index stands still."""
+    urls, target = _replicas(stack), f"datastore-{leader}"
+    isolated, majority = urls[leader], [u for i, u in enumerate(urls) if i != leader]
+    send_fault(stack.home, "partition", target)
+    started = time.monotonic()
+    time.sleep(2 * HEARTBEAT_S)  # what was on its way before the cut has landed
+    before = _raft_status(stack, isolated)
+
+    def moved_on() -> dict[str, Any] | None:
+        now = _raft_status(stack, isolated)
+        if before is None or now is None:
+            return None
+        for status in filter(None, (_raft_status(stack, url) for url in majority)):
+            if (
+                status["role"] == "leader"
+                and status["term"] > before["term"]
+                and status["commit"] > now["commit"]
+            ):
+                return status
+        return None
+
+    ahead = _poll(moved_on)
+    time.sleep(max(0.0, PARTITION_S - (time.monotonic() - started)))
+    after = _raft_status(stack, isolated)
+    send_fault(stack.home, "heal", target)
+    stood_still = before is not None and after is not None and after["commit"] == before["commit"]
+    detail = (
+        f"cut off: commit {before and before['commit']} -> {after and after['commit']}; "
+        f"majority: {ahead and {k: ahead[k] for k in ('id', 'term', 'commit')}}"
+    )
+    return Seen("partition-leader", target, ahead is not None and stood_still, detail)
+
+
+def _timed_write(stack: Stack, url: str, n: int) -> float | None:
+    """Seconds one write through `url` took to be acknowledged (None: no success)."""
+    started = time.monotonic()
+    try:
+        response = _datastore(
+            stack, "PUT", url, f"/kv/{PROBE_KEY}", COMMIT_TIMEOUT_S, json={"value": n}
+        )
+    except httpx.HTTPError:
+        return None
+    return time.monotonic() - started if response.status_code in (200, 201) else None
+
+
+def _delay_leader(stack: Stack, leader: int) -> Seen:
+    """Slow the leader's links: writes through it take at least two delayed hops longer.
+
+    A write the leader takes needs a follower's acknowledgement (out and back across its
+    links); one a follower takes goes to the leader and its entry comes back the same
+    way. Each hop is held at least DELAY_MS - JITTER_MS.
+    """
+    urls, target = _replicas(stack), f"datastore-{leader}"
+    fast = [
+        t
+        for t in (_timed_write(stack, urls[leader], n) for n in range(PROBE_WRITES))
+        if t is not None
+    ]
+    send_fault(stack.home, "delay", target, ms=DELAY_MS, jitter_ms=JITTER_MS)
+    started = time.monotonic()
+    slow = [
+        t
+        for t in (_timed_write(stack, urls[leader], n) for n in range(PROBE_WRITES))
+        if t is not None
+    ]
+    time.sleep(max(0.0, DELAY_HOLD_S - (time.monotonic() - started)))
+    send_fault(stack.home, "delay", target, ms=0)
+    hop_s = (DELAY_MS - JITTER_MS) / 1000
+    ok = (
+        len(fast) >= PROBE_WRITES // 2
+        and len(slow) >= PROBE_WRITES // 2
+        and min(slow) >= 2 * hop_s
+        and statistics.median(slow) - statistics.median(fast) >= hop_s
+    )
+    detail = (
+        f"write latency ms before {[round(t * 1000) for t in fast]}, "
+        f"delayed {[round(t * 1000) for t in slow]}"
+    )
+    return Seen("delay", target, ok, detail)
+
+
+FAULTS: dict[str, Callable[[Stack, int], Seen | None]] = {
+    "kill-leader": _kill_leader,
+    "pause-follower": _pause_follower,
+    "partition-leader": _partition_leader,
+    "delay": _delay_leader,
+}
+SCHEDULE = ("kill-leader", "pause-follower", "partition-leader", "delay", "kill-leader")
+
+
+def _faults(stack: Stack, until: float) -> list[Seen]:
+    """Run the fault schedule until `until` and until every kind of fault ran once."""
+    seen: list[Seen] = []
     for step in range(100):
-        if time.monotonic() > until:
+        if time.monotonic() > until and {s.fault for s in seen} >= set(FAULTS):
             break
-        fault = schedule[step % len(schedule)]
         time.sleep(0.8)
-        leader = _leader(stack)
-        target = f"datastore-{leader}"
-        follower = f"datastore-{(leader + 1) % 3}"
-        if fault == "kill-leader":
-            send_fault(stack.home, "kill", target)
-        elif fault == "pause-follower":
-            # A replica the supervisor is still restarting cannot be paused (409): take
-            # the other follower then.
-            for other in (1, 2):
-                follower = f"datastore-{(leader + other) % 3}"
-                try:
-                    send_fault(stack.home, "pause", follower)
-                    break
-                except ChaosClientError:
-                    continue
-            else:
-                continue
-            time.sleep(1.5)
-            send_fault(stack.home, "resume", follower)
-        elif fault == "partition-leader":
-            send_fault(stack.home, "partition", target)
-            time.sleep(2.0)
-            send_fault(stack.home, "heal", target)
-        else:
-            send_fault(stack.home, "delay", target, ms=60, jitter_ms=30)
-            time.sleep(1.5)
-            send_fault(stack.home, "delay", target, ms=0)
-        done.append(f"{fault} {target if fault != 'pause-follower' else follower}")
-    return done
-
-
-def _terms(stack: Stack) -> list[int]:
-    return [int(httpx.get(f"{u}/raft/status", timeout=5).json()["term"]) for u in _replicas(stack)]
-
-
-def _fault_counts(stack: Stack) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{stack.base_port + 49}/metrics", timeout=5).text
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("yardarm_chaos_faults_total{"):
-            action = line.split('action="', 1)[1].split('"', 1)[0]
-            counts[action] = counts.get(action, 0.0) + float(line.rsplit(" ", 1)[1])
-    return counts
+        observed = FAULTS[SCHEDULE[step % len(SCHEDULE)]](stack, _leader(stack))
+        if observed is not None:
+            seen.append(observed)
+    return seen
 
 
 async def test_histories_under_chaos_are_linearizable(stack: Stack, tmp_path: Path) -> None:
@@ -203,20 +407,23 @@ async def test_histories_under_chaos_are_linearizable(stack: Stack, tmp_path: Pa
     history = History()
     until = time.monotonic() + DURATION_S
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with aiohttp.ClientSession(timeout=timeout, headers=_admin(stack)) as http:
         clients = [
             asyncio.create_task(_client(n, stack, history, until, http)) for n in range(CLIENTS)
         ]
-        injected = await asyncio.to_thread(_faults, stack, until)
+        seen = await asyncio.to_thread(_faults, stack, until)
         await asyncio.gather(*clients)
+    injected = [f"{s.fault} {s.target}" for s in seen]
     stack.cli("chaos", "heal", "all")
     assert "datastore-0" in stack.cli("chaos", "status").stdout
-    counts = _fault_counts(stack)
-    # The faults really happened: counted by the controller, and seen by the group.
-    assert counts.get("kill", 0) >= 1 and counts.get("partition", 0) >= 1, (counts, injected)
-    assert counts.get("pause", 0) >= 1, (counts, injected)
-    terms = await asyncio.to_thread(_terms, stack)
-    assert max(terms) >= 2, terms
+    state = json.loads(stack.cli("chaos", "status", "--json").stdout)
+    assert not [link for link in state["links"] if link["partitioned"] or link["delay_ms"]]
+    assert not state["paused"], state["paused"]
+    # The faults really happened, as the test itself saw them (not the controller's
+    # counters): every kind ran, and each showed its effect on the processes and the group.
+    assert {s.fault for s in seen} == set(FAULTS), injected
+    missed = [s for s in seen if not s.ok]
+    assert not missed, "\n".join(f"{s.fault} {s.target}: {s.detail}" for s in missed)
     unknown = sum(1 for op in history.ops if op.outcome is None)
     assert history.answered >= 100, (history.answered, injected)
     result = check_history(history.ops)
@@ -226,4 +433,6 @@ async def test_histories_under_chaos_are_linearizable(stack: Stack, tmp_path: Pa
     )
     (tmp_path / "history.txt").write_text("\n".join(repr(op) for op in history.ops))
     print(report, f"(search explored {result.explored} states)")
+    for observed in seen:
+        print(f"  {observed.fault} {observed.target}: {observed.detail}")
     assert result.ok and not result.budget_exhausted, report

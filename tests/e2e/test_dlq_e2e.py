@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import pytest
@@ -33,6 +34,7 @@ from yardarm_kit.messaging import Envelope, publish
 
 from tests.conftest import require_servers
 from tests.e2e.test_stack_e2e import pick_base_port
+from yardarm.local import infra
 from yardarm.topology import Topology, default_flags, flags_file
 
 pytestmark = pytest.mark.e2e
@@ -175,6 +177,29 @@ def replies(stack: DlqStack, saga_id: str) -> list[tuple[str, Envelope]]:
     return asyncio.run(_replies(stack.nats_url, saga_id))
 
 
+async def _quiet(stack: DlqStack) -> bool:
+    """Fulfillment has nothing left that could apply a command again or publish another
+    reply: its consumer holds no message undelivered or unacked, its outbox no reply."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        info = await nc.jetstream().consumer_info("COMMANDS", "payments")
+    finally:
+        await nc.close()
+    if info.num_pending or info.num_ack_pending:
+        return False
+    dsn = infra.postgres_dsn(stack.topology.postgres_port, "fulfillment")
+    conn = await asyncpg.connect(dsn)
+    try:
+        unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    finally:
+        await conn.close()
+    return not unpublished
+
+
+def quiet(stack: DlqStack) -> bool:
+    return asyncio.run(_quiet(stack))
+
+
 def wait_for(what: str, bound_s: float, check: Any) -> Any:
     """Poll `check()` every half second until it returns something truthy."""
     deadline = time.monotonic() + bound_s
@@ -271,13 +296,15 @@ def flag_cleared(stack: DlqStack, poisoned: Poisoned) -> None:
 
 
 def _replayed_once(stack: DlqStack, envelope: Envelope) -> None:
-    """One charge in the ledger and one reply on EVENTS, also after a while."""
+    """One charge in the ledger and one reply on EVENTS, also once fulfillment is quiet."""
 
     def answered() -> list[tuple[str, Envelope]]:
         return replies(stack, envelope.saga_id)
 
     wait_for(f"the reply to {envelope.id}", APPLIED_BOUND_S, answered)
-    time.sleep(2 * max(BACKOFF_S))  # room for a second application, if there were one
+    # Nothing left to deliver, acknowledge or publish: a second application, if there
+    # were one, has shown by now.
+    wait_for("fulfillment to go quiet", APPLIED_BOUND_S, lambda: quiet(stack))
     (entry,) = stack.charges(envelope.saga_id)
     assert (entry["status"], entry["amount_cents"], entry["currency"]) == ("charged", 1250, "USD")
     ((subject, reply),) = answered()

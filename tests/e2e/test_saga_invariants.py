@@ -13,11 +13,15 @@ than the stock) are placed through the gateway while
 - poison messages (unknown type, missing card, schema 3, not JSON) are injected.
 
 Then faults stop, every saga must become terminal within a bound stated in the
-configured intervals, and the read-back state must show: stock conserved per SKU, no
-money kept for a cancelled order (a timed-out charge applied late was refunded) and a
-charge and a shipment for every confirmed one, and exactly the poison in the DLQ. The
-scenario runs once (module fixture); each test judges one invariant, so a failure names
-the rule that broke.
+configured intervals, and the read-back state is judged against the test's own plan
+(which orders it placed, with which items, card and customer) and the seeded prices,
+never against what the orders service says of itself: every planned order stored
+exactly once and nothing else; each ended as its plan allows, and a healthy share of
+the confirmable ones confirmed; stock conserved per SKU by the planned quantities; at
+most one charge per order, of the planned amount, none kept for a cancelled order (a
+timed-out charge applied late was refunded) and a shipment for every confirmed one; and
+exactly the poison in the DLQ. The scenario runs once (module fixture); each test
+judges one invariant, so a failure names the rule that broke.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -53,18 +58,23 @@ from tests.e2e.saga_faults import (
     inject,
     pause_together,
     poison_messages,
+    proc_state,
 )
 from tests.e2e.saga_workload import (
     Placement,
+    PlannedOrder,
+    Sku,
     available,
-    by_kind,
     catalog,
+    confirmable,
+    contended,
     place_all,
     plan_orders,
     seed,
 )
 from tests.e2e.test_stack_e2e import Stack, _stop, pick_base_port
 from yardarm.chaos.client import fetch_state
+from yardarm.credentials import StackCredentials
 from yardarm.local import control, infra
 from yardarm.local.supervisor import Timings
 from yardarm.topology import default_flags
@@ -181,11 +191,15 @@ class Run:
     """Everything the scenario produced, for the tests to judge."""
 
     wall_s: float
+    # The oracle: what the test seeded and placed, not what the services say of it.
+    skus: list[Sku]
+    planned: list[PlannedOrder]
     placement: Placement
-    expected_cancelled: dict[str, set[str]]
     poisons: list[Poison]
     kills: list[Kill]
     kills_counted: int
+    # Killed pids that still ran when the faults were over.
+    survived_kill: list[str]
     refused_kills: list[str]
     pause: Pause
     pauses_counted: int
@@ -207,6 +221,15 @@ class Run:
     failed_deliveries: float | None
     duplicates_recognised: float | None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def prices(self) -> dict[str, int]:
+        return {s.sku: s.price_cents for s in self.skus}
+
+    def placed(self, kind: str) -> set[str]:
+        """Order ids the placement got for the plan entries of one kind."""
+        ids = self.placement.ids
+        return {ids[p.key] for p in self.planned if p.kind == kind and p.key in ids}
 
 
 async def _wait(
@@ -260,7 +283,7 @@ async def _scenario(stack: Stack) -> Run:
     datastore = f"http://127.0.0.1:{stack.base_port + 10}"
     pg_port, nats_port = stack.base_port + 42, stack.base_port + 40
     skus = catalog(run_tag, ORDERS)
-    initial = await seed(datastore, skus)
+    initial = await seed(datastore, StackCredentials(stack.home).token("admin"), skus)
     planned = plan_orders(run_tag, ORDERS, skus, rng)
     poisons = poison_messages(run_tag)
     notes: list[str] = []
@@ -344,18 +367,19 @@ async def _scenario(stack: Stack) -> Run:
             ledger.scrape_counter, instances, "yardarm_consumer_messages_total",
             'outcome="duplicate"',
         )  # fmt: skip
-        groups = by_kind(planned, placement)
         return Run(
             wall_s=0.0,
+            skus=skus,
+            planned=planned,
             placement=placement,
-            expected_cancelled={
-                "declined-card": groups["declined"],
-                "unserviceable-address": groups["noship"],
-                "oversized": groups["oversized"],
-            },
             poisons=poisons,
             kills=killer.kills,
             kills_counted=sum(int(f["count"]) for f in state["faults"] if f["action"] == "kill"),
+            survived_kill=[
+                f"{k.target} pid {k.pid}"
+                for k in killer.kills
+                if k.pid is None or proc_state(k.pid) not in (None, "Z")
+            ],
             refused_kills=killer.refused,
             pause=pause,
             pauses_counted=sum(int(f["count"]) for f in state["faults"] if f["action"] == "pause"),
@@ -365,7 +389,9 @@ async def _scenario(stack: Stack) -> Run:
             settle_s=settle_s,
             left_in_flight=await ledger.count_in_flight(orders_db),
             initial=initial,
-            available=await available(datastore, names),
+            available=await available(
+                datastore, StackCredentials(stack.home).token("admin"), names
+            ),
             orders=await ledger.read_orders(orders_db),
             history=await ledger.read_history(orders_db),
             payments=await ledger.read_payments(ledger_db),
@@ -390,6 +416,7 @@ async def _scenario(stack: Stack) -> Run:
 
 def _summary(run: Run) -> list[str]:
     confirmed = sum(1 for o in run.orders if o.status == "CONFIRMED")
+    fits = confirmable(run.planned, run.skus)
     reasons = ledger.cancel_reasons(run.orders)
     kills = ", ".join(f"{k.target}@{k.at_s}s/{k.in_flight}" for k in run.kills)
     resent = ledger.resent(run.history)
@@ -398,7 +425,8 @@ def _summary(run: Run) -> list[str]:
     timed_out = ledger.timed_out(run.orders)
     return [
         f"saga invariants (seed {SEED}, scale {SCALE:g}): {len(run.orders)} orders, "
-        f"{confirmed} confirmed, {sum(reasons.values())} cancelled {dict(reasons)}",
+        f"{confirmed} confirmed ({len(fits)} confirmable by the plan), "
+        f"{sum(reasons.values())} cancelled {dict(reasons)}",
         f"  kills {len(run.kills)} (controller counted {run.kills_counted}) "
         f"[target@time/in-flight sagas]: {kills}",
         f"  duplicates republished {len(run.duplicates_stored)} of {run.observed} observed; "
@@ -406,7 +434,8 @@ def _summary(run: Run) -> list[str]:
         f"recognised {run.duplicates_recognised} duplicates (metrics, since last restart)",
         f"  paused {', '.join(pause.targets)} at {pause.at_s}s (after {pause.waited_s}s for "
         f"readiness and sagas in step) for {pause.held_s}s, caught up {pause.caught_up_s}s "
-        f"after (controller listed {list(pause.listed)}, counted {run.pauses_counted}); "
+        f"after (controller listed {list(pause.listed)}, counted {run.pauses_counted}; "
+        f"stopped in /proc {list(pause.stopped)}); "
         f"sagas waiting on them {pause.read_s}s in: {len(pause.in_step)} {dict(caught)}",
         f"  step timeouts {len(timed_out)} {dict(Counter(timed_out.values()))}, "
         f"{len(set(timed_out) & set(pause.in_step))} of them caught by the pause; ledger of "
@@ -438,8 +467,10 @@ def run(stack: Stack, request: pytest.FixtureRequest) -> Run:
 
 
 def test_faults_really_happened(run: Run) -> None:
+    # Seen by the test, not taken from the controller's counters: each victim's process
+    # is gone and the supervisor restarted it (below).
     assert len(run.kills) >= 3, run.kills
-    assert run.kills_counted >= len(run.kills), (run.kills_counted, run.kills)
+    assert not run.survived_kill, run.survived_kill
     assert any(kill.in_flight >= 1 for kill in run.kills), run.kills
     assert {kill.target.rsplit("-", 1)[0] for kill in run.kills} == {"orders", "fulfillment"}
     # The supervisor brought every victim back.
@@ -456,33 +487,67 @@ def test_faults_really_happened(run: Run) -> None:
 def test_every_order_placed_once_and_every_saga_terminal(run: Run) -> None:
     assert not run.placement.rejected, run.placement.rejected[:5]
     assert not run.placement.gave_up, run.placement.gave_up[:5]
+    # Exactly the planned orders, each once, as planned: matched on the plan, not on
+    # what the orders service reports about itself.
+    assert ledger.check_exactly_once(run.planned, run.placement.ids, run.orders) == []
     assert len(run.placement.ids) == ORDERS
-    assert {o.id for o in run.orders} >= set(run.placement.ids.values())
+    assert (
+        ledger.check_recorded_as_planned(run.planned, run.placement.ids, run.orders, run.prices)
+        == []
+    )
     assert run.left_in_flight == 0, run.notes
     assert ledger.check_terminal(run.orders) == []
 
 
-def test_orders_that_cannot_succeed_are_cancelled_and_compensated(run: Run) -> None:
-    assert ledger.check_outcomes(run.orders, run.expected_cancelled) == []
-    reasons = ledger.cancel_reasons(run.orders)
-    assert reasons["declined"] >= 1 and reasons["shipping"] >= 1 and reasons["stock"] >= 1
-    refunded = ledger.compensated(run.history, "refund")
-    released = ledger.compensated(run.history, "releas")
+def test_every_order_ends_as_its_plan_allows(run: Run) -> None:
+    short = contended(run.planned, run.skus)
+    assert ledger.check_outcomes(run.planned, run.placement.ids, run.orders, short) == []
+    # Every way to fail was exercised, as fulfillment's own records show: a declined
+    # card was refused by the payment simulator, and an unserviceable order was charged,
+    # failed at shipping and had its money returned (the amounts: the ledger test).
+    declined = run.placed("declined")
+    assert any(
+        p.saga_id in declined and p.kind == "charge" and p.status == "declined"
+        for p in run.payments
+    ), "no declined card reached the payment step"
     charged = {p.saga_id for p in run.payments if p.kind == "charge" and p.status == "charged"}
-    # An unserviceable order got as far as shipping, so it was charged and must have
-    # been refunded and released; a declined one must have released its stock.
-    shipped_failed = run.expected_cancelled["unserviceable-address"] & charged
-    assert shipped_failed, "no unserviceable order reached shipping"
-    assert shipped_failed <= refunded, sorted(shipped_failed - refunded)[:5]
-    assert shipped_failed <= released, sorted(shipped_failed - released)[:5]
-    declined = {o.id for o in run.orders if "declin" in (o.reason or "").lower()}
-    assert declined and declined <= released, sorted(declined - released)[:5]
+    refunded = {p.saga_id for p in run.payments if p.kind == "refund" and p.amount_cents > 0}
+    failed_shipping = {
+        oid for oid in run.placed("noship") & charged if run.shipments.get(oid) == "failed"
+    }
+    assert failed_shipping, "no unserviceable order was charged and failed at shipping"
+    assert failed_shipping <= refunded, sorted(failed_shipping - refunded)[:5]
+    assert run.placed("oversized"), "the plan placed no order above every stock level"
+
+
+# The plan's confirmable orders are its `ok` entries the seeded stock covers, taken in
+# plan order (113-135 of 200 for the seeds tried at scale 1). The fulfillment pause times
+# out the sagas that reach payment while it lasts and while fulfillment catches up, which
+# takes longer the busier the machine (31-96 step timeouts at scale 1 so far), and kills
+# and stock races take a few more: healthy runs confirmed 40-80% of the confirmable
+# orders (50 of 125 at worst). An eighth keeps a 3x margin under the worst run seen and
+# still fails a run in which payments, shipping or the saga stop confirming. Calibrated
+# at scale 1; far smaller scales place most orders inside the pause.
+MIN_CONFIRMED_SHARE = 1 / 8
+
+
+def test_a_healthy_share_of_the_confirmable_orders_confirms(run: Run) -> None:
+    fits = confirmable(run.planned, run.skus)
+    assert len(fits) >= ORDERS // 4, f"the plan itself confirms only {len(fits)} orders"
+    ok = run.placed("ok")
+    confirmed = {o.id for o in run.orders if o.status == "CONFIRMED"}
+    needed = math.ceil(MIN_CONFIRMED_SHARE * len(fits))
+    assert len(confirmed & ok) >= needed, (
+        f"{len(confirmed & ok)} orders confirmed; the plan can confirm {len(fits)}, at least "
+        f"{needed} must; cancel reasons {dict(ledger.cancel_reasons(run.orders))}"
+    )
 
 
 def test_steps_without_a_reply_time_out_and_are_compensated(run: Run) -> None:
     pause = run.pause
-    # Both replicas stood still together, longer than a step may wait for its reply.
-    assert set(pause.listed) >= set(PAUSED) and run.pauses_counted >= len(PAUSED), pause
+    # Both replicas stood still together (stopped, as the kernel shows), longer than a
+    # step may wait for its reply.
+    assert set(pause.stopped) >= set(PAUSED), pause
     assert pause.held_s > STEP_TIMEOUT_S, pause
     assert pause.in_step, "no saga was charging or shipping when fulfillment was paused"
     assert pause.read_s < STEP_TIMEOUT_S, pause  # read before any of them could time out
@@ -505,11 +570,16 @@ def test_steps_without_a_reply_time_out_and_are_compensated(run: Run) -> None:
 
 def test_stock_is_conserved_per_sku(run: Run) -> None:
     assert ledger.check_terminal(run.orders) == [], "stock is only settled once sagas are"
-    assert ledger.check_stock(run.initial, run.available, run.orders) == []
+    assert (
+        ledger.check_stock(run.initial, run.available, run.planned, run.placement.ids, run.orders)
+        == []
+    )
 
 
 def test_payment_ledger_matches_every_outcome(run: Run) -> None:
-    assert ledger.check_ledger(run.orders, run.payments, run.shipments) == []
+    assert (
+        ledger.check_money(run.planned, run.orders, run.payments, run.shipments, run.prices) == []
+    )
 
 
 def test_dlq_holds_exactly_the_poison_messages(run: Run) -> None:

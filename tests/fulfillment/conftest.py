@@ -92,10 +92,16 @@ class StoredMsg:
     data: bytes
 
 
+# Fulfillment's durable consumers of COMMANDS.
+DURABLES = ("payments", "shipping")
+
+
 @dataclass
 class Bus:
     nc: NATS
     js: JetStreamContext
+    # The test's fulfillment database, where the replies wait in the outbox.
+    database_url: str | None = None
 
     async def send(
         self,
@@ -149,11 +155,36 @@ class Bus:
                 raise AssertionError(f"{len(found)} of {count} dead letters: {found}")
             await asyncio.sleep(0.05)
 
+    async def quiet(self) -> bool:
+        """Nothing can add an event any more: every command is delivered and acked (none
+        waits for a first delivery, a redelivery or its ack) and every reply written is
+        published."""
+        for durable in DURABLES:
+            try:
+                info = await self.js.consumer_info("COMMANDS", durable)
+            except NotFoundError:
+                continue
+            if info.num_pending or info.num_ack_pending:
+                return False
+        if self.database_url is None:
+            return True
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            unpublished = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            )
+        except asyncpg.UndefinedTableError:  # no fulfillment ever started here
+            return True
+        finally:
+            await conn.close()
+        return not unpublished
+
     async def wait_events(
-        self, saga_id: str, count: int = 1, *, timeout: float = 30.0, settle: float = 0.0
+        self, saga_id: str, count: int = 1, *, timeout: float = 30.0, settle: bool = False
     ) -> list[Event]:
-        """Wait (bounded) until `count` events for the saga exist; then `settle` seconds
-        more, so a test asserting "exactly N" also sees any extra one arriving late."""
+        """Wait (bounded) until `count` events for the saga exist. With `settle`, then
+        until the bus is `quiet`, so a test asserting "exactly N" also sees any extra one
+        a redelivery or the outbox still had on its way."""
         deadline = time.monotonic() + timeout
         while True:
             mine = [e for e in await self.events() if e.envelope.saga_id == saga_id]
@@ -163,22 +194,22 @@ class Bus:
                 raise AssertionError(f"{len(mine)} of {count} events for {saga_id}: {mine}")
             await asyncio.sleep(0.05)
         if settle:
-            await asyncio.sleep(settle)
+            await wait_until(self.quiet, timeout=timeout, what="fulfillment to go quiet")
             mine = [e for e in await self.events() if e.envelope.saga_id == saga_id]
         return mine
 
 
 @pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
+async def bus(nats_url: str, pg_database: str) -> AsyncIterator[Bus]:
     nc, js = await connect(nats_url, "fulfillment-tests")
     await ensure_streams(js)
-    for durable in ("payments", "shipping"):
+    for durable in DURABLES:
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer("COMMANDS", durable)
     for stream in ("COMMANDS", "EVENTS", "DLQ"):
         await js.purge_stream(stream)
     try:
-        yield Bus(nc, js)
+        yield Bus(nc, js, pg_database)
     finally:
         await nc.close()
 

@@ -101,7 +101,7 @@ async def test_a_command_that_always_fails_ends_in_the_dlq_with_its_reason_and_h
     # Nothing is stuck behind it.
     good = str(uuid.uuid4())
     await bus.send(charge_v2(good), schema=2)
-    events = await bus.wait_events(good, settle=1.0)
+    events = await bus.wait_events(good, settle=True)
     assert [e.subject for e in events] == ["evt.payments.charged"]
     assert await bus.events() == events
     assert len(await bus.stored("DLQ")) == 1

@@ -53,7 +53,7 @@ async def test_cancel_marks_a_scheduled_shipment_cancelled(
     await bus.send(schedule(saga_id))
     [scheduled] = await bus.wait_events(saga_id)
     await bus.send(cancel(saga_id))
-    events = await bus.wait_events(saga_id, 2, settle=0.5)
+    events = await bus.wait_events(saga_id, 2, settle=True)
     assert [e.subject for e in events] == ["evt.shipping.scheduled", "evt.shipping.cancelled"]
     assert events[1].envelope.data["shipment_id"] == scheduled.envelope.data["shipment_id"]
     assert events[1].envelope.data["order_id"] == saga_id
@@ -84,7 +84,7 @@ async def test_a_repeated_schedule_keeps_one_shipment(
     await bus.send(first)
     await bus.send(first, msg_id="another-transport-id")
     await bus.send(first.model_copy(update={"id": f"{saga_id}:shipping.schedule:again"}))
-    events = await bus.wait_events(saga_id, 2, settle=1.0)
+    events = await bus.wait_events(saga_id, 2, settle=True)
     assert len(events) == 2
     assert len({e.envelope.data["shipment_id"] for e in events}) == 1
     assert await db.fetchval("SELECT count(*) FROM shipments WHERE saga_id = $1", saga_id) == 1

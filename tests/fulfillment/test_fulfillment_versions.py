@@ -149,7 +149,7 @@ async def test_a_schema_2_charge_sent_twice_under_new_transport_ids_charges_once
     envelope = charge_v2(saga_id)
     await bus.send(envelope, schema=2, msg_id="transport-a")
     await bus.send(envelope, schema=2, msg_id="transport-b")
-    events = await bus.wait_events(saga_id, settle=1.5)
+    events = await bus.wait_events(saga_id, settle=True)
     assert [e.subject for e in events] == ["evt.payments.charged"]
     assert await db.fetchval("SELECT count(*) FROM payments WHERE saga_id = $1", saga_id) == 1
 

@@ -3,7 +3,7 @@ published rows past the retention are pruned in small batches from the relay's l
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -119,9 +119,22 @@ async def test_published_rows_past_the_retention_are_pruned_in_small_batches(
     setup.relay.start()  # the loop prunes on its first round, then once a minute
     await wait_until(lambda: _gone(setup, "old4"), timeout=10.0, what="the loop's pruning")
     await setup.add("old5", age="30 days", published=True)
-    await asyncio.sleep(0.5)  # many loop rounds, but within the same minute
+    # Two rows published one after the other: the loop went through a whole round, with
+    # its chance to prune, after old5 was there; yet pruning is not due within the minute.
+    for probe in ("probe1", "probe2"):
+        await setup.add(probe)
+        await wait_until(functools.partial(_published, setup, probe), timeout=10.0, what=probe)
     assert "old5" in await setup.remaining()
 
 
 async def _gone(setup: Setup, key: str) -> bool:
     return key not in await setup.remaining()
+
+
+async def _published(setup: Setup, key: str) -> bool:
+    return bool(
+        await setup.pool.fetchval(
+            "SELECT published_at IS NOT NULL FROM outbox WHERE msg_id = $1",
+            f"{setup.subject}:{key}",
+        )
+    )
