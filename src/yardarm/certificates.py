@@ -10,6 +10,7 @@ its certificate as a client too, which the datastore's Raft listener requires.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -87,7 +88,9 @@ def _ca(certs: StackCertificates) -> tuple[x509.Certificate, ec.EllipticCurvePri
             raise ValueError(f"{certs.ca_key_file} is not an EC key")
         return cert, key
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"yardarm stack CA {certs.home}")])
+    # One CA per stack home, named by a digest of the path (a CN holds at most 64 chars).
+    tag = hashlib.sha256(str(certs.home.resolve()).encode()).hexdigest()[:12]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"yardarm stack CA {tag}")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

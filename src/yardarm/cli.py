@@ -29,7 +29,14 @@ from yardarm.load import (
 )
 from yardarm.load.report import LiveLine, render_summary
 from yardarm.local import control
-from yardarm.topology import Topology, TopologyError, load_topology, urls, validate_file
+from yardarm.topology import (
+    Topology,
+    TopologyError,
+    load_topology,
+    project_dir,
+    urls,
+    validate_file,
+)
 
 app = typer.Typer(
     help="Deploy and observe the yardarm service stack.",
@@ -321,6 +328,29 @@ def validate(
             err.print(f"[red]{config}:[/] {message}")
         raise typer.Exit(code=1)
     console.print(f"[green]{config} is valid[/]")
+
+
+@app.command("api-docs")
+def api_docs(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Only compare: exit 1 when the committed docs are stale."),
+    ] = False,
+) -> None:
+    """Write every service's OpenAPI document to docs/api/ and render docs/api.md."""
+    from yardarm import apidocs
+
+    root = project_dir()
+    if check:
+        differ = apidocs.stale(root)
+        if differ:
+            for path in differ:
+                err.print(f"[red]stale:[/] {path}")
+            raise _fail("the API docs differ from the code", "run `uv run yardarm api-docs`")
+        console.print("[green]the API docs match the code[/]")
+        return
+    for path in apidocs.write(root):
+        console.print(f"wrote {path.relative_to(root)}")
 
 
 @app.command()

@@ -42,6 +42,8 @@ def _problem(call: Any) -> Problem:
         (b"", 400, "empty"),
         (b"{", 400, "not valid JSON"),
         (b"\xff\xfe\x00", 400, "JSON"),
+        ('{"a": 1}'.encode("utf-16"), 400, "not valid JSON"),
+        (b'\xef\xbb\xbf{"a": 1}', 400, "not valid JSON"),
         (b'{"n": ' + b"9" * 5000 + b"}", 400, f"at most {MAX_INT_DIGITS}"),
         (b'{"n": -' + b"9" * 21 + b"}", 400, "21 digits"),
         (b"[" * 5000 + b"]" * 5000, 400, "nested more than"),

@@ -66,10 +66,12 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path)
 
 
 def test_certificates_are_issued_once_and_keys_are_private(tmp_path: Path) -> None:
-    certs = ensure_certificates(tmp_path, ["orders"])
+    home = tmp_path / ("a-long-stack-home-directory-name" * 4)  # longer than a CN may be
+    certs = ensure_certificates(home, ["orders"])
     first = certs.service("orders").cert_file.read_bytes()
     ca = certs.ca_file.read_bytes()
-    again = ensure_certificates(tmp_path, ["orders"])
+    again = ensure_certificates(home, ["orders"])
+
     assert again.service("orders").cert_file.read_bytes() == first
     assert again.ca_file.read_bytes() == ca
     for key in (certs.ca_key_file, certs.service("orders").key_file):

@@ -3,30 +3,16 @@ exactly what `GET /faults` and `POST /faults` answer."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from yardarm.chaos.proxy import LinkState
 
 
-class LinkDocument(BaseModel):
+class LinkDocument(LinkState):
     """A link's settings and counters (the proxy's `LinkState`) and its two ends."""
 
-    model_config = ConfigDict(title="Link")
-
-    name: str
     src: str
     dst: str
-    listen_port: int
-    target: str
-    partitioned: bool
-    delay_ms: int
-    jitter_ms: int
-    active: int
-    connections: int
-    refused: int
-    target_failures: int
-    connections_cut: int
-    bytes_forward: int
-    bytes_backward: int
-    chunks_delayed: int
 
 
 class InstancePid(BaseModel):

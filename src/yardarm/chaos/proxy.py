@@ -16,7 +16,9 @@ import random
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
+
+from typing_extensions import TypedDict  # pydantic reads it from here on Python 3.11
 
 CHUNK_BYTES = 64 * 1024
 # Chunks held per direction before the reader stops reading (TCP backpressure).

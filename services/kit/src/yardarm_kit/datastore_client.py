@@ -13,9 +13,20 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from yardarm_kit.httpclient import HttpClient, UpstreamError
+from yardarm_kit.httpclient import HttpClient, HttpResponse, UpstreamError
 
 MAX_LIST_PAGES = 1000
+# The problem type of the datastore's 422 for an Idempotency-Key reused for another request.
+KEY_REUSED_TYPE = "urn:yardarm:datastore:idempotency-key-reused"
+
+
+def _problem_type(response: HttpResponse) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 class DatastoreUnavailable(Exception):
@@ -42,11 +53,14 @@ class KvRecord:
 @dataclass(frozen=True)
 class PutResult:
     """`applied` for a 2xx; `conflict` for a 409 (version mismatch); `replayed` when the
-    datastore answered from an earlier write with the same Idempotency-Key."""
+    datastore answered from an earlier write with the same Idempotency-Key; `key_reused`
+    when that key was recorded for another request (422): the datastore records a key
+    only for a write it applied, so that earlier write took effect."""
 
     status: int
     version: int | None
     replayed: bool
+    key_reused: bool = False
 
     @property
     def applied(self) -> bool:
@@ -110,9 +124,10 @@ class DatastoreClient:
             f"no datastore reachable for {method} {path} (tried {', '.join(self._urls)}): {last!r}"
         )
 
-    async def get(self, key: str) -> KvRecord | None:
-        """The record under `key`, or None when there is none."""
-        response = await self._request("GET", "/kv/" + quote(key, safe="/"))
+    async def get(self, key: str, *, token: str | None = None) -> KvRecord | None:
+        """The record under `key`, or None when there is none (`token`: as in `put`)."""
+        response = await self._request("GET", "/kv/" + quote(key, safe="/"), token=token)
+
         if response.status == 404:
             return None
         if response.status != 200:
@@ -144,6 +159,8 @@ class DatastoreClient:
         version: int | None = None
         if 200 <= response.status < 300:
             version = int(response.json()["version"])
+        elif response.status == 422 and _problem_type(response) == KEY_REUSED_TYPE:
+            return PutResult(response.status, None, False, key_reused=True)
         elif response.status not in (404, 409):
             raise DatastoreUnavailable(f"PUT {key}: unexpected status {response.status}")
         return PutResult(response.status, version, replayed)

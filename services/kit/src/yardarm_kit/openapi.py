@@ -74,7 +74,8 @@ class Reply:
 
     @classmethod
     def error(cls, description: str, **headers: Header) -> Reply:
-        """A problem+json response."""
+        """A problem+json response (`Reply(..., model, problem=True)` names the members a
+        problem of its kind adds, with a `ProblemDocument` subclass)."""
         return cls(description, problem=True, headers=headers)
 
 
@@ -177,9 +178,18 @@ class ApiSpec:
     """The registry of one HTTP API's operations and the document built from it."""
 
     def __init__(
-        self, router: web.UrlDispatcher, title: str, version: str, description: str = ""
+        self,
+        router: web.UrlDispatcher,
+        title: str,
+        version: str,
+        description: str = "",
+        *,
+        kit_middleware: bool = True,
     ) -> None:
+        """`kit_middleware`: the app runs the kit Service's middleware (fault injection,
+        deadlines), so every operation can also answer 500 and 504."""
         self.router = router
+        self.kit_middleware = kit_middleware
         self.title = title
         self.version = version
         self.description = description
@@ -264,7 +274,9 @@ class ApiSpec:
         components = _Components()
         paths: dict[str, dict[str, Any]] = {}
         for op in self.operations:
-            paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components)
+            paths.setdefault(op.path, {})[op.method.lower()] = _operation(
+                op, components, self.kit_middleware
+            )
         doc: dict[str, Any] = {
             "openapi": OPENAPI_VERSION,
             "info": {"title": self.title, "version": self.version},
@@ -295,6 +307,46 @@ class ApiSpec:
         self.router.add_get(path, openapi)
 
 
+def portable_pattern(pattern: str) -> str:
+    r"""`pattern` with each `$` outside a character class made `$(?!\n)`.
+
+    In ECMA-262 and in pydantic's Rust regex `$` ends the text; in Python's `re`, which
+    fuzzers (hypothesis, schemathesis) draw strings with, it also matches before a final
+    newline, so `name\n` would be generated as valid and then refused. The lookahead
+    changes nothing for the validators and holds the generators to the same end.
+    """
+    out: list[str] = []
+    in_class = escaped = False
+    for index, char in enumerate(pattern):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        elif char == "$" and not in_class and not pattern.startswith(r"(?!\n)", index + 1):
+            out.append(r"$(?!\n)")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def _portable(schema: Any) -> Any:
+    """Every `pattern` in a JSON Schema made portable (see `portable_pattern`)."""
+    if isinstance(schema, dict):
+        return {
+            key: portable_pattern(value)
+            if key == "pattern" and isinstance(value, str)
+            else _portable(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_portable(item) for item in schema]
+    return schema
+
+
 class _Components:
     """`components/schemas`, filled as models are referenced."""
 
@@ -303,7 +355,9 @@ class _Components:
         self._owners: dict[str, type[BaseModel]] = {}
 
     def ref(self, model: type[BaseModel], mode: Literal["validation", "serialization"]) -> str:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+        schema = _portable(
+            model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+        )
         for name, sub in schema.pop("$defs", {}).items():
             self.schemas.setdefault(name, sub)
         name = str(schema.get("title") or model.__name__)
@@ -315,12 +369,12 @@ class _Components:
 
 
 def _param_schema(param: Param) -> dict[str, Any]:
-    schema = param.adapter.json_schema()
+    schema: dict[str, Any] = _portable(param.adapter.json_schema())
     schema.pop("title", None)
     return schema
 
 
-def _operation(op: Operation, components: _Components) -> dict[str, Any]:
+def _operation(op: Operation, components: _Components, kit_middleware: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
     if op.description or op.permission:
         text = op.description
@@ -350,7 +404,7 @@ def _operation(op: Operation, components: _Components) -> dict[str, Any]:
     if op.secured:
         out["security"] = [{BEARER_SCHEME: []}]
         out["x-yardarm-permission"] = op.permission or "any valid credential"
-    responses = {**_implied(op), **op.responses}
+    responses = {**_implied(op, kit_middleware), **op.responses}
     problem_ref = components.ref(ProblemDocument, "serialization")
     out["responses"] = {
         str(status): _response(reply, components, problem_ref)
@@ -359,10 +413,10 @@ def _operation(op: Operation, components: _Components) -> dict[str, Any]:
     return out
 
 
-def _implied(op: Operation) -> dict[int, Reply]:
+def _implied(op: Operation, kit_middleware: bool) -> dict[int, Reply]:
     """The responses the kit's middleware and parameter checks can give this operation."""
     implied: dict[int, Reply] = {}
-    if not op.operational:
+    if kit_middleware and not op.operational:
         implied[500] = Reply.error("an injected fault (the fault.error-rate flag)")
         implied[504] = Reply.error("the caller's deadline (yardarm-timeout-ms) ran out")
     if op.body is not None:
@@ -372,7 +426,11 @@ def _implied(op: Operation) -> dict[int, Reply]:
     if any(p.location in ("path", "query") for p in op.params):
         implied[422] = Reply.error("a path or query parameter does not validate")
     if any(p.location == "header" for p in op.params):
-        implied[400] = Reply.error("a header parameter is missing or invalid")
+        implied[400] = Reply.error(
+            "a header parameter is missing or invalid"
+            + ("; or the body is not JSON this API takes" if op.body is not None else "")
+        )
+
     if op.params or op.body is not None:
         implied.setdefault(400, Reply.error("the request is malformed"))
     if op.secured:
@@ -387,7 +445,9 @@ def _implied(op: Operation) -> dict[int, Reply]:
 def _response(reply: Reply, components: _Components, problem_ref: str) -> dict[str, Any]:
     out: dict[str, Any] = {"description": reply.description}
     if reply.problem:
-        out["content"] = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": problem_ref}}}
+        # A problem with members of its own (a 409's versions) names its model.
+        ref = problem_ref if reply.model is None else components.ref(reply.model, "serialization")
+        out["content"] = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": ref}}}
     elif reply.model is not None:
         ref = components.ref(reply.model, "serialization")
         out["content"] = {"application/json": {"schema": {"$ref": ref}}}

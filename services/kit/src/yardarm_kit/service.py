@@ -84,6 +84,22 @@ def check_target(raw_target: str) -> None:
         raise Problem(400, "Invalid URL", "the URL contains an escaped NUL (%00)")
 
 
+def http_error_problem(
+    request: web.Request, exc: web.HTTPException, not_found: str | None = None
+) -> web.Response:
+    """aiohttp's own 4xx (no route, method not allowed, body too large) as a problem;
+    `not_found` replaces the 404's detail."""
+    detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
+    if exc.status == 404:
+        detail = not_found or f"no route for {request.method} {request.path}"
+    elif exc.status == 405:
+        detail = f"{request.method} is not allowed on {request.path}"
+    elif exc.status == 413:
+        detail = f"the request body exceeds {request.app._client_max_size} bytes"
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    return Problem(exc.status, exc.reason, detail, headers=headers).response()
+
+
 GC_GEN0_THRESHOLD = 50_000
 
 
@@ -293,15 +309,7 @@ class Service:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
-            if exc.status == 404:
-                detail = f"no route for {request.method} {request.path}"
-            elif exc.status == 405:
-                detail = f"{request.method} is not allowed on {request.path}"
-            elif exc.status == 413:
-                detail = f"the request body exceeds {request.app._client_max_size} bytes"
-            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            return Problem(exc.status, exc.reason, detail, headers=headers).response()
+            return http_error_problem(request, exc)
         except asyncio.CancelledError:
             raise
         except Exception:
