@@ -41,6 +41,18 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+async def raw_exchange(port: int, raw: bytes) -> bytes:
+    """Send `raw` bytes to 127.0.0.1:port and read what comes back (what no HTTP client
+    library would send: malformed requests)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `predicate` every 0.1 s; fail naming `what` once `timeout` passes."""
     deadline = time.monotonic() + timeout

@@ -63,8 +63,9 @@ def _fulfillment(home: Path) -> dict[str, Any]:
     return create_fulfillment(settings).service.api.document()
 
 
-def _gateway_service(home: Path) -> Any:
-    from yardarm_gateway.app import create_gateway
+def _gateway(home: Path) -> dict[str, dict[str, Any]]:
+    """The public port's document and the admin listener's, from one gateway."""
+    from yardarm_gateway.app import admin_document, create_gateway
     from yardarm_gateway.settings import GatewaySettings
 
     creds = ensure_credentials(home)
@@ -74,17 +75,8 @@ def _gateway_service(home: Path) -> Any:
         admin_port=2,
         admin_token_file=creds.token_file("admin"),
     )
-    return create_gateway(settings)
-
-
-def _gateway(home: Path) -> dict[str, Any]:
-    return dict(_gateway_service(home).api.document())
-
-
-def _gateway_admin(home: Path) -> dict[str, Any]:
-    from yardarm_gateway.app import admin_document
-
-    return admin_document(_gateway_service(home))
+    gateway = create_gateway(settings)
+    return {"gateway": gateway.api.document(), "gateway-admin": admin_document(gateway)}
 
 
 def _chaos(home: Path) -> dict[str, Any]:
@@ -97,21 +89,21 @@ def _chaos(home: Path) -> dict[str, Any]:
     return service.api.document()
 
 
-BUILDERS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    "orders": _orders,
-    "fulfillment": _fulfillment,
-    "datastore": _datastore,
-    "gateway": _gateway,
-    "gateway-admin": _gateway_admin,
-    "chaos": _chaos,
-}
+BUILDERS: tuple[Callable[[Path], dict[str, dict[str, Any]]], ...] = (
+    lambda home: {"orders": _orders(home)},
+    lambda home: {"fulfillment": _fulfillment(home)},
+    lambda home: {"datastore": _datastore(home)},
+    _gateway,
+    lambda home: {"chaos": _chaos(home)},
+)
 
 
 def documents() -> dict[str, dict[str, Any]]:
-    """Every API's OpenAPI document, by API name."""
+    """Every API's OpenAPI document, by API name (in `API_NAMES` order)."""
     with tempfile.TemporaryDirectory(prefix="yardarm-apidocs-") as scratch:
         home = Path(scratch)
-        return {name: BUILDERS[name](home) for name in API_NAMES}
+        built = {name: doc for build in BUILDERS for name, doc in build(home).items()}
+    return {name: built[name] for name in API_NAMES}
 
 
 # --- Markdown --------------------------------------------------------------------------

@@ -100,9 +100,11 @@ def ensure_credentials(home: Path) -> StackCredentials:
     creds.directory.chmod(0o700)
     tokens = {name: _ensure_token(creds.token_file(name)) for name in PRINCIPALS}
     _ensure_token(creds.peer_secret_file)
-    tmp = creds.access_file.with_suffix(".json.tmp")
-    tmp.write_text(access_document(tokens).model_dump_json(indent=2))
-    os.replace(tmp, creds.access_file)
+    document = access_document(tokens).model_dump_json(indent=2)
+    if not creds.access_file.is_file() or creds.access_file.read_text() != document:
+        tmp = creds.access_file.with_suffix(".json.tmp")
+        tmp.write_text(document)
+        os.replace(tmp, creds.access_file)
     return creds
 
 

@@ -19,7 +19,7 @@ from yardarm_gateway.settings import UpstreamPolicy
 
 from yardarm.certificates import StackCertificates, ensure_certificates
 from yardarm.chaos.config import ChaosConfig, LinkConfig, config_path
-from yardarm.credentials import StackCredentials, admin_token, ensure_credentials
+from yardarm.credentials import StackCredentials, ensure_credentials
 from yardarm.local import infra
 
 Track = Literal["stable", "canary", "baseline", "blue", "green"]
@@ -760,7 +760,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
             UPSTREAMS=json.dumps(upstreams),
             DATASTORE_URLS=json.dumps(datastore_urls(src)),
             ADMIN_PORT=str(admin),
-            ADMIN_TOKEN=admin_token(home),
+            ADMIN_TOKEN=creds.token("admin"),
             DATASTORE_TOKEN_FILE=str(creds.token_file("gateway")),
             REUSE_PORT="true" if svc.gateway.replicas > 1 else "false",
             RATE_LIMIT=svc.gateway.rate_limit.model_dump_json(),

@@ -1,12 +1,11 @@
-"""An access document like the one the control plane renders: admin, orders, gateway."""
+"""The access document the control plane renders, and its principals' tokens."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from yardarm_kit.access import digest, new_token, write_token
+from yardarm.credentials import ensure_credentials
 
 
 @dataclass(frozen=True)
@@ -31,24 +30,9 @@ class Credentials:
 
 
 def make_credentials(root: Path) -> Credentials:
-    """Tokens for three principals and the document that names them by digest:
-    admin (every key and the Raft admin API), orders (readwrite `stock/`), gateway
-    (read `config/gateway/`)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tokens = {name: new_token() for name in ("admin", "orders", "gateway")}
-    document = {
-        "format": 1,
-        "roles": {
-            "admin": {"admin": True},
-            "orders": {"permissions": [{"prefix": "stock/", "access": "readwrite"}]},
-            "gateway": {"permissions": [{"prefix": "config/gateway/", "access": "read"}]},
-        },
-        "principals": {
-            name: {"token_sha256": digest(token), "roles": [name]} for name, token in tokens.items()
-        },
-    }
-    access_file = root / "access.json"
-    access_file.write_text(json.dumps(document, indent=2))
-    peer_token_file = root / "peer.token"
-    write_token(peer_token_file, new_token())
-    return Credentials(access_file, peer_token_file, **tokens)
+    """The stack's own credentials (`yardarm.credentials`), issued into `root`: admin
+    (every key and the Raft admin API), orders (readwrite `stock/`), gateway (read
+    `config/gateway/`), the access document naming them and the peer secret."""
+    issued = ensure_credentials(root)
+    tokens = {name: issued.token(name) for name in ("admin", "orders", "gateway")}
+    return Credentials(issued.access_file, issued.peer_secret_file, **tokens)

@@ -20,7 +20,7 @@ from yardarm_datastore import DatastoreSettings, create_service
 
 from tests.conftest import free_port
 from tests.datastore.access import Credentials, make_credentials
-from tests.openapi_checks import MAX_EXAMPLES, documented, routed
+from tests.openapi_checks import documented, routed, run_schemathesis
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARDED = {"listKeys", "getKey", "putKey", "deleteKey", "raftStatus", "addMember",
@@ -138,44 +138,25 @@ async def live(tmp_path: Path) -> AsyncIterator[tuple[str, Credentials]]:
         proc.wait(timeout=30)
 
 
-async def _schemathesis(url: str, token: str, cwd: Path, *args: str) -> tuple[int, str]:
-    """`st run` against `url` as the admin, with the datastore's hooks."""
-    command = [
-        str(Path(sys.executable).with_name("st")), "--no-color", "run", f"{url}/openapi.json",
-        "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--workers", "2",
-        "--generation-database", "none", "--request-timeout", "20",
-        "--header", f"Authorization: Bearer {token}", *args,
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "SCHEMATHESIS_HOOKS": "tests.datastore.schemathesis_hooks",
-        "PYTHONPATH": str(ROOT),
-        "NO_COLOR": "1",
-        "COLUMNS": "160",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *command, cwd=cwd, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), 240)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
+HOOKS = {"SCHEMATHESIS_HOOKS": "tests.datastore.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
 
 
 async def test_schemathesis_finds_nothing_against_a_live_replica(
-    live: tuple[str, Credentials], tmp_path: Path
+    live: tuple[str, Credentials],
 ) -> None:
+
     url, creds = live
-    # cwd: an empty directory, so no other schemathesis.toml is picked up.
-    returncode, output = await _schemathesis(
-        url, creds.admin, tmp_path, "--exclude-operation-id", NEGATIVE_ONLY
+    admin = creds.bearer("admin")
+    run = await run_schemathesis(
+        url, headers=admin, env=HOOKS, extra_args=("--exclude-operation-id", NEGATIVE_ONLY)
     )
-    assert returncode == 0, output
-    returncode, output = await _schemathesis(
-        url, creds.admin, tmp_path, "--include-operation-id", NEGATIVE_ONLY,
-        "--mode", "negative", "--phases", "coverage,fuzzing",
+    assert run.clean, run.report()
+    refused = await run_schemathesis(
+        url, headers=admin, env=HOOKS,
+        extra_args=("--include-operation-id", NEGATIVE_ONLY, "--mode", "negative",
+                    "--phases", "coverage,fuzzing"),
     )  # fmt: skip
-    assert returncode == 0, output
+    assert refused.clean, refused.report()
     async with (
         aiohttp.ClientSession(headers=creds.bearer("admin")) as http,
         http.get(url + "/raft/status") as response,

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from tests.conftest import raw_exchange
 from tests.gateway.apps import echo_app
 from tests.gateway.processes import metric_sum, scrape
 
@@ -61,16 +62,6 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-async def _raw_exchange(port: int, raw: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(65536), 10)
-    finally:
-        writer.close()
-
-
 MALFORMED = [
     (b"GET /api/work/SECRET\r\n\r\n", "HTTP/0.9"),
     (b"GET /api/work/SECRET HTTP/0.9\r\n\r\n", "HTTP/0.9"),
@@ -90,7 +81,7 @@ async def test_malformed_http_is_a_400_problem_from_the_gateway_and_never_forwar
 ) -> None:
     gw, backend = gateway
     for raw, says in MALFORMED:
-        answer = await _raw_exchange(_port(gw.url), raw)
+        answer = await raw_exchange(_port(gw.url), raw)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert b" 400 " in head.split(b"\r\n")[0], (raw[:60], answer[:300])
         assert PROBLEM.encode() in head, raw[:60]
@@ -156,7 +147,7 @@ async def test_an_admin_token_that_is_not_utf8_is_refused_not_a_crash(
         b"GET /api/work/x HTTP/1.1\r\nHost: a\r\nx-yardarm-track: stable\r\n"
         b"x-yardarm-admin-token: \xff\xfe" + TOKEN.encode() + b"\r\nConnection: close\r\n\r\n"
     )
-    answer = await _raw_exchange(_port(gw.url), raw)
+    answer = await raw_exchange(_port(gw.url), raw)
     assert answer.split(b"\r\n")[0].split(b" ")[1] == b"403", answer[:300]
     assert backend.seen == []
     samples = await scrape(client, gw.url)
@@ -210,7 +201,7 @@ async def test_the_admin_listener_refuses_hostile_input_the_same_way(
     )  # fmt: skip
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for raw in (b"GET /admin/routes/SECRET\r\n\r\n", b"SECRET-GARBAGE\r\n\r\n"):
-        answer = await _raw_exchange(_port(gw.admin_url), raw)
+        answer = await raw_exchange(_port(gw.admin_url), raw)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert b" 400 " in head.split(b"\r\n")[0], answer[:300]
         assert PROBLEM.encode() in head and b"SECRET" not in answer
@@ -221,7 +212,7 @@ async def test_the_admin_listener_refuses_hostile_input_the_same_way(
             assert resp.status == 400, (target, await resp.text())
             assert resp.content_type == PROBLEM
     raw = b"GET /admin/routes HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
-    answer = await _raw_exchange(_port(gw.admin_url), raw)
+    answer = await raw_exchange(_port(gw.admin_url), raw)
     assert answer.split(b"\r\n")[0].split(b" ")[1] == b"401", answer[:300]
     samples = await scrape(client, gw.url)
     assert metric_sum(samples, "yardarm_http_malformed_requests_total") == 2

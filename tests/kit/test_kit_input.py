@@ -22,7 +22,7 @@ from yardarm_kit import Param, Problem, Reply, Service, ServiceSettings, params_
 from yardarm_kit.validation import MAX_DEPTH, MAX_INT_DIGITS, decode_json
 from yarl import URL
 
-from tests.conftest import free_port
+from tests.conftest import free_port, raw_exchange
 
 
 class Line(BaseModel):
@@ -199,16 +199,6 @@ async def test_a_deadline_header_that_is_not_positive_is_400(
             assert r.status == 200  # far-off deadlines are capped, not refused
 
 
-async def _raw_exchange(port: int, raw: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(65536), 10)
-    finally:
-        writer.close()
-
-
 @pytest.mark.parametrize(
     ("raw", "says"),
     [
@@ -226,7 +216,7 @@ async def test_malformed_http_gets_a_problem_that_echoes_nothing(
 ) -> None:
     _, url = service
     port = int(url.rsplit(":", 1)[1])
-    answer = await _raw_exchange(port, raw)
+    answer = await raw_exchange(port, raw)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b" 400 " in head.split(b"\r\n")[0], answer[:200]
     assert b"application/problem+json" in head

@@ -32,13 +32,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from pydantic import BaseModel
 from yardarm_kit import ApiSpec, Header, Param, Problem, Reply, params_of, parse_json
 from yardarm_kit.access import bearer_token, unauthorized
 from yardarm_kit.datastore_client import DatastoreRefused, DatastoreUnavailable
-from yardarm_kit.service import CLIENT_CLOSED, Readiness, check_target, http_error_problem
+from yardarm_kit.service import Readiness, problem_middleware
 
 from yardarm_gateway.admin_models import (
     EjectBody,
@@ -87,51 +86,27 @@ def _same_secret(presented: str, token: str) -> bool:
     )
 
 
-def _admin_middleware(token: str | None) -> Any:
-    """The URL check, the token check, then problem+json for every error (the kit's shape).
-
-    `/readyz` (replicas sharing the public port are probed here) and `/openapi.json` are
-    open.
-    """
+def _admin_guard(token: str | None) -> Any:
+    """The token check; `/readyz` (replicas sharing the public port are probed here) and
+    `/openapi.json` are open. Errors become problems in the kit's middleware around it."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            check_target(request.raw_path)
-            if request.path not in OPEN_PATHS:
-                if token is None:
-                    raise Problem(
-                        404, "Not Found", "the admin API is disabled (no admin token set)"
-                    )
-                presented = bearer_token(request)
-                if presented is None:
-                    raise unauthorized(REALM, "send 'Authorization: Bearer <admin token>'")
-                if not _same_secret(presented, token):
-                    raise unauthorized(REALM, "the bearer token is not the admin token")
-            return await handler(request)
-        except Problem as problem:
-            return problem.response()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            if request.transport is not None and not request.transport.is_closing():
-                raise
-            log.info(
-                "client closed %s %s before it was answered", request.method, request.path,
-                extra={"event": "client_closed"},
-            )  # fmt: skip
-            return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            not_found = f"{request.method} {request.path} is not an admin endpoint"
-            return http_error_problem(request, exc, not_found)
-
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return Problem(500, "Internal Server Error", "see the gateway's log").response()
+        if request.path not in OPEN_PATHS:
+            if token is None:
+                raise Problem(404, "Not Found", "the admin API is disabled (no admin token set)")
+            presented = bearer_token(request)
+            if presented is None:
+                raise unauthorized(REALM, "send 'Authorization: Bearer <admin token>'")
+            if not _same_secret(presented, token):
+                raise unauthorized(REALM, "the bearer token is not the admin token")
+        return await handler(request)
 
     return guard
+
+
+def _not_admin(request: web.Request) -> str:
+    return f"{request.method} {request.path} is not an admin endpoint"
 
 
 class AdminApi:
@@ -405,7 +380,10 @@ def admin_app(
 
     Its ApiSpec is `app[ADMIN_SPEC]`.
     """
-    app = web.Application(middlewares=[_admin_middleware(token)], client_max_size=256 * 1024)
+    app = web.Application(
+        middlewares=[problem_middleware(log, not_found=_not_admin), _admin_guard(token)],
+        client_max_size=256 * 1024,
+    )
     spec = ApiSpec(
         app.router,
         "yardarm gateway admin",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import logging
 import random
 import re
 import signal
@@ -21,7 +23,7 @@ from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
 import aiohttp
-from aiohttp import web
+from aiohttp import typedefs, web
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -100,6 +102,48 @@ def http_error_problem(
     return Problem(exc.status, exc.reason, detail, headers=headers).response()
 
 
+def problem_middleware(
+    log: logging.Logger, *, not_found: Callable[[web.Request], str] | None = None
+) -> typedefs.Middleware:
+    """Every error as problem+json (a Service's, and any other app a service runs): the
+    URL check first, a `Problem` as raised, aiohttp's own 4xx (`not_found` names a 404's
+    detail), a client gone mid-request as 499, anything else as a logged 500."""
+
+    @web.middleware
+    async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            check_target(request.raw_path)
+            return await handler(request)
+        except Problem as problem:
+            return problem.response()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            # The client went away mid-request (often mid-body): nobody is left to answer.
+            if request.transport is not None and not request.transport.is_closing():
+                raise
+            log.info(
+                "client closed %s %s before it was answered", request.method, request.path,
+                extra={"event": "client_closed"},
+            )  # fmt: skip
+            return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return http_error_problem(
+                request, exc, None if not_found is None else not_found(request)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            span = trace.get_current_span()
+            span.set_status(Status(StatusCode.ERROR, "unhandled exception"))
+            return Problem(
+                500, "Internal Server Error", "the server failed; see its logs"
+            ).response()
+
+    return problems
+
+
 GC_GEN0_THRESHOLD = 50_000
 
 
@@ -165,8 +209,8 @@ class Service:
         self._own_process = False
         self.app = web.Application(
             client_max_size=MAX_BODY_BYTES,
-            middlewares=[self._trace_mw, self._metrics_mw, self._problem_mw, self._deadline_mw,
-                         self._fault_mw],
+            middlewares=[self._trace_mw, self._metrics_mw, problem_middleware(self.log),
+                         self._deadline_mw, self._fault_mw],
         )  # fmt: skip
         self.api = ApiSpec(self.app.router, f"yardarm {settings.service}", settings.version)
         self._describe_operational()
@@ -205,15 +249,20 @@ class Service:
             )
         return self._session
 
-    def client_ssl(self) -> ssl.SSLContext | None:
-        """The context for calls out: trusts the stack's CA and presents this service's
-        certificate; None (the system's trust) without a CA file."""
+    @functools.cached_property
+    def _client_ssl(self) -> ssl.SSLContext | None:
         settings = self.settings
         if settings.tls_ca_file is None:
             return None
         return tls.client_context(
             settings.tls_ca_file, cert=settings.tls_cert_file, key=settings.tls_key_file
         )
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """The context for calls out: trusts the stack's CA and presents this service's
+        certificate; None (the system's trust) without a CA file. Built once: every
+        session of the process shares it."""
+        return self._client_ssl
 
     def _describe_operational(self) -> None:
         """`/healthz`, `/readyz`, `/metrics` and `/openapi.json`, described like any route."""
@@ -289,36 +338,6 @@ class Service:
                 http_request_method=request.method,
                 http_response_status_code=str(status),
             )
-
-    @web.middleware
-    async def _problem_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            check_target(request.raw_path)
-            return await handler(request)
-        except Problem as problem:
-            return problem.response()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            # The client went away mid-request (often mid-body): nobody is left to answer.
-            if request.transport is not None and not request.transport.is_closing():
-                raise
-            self.log.info(
-                "client closed %s %s before it was answered", request.method, request.path,
-                extra={"event": "client_closed"},
-            )  # fmt: skip
-            return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return http_error_problem(request, exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.log.exception("unhandled error in %s %s", request.method, request.path)
-            span = trace.get_current_span()
-            span.set_status(Status(StatusCode.ERROR, "unhandled exception"))
-            return Problem(
-                500, "Internal Server Error", "the server failed; see its logs"
-            ).response()
 
     @web.middleware
     async def _deadline_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
