@@ -161,6 +161,34 @@ async def test_declared_parameters_are_validated_by_their_types(
 
 
 @pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("multipart/form-data", 415),
+        ("application/x-www-form-urlencoded", 415),
+        ("text/plain", 415),
+        ("application/json; charset=latin-1", 415),
+        ("application/json; charset=UTF-8", 200),
+        ("application/merge-patch+json", 200),
+        ("application/octet-stream", 200),
+    ],
+)
+async def test_a_body_declared_as_something_other_than_json_is_415(
+    service: tuple[Service, str], content_type: str, status: int
+) -> None:
+    """The media type is judged before the body: a form or multipart never reaches a handler."""
+    _, url = service
+    body = b'{"name": "a", "quantity": 2}'
+    async with aiohttp.ClientSession() as http:
+        headers = {"Content-Type": content_type}
+        async with http.post(f"{url}/lines", data=body, headers=headers) as response:
+            if status == 200:
+                assert response.status == 200, await response.text()
+            else:
+                doc = await _problem_response(response, status)
+                assert "application/json" in doc["detail"]
+
+
+@pytest.mark.parametrize(
     ("target", "says"),
     [
         ("/keys/a%zz", "not followed by two hex digits"),

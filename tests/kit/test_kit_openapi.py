@@ -63,9 +63,10 @@ def test_an_operation_is_documented_with_its_body_params_and_every_response() ->
     body = op["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/Body"}
     assert doc["components"]["schemas"]["Body"]["required"] == ["name"]
-    # Declared and implied: body (400/413/422), header (400), secured (401/403), kit (500/504).
-    assert set(op["responses"]) == {"200", "201", "400", "401", "403", "409", "413", "422",
-                                    "500", "504"}  # fmt: skip
+    # Declared and implied: body (400/413/415/422), header (400), secured (401/403), kit
+    # (500/504).
+    assert set(op["responses"]) == {"200", "201", "400", "401", "403", "409", "413", "415",
+                                    "422", "500", "504"}  # fmt: skip
     assert op["responses"]["201"]["headers"]["Location"]["required"] is True
     assert op["responses"]["401"]["headers"]["WWW-Authenticate"]["required"] is True
     problem = op["responses"]["409"]["content"]["application/problem+json"]["schema"]

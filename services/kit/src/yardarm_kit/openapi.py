@@ -6,8 +6,8 @@ the same types that produce their JSON Schema) and every response it can give. T
 document at `/openapi.json` (OpenAPI 3.1, JSON Schema 2020-12) is built from those
 registrations and nothing else.
 
-Responses every operation of a kind can give are added for it: 400/413/422 for a body,
-422 for path and query parameters, 400 for header parameters, 401/403 for secured
+Responses every operation of a kind can give are added for it: 400/413/415/422 for a
+body, 422 for path and query parameters, 400 for header parameters, 401/403 for secured
 operations, 504 for a caller's deadline that ran out, 500 for an injected fault (the
 `fault.error-rate` flag).
 """
@@ -422,6 +422,7 @@ def _implied(op: Operation, kit_middleware: bool) -> dict[int, Reply]:
     if op.body is not None:
         implied[400] = Reply.error("the body is not JSON, or not JSON this API takes")
         implied[413] = Reply.error("the body is larger than the service accepts")
+        implied[415] = Reply.error("the body is declared as something other than JSON")
         implied[422] = Reply.error("the body does not validate; `errors` names each field")
     if any(p.location in ("path", "query") for p in op.params):
         implied[422] = Reply.error("a path or query parameter does not validate")

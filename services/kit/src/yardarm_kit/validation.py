@@ -6,6 +6,9 @@ Every service reads request bodies through here, so one set of limits holds ever
 would fail later, as a 500), finite numbers only, and strings (keys too) free of U+0000
 and of lone surrogates, which no database column or UTF-8 encoder takes. Anything else
 is a 400 (not JSON we take) or a 422 (JSON of the wrong shape), never a stack trace.
+A body declared as anything but JSON (a form, multipart, another charset) is a 415
+before a byte of it is read: it was never meant for this API, and whatever the handler
+would do first (ask the Raft leader, open a transaction) should not happen for it.
 """
 
 from __future__ import annotations
@@ -135,8 +138,33 @@ def decode_json(raw: bytes) -> Any:
     return document
 
 
+def check_media_type(request: web.Request) -> None:
+    """415 unless the body is declared JSON (`application/json`, `application/*+json`).
+
+    No Content-Type at all is taken as JSON, and so is `application/octet-stream` (what
+    clients send for bytes they did not label); a charset other than UTF-8 is refused,
+    since JSON on the wire is UTF-8 (RFC 8259).
+    """
+    if "Content-Type" not in request.headers:
+        return
+    media = request.content_type
+    charset = (request.charset or "utf-8").lower()
+    json_media = media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+    if (json_media or media == "application/octet-stream") and charset in ("utf-8", "utf8"):
+        return
+    raise Problem(
+        415,
+        "Unsupported media type",
+        "the body must be JSON in UTF-8: send Content-Type: application/json",
+        headers={"Accept-Post": "application/json"},
+    )
+
+
 async def decode_body(request: web.Request) -> Any:
-    """The request body as a JSON document (see `decode_json`)."""
+    """The request body as a JSON document (see `decode_json`), once its type is JSON."""
+    check_media_type(request)
     return decode_json(await request.read())
 
 
