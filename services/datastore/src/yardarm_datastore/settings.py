@@ -33,6 +33,13 @@ class DatastoreSettings(ServiceSettings):
     when it opens a Raft stream; unset, anyone who reaches the Raft port may speak Raft.
     With `tls_cert_file`, `tls_key_file` and `tls_ca_file` all set, the Raft streams use
     mutual TLS as well (certificates signed by that CA, both ways).
+
+    The HTTP API binds the kit's `host` and the Raft stream listener `raft_host` (both
+    127.0.0.1 by default; `0.0.0.0` in a container, with `peers` naming addresses the
+    other replicas can reach). `data_dir` is the one place the replica writes (its log
+    and snapshots): a volume in a container, whatever `state_dir` is. On SIGTERM the
+    HTTP API drains (the kit's `drain_delay_s`) while the replica stays in its group;
+    the Raft listener closes after the HTTP listener, with the replica.
     """
 
     model_config = SettingsConfigDict(env_prefix="YARDARM_DATASTORE_", extra="ignore")

@@ -4,6 +4,11 @@ Services create a `Service`, add routes to `service.app`, register readiness che
 lifecycle hooks, then call `run()`. Nothing else in a service sets up exporters,
 loggers or middleware. Inside a running loop (tests, embedding) use `await start()` /
 `await stop()`, or `await serve()` and end it with `request_stop()`.
+
+Stopping (SIGTERM, SIGINT, `request_stop()`) drains as Kubernetes and Envoy expect:
+readiness fails first while the listeners keep serving for `drain_delay_s`, then the
+listeners close (a new connection is refused), requests in flight get `drain_timeout_s`
+to finish, the shutdown hooks run, spans are flushed, and `run()` returns (exit 0).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 MAX_BODY_BYTES = 1024 * 1024
 READINESS_TIMEOUT_S = 2.0
-SHUTDOWN_GRACE_S = 10.0
+SHUTDOWN_GRACE_S = 10.0  # each shutdown hook's bound
 # The status recorded for a request whose client went away before it was answered
 # (nginx's convention): not the server's failure, and no answer can reach anyone.
 CLIENT_CLOSED = 499
@@ -196,9 +201,11 @@ class Service:
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+        self._listeners: list[tuple[web.Application, int]] = []
         self._stopping = asyncio.Event()
         self._stopped = False
+        self.draining = False
         # Listener options a service may set before start(): TLS, SO_REUSEPORT (several
         # processes sharing one port) and aiohttp request-parser limits.
         self.ssl_context: ssl.SSLContext | None = None
@@ -212,6 +219,7 @@ class Service:
             middlewares=[self._trace_mw, self._metrics_mw, problem_middleware(self.log),
                          self._deadline_mw, self._fault_mw],
         )  # fmt: skip
+        self.app.on_response_prepare.append(self._close_when_draining)
         self.api = ApiSpec(self.app.router, f"yardarm {settings.service}", settings.version)
         self._describe_operational()
 
@@ -228,6 +236,13 @@ class Service:
     def on_shutdown(self, hook: Hook) -> None:
         """Runs after the listener stopped and in-flight requests finished."""
         self._shutdown.append(hook)
+
+    def add_listener(self, app: web.Application, port: int) -> None:
+        """Serve another app on `port` (the gateway's admin API): bound to the same
+        `host` with the same TLS, opened with the main listener after the start-up hooks,
+        drained and closed with it."""
+        app.on_response_prepare.append(self._close_when_draining)
+        self._listeners.append((app, port))
 
     def http_client(self, upstream: str, *, traced: bool = True) -> HttpClient:
         """A client for one named upstream sharing this process's connection pool.
@@ -388,6 +403,14 @@ class Service:
         return web.json_response({"status": "ok", "instance": self.settings.instance})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            raise Problem(
+                503,
+                "Not ready",
+                "draining: the instance is shutting down",
+                extra={"checks": {}, "draining": True},
+                headers={"Retry-After": "1"},
+            )
         names = list(self._checks)
 
         async def run(check: Check) -> bool:
@@ -410,6 +433,15 @@ class Service:
             headers={"Retry-After": "1"},
         )
 
+    async def _close_when_draining(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> None:
+        """While draining, no connection is kept alive: a client's next request opens a
+        new one, which a router that has seen readiness fail sends elsewhere."""
+        if self.draining:
+            response.force_close()  # aiohttp has set the headers already: say it there too
+            response.headers["Connection"] = "close"
+
     async def _metrics(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
@@ -425,47 +457,63 @@ class Service:
         self._client_session()
         for hook in self._startup:
             await hook()
-        self._runner = AppRunner(
-            self.app,
+        await self._listen(self.app, self.settings.port, self.server_options, self.reuse_port)
+        for app, port in self._listeners:
+            await self._listen(app, port, {}, False)
+
+    async def _listen(
+        self, app: web.Application, port: int, options: dict[str, Any], reuse_port: bool
+    ) -> None:
+        runner = AppRunner(
+            app,
             access_log=None,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
+            shutdown_timeout=self.settings.drain_timeout_s,
             on_malformed=self.count_malformed,
-            **self.server_options,
+            **options,
         )
-        await self._runner.setup()
+        await runner.setup()
+        self._runners.append(runner)
+        host = self.settings.host
         warning = tls.plaintext_warning(
-            self.settings.host,
-            self.settings.port,
-            tls=self.ssl_context is not None,
-            mesh_tls=self.settings.mesh_tls,
+            host, port, tls=self.ssl_context is not None, mesh_tls=self.settings.mesh_tls
         )
         if warning is not None:
             self.log.warning(warning, extra={"event": "plaintext_listener"})
         site = web.TCPSite(
-            self._runner,
-            self.settings.host,
-            self.settings.port,
+            runner,
+            host,
+            port,
             reuse_address=True,
-            reuse_port=self.reuse_port or None,
+            reuse_port=reuse_port or None,
             ssl_context=self.ssl_context,
         )
         await site.start()
+        self.log.info("listening on %s:%d", host, port, extra={"event": "started"})
+
+    async def drain(self) -> None:
+        """Fail readiness, then keep serving for `drain_delay_s`, so that whatever
+        routes by readiness stops sending here before the listeners close."""
+        self.draining = True
+        delay = self.settings.drain_delay_s
         self.log.info(
-            "listening on %s:%d", self.settings.host, self.settings.port,
-            extra={"event": "started"},
+            "draining: readiness fails; the listeners close in %.1fs", delay,
+            extra={"event": "draining"},
         )  # fmt: skip
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, run shutdown hooks, flush spans.
+        """Fail readiness, close the listeners, let requests in flight finish (up to
+        `drain_timeout_s`), run shutdown hooks, flush spans. `serve()` drains first.
 
         Idempotent: a second call does nothing.
         """
         if self._stopped:
             return
         self._stopped = True
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        self.draining = True
+        runners, self._runners = self._runners, []
+        await asyncio.gather(*(runner.cleanup() for runner in runners))
         for hook in self._shutdown:
             try:
                 async with asyncio.timeout(SHUTDOWN_GRACE_S):
@@ -483,12 +531,13 @@ class Service:
         self._stopping.set()
 
     async def serve(self) -> None:
-        """Start, wait for `request_stop()` (SIGTERM/SIGINT under `run`), then stop."""
+        """Start, wait for `request_stop()` (SIGTERM/SIGINT under `run`), drain, stop."""
         await self.start()
         if self._own_process:
             tune_gc()
         try:
             await self._stopping.wait()
+            await self.drain()
         finally:
             self.log.info("stopping", extra={"event": "stopping"})
             await self.stop()

@@ -4,11 +4,13 @@ Each process appends to `<state>/telemetry/<instance>.jsonl`: one
 `ExportTraceServiceRequest` per line, ids in lowercase hex as the OTLP/JSON spec says
 (written by `yardarm_kit.otlp_json`, without protobuf). `yardarm trace` reads these
 files, so the local target needs no collector. OTLP/HTTP export is added when the standard
-`OTEL_EXPORTER_OTLP_ENDPOINT` variable is set.
+`OTEL_EXPORTER_OTLP_ENDPOINT` variable is set. With `span_files` off (a container with a
+read-only root filesystem and a collector) no file is written and OTLP is the only export.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -28,6 +30,8 @@ from yardarm_kit.settings import ServiceSettings
 ROTATE_BYTES = 20 * 1024 * 1024
 EXPORT_BATCH = 64
 KEEP_ROTATED = 3
+
+log = logging.getLogger("yardarm.telemetry")
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -80,28 +84,41 @@ def resource_for(settings: ServiceSettings) -> Resource:
 def setup_tracing(settings: ServiceSettings) -> TracerProvider:
     """A tracer provider for this process, also installed as the global one."""
     provider = TracerProvider(resource=resource_for(settings))
-    path = settings.state_dir / "telemetry" / f"{settings.instance}.jsonl"
-    # Small batches: the exporter thread holds the GIL while it encodes and dumps a
-    # batch, and the serving loop waits. Measured on the gateway at 800 req/s: batches
-    # of 512 (the SDK default) gave a p99 of 23 ms, batches of 64 a p99 of 5 ms, at the
-    # same throughput. OTEL_BSP_MAX_EXPORT_BATCH_SIZE still overrides it.
-    batch = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else EXPORT_BATCH
-    provider.add_span_processor(
-        BatchSpanProcessor(
-            JsonLinesSpanExporter(path), schedule_delay_millis=500, max_export_batch_size=batch
+    if settings.span_files:
+        path = settings.state_dir / "telemetry" / f"{settings.instance}.jsonl"
+        # Small batches: the exporter thread holds the GIL while it encodes and dumps a
+        # batch, and the serving loop waits. Measured on the gateway at 800 req/s: batches
+        # of 512 (the SDK default) gave a p99 of 23 ms, batches of 64 a p99 of 5 ms, at
+        # the same throughput. OTEL_BSP_MAX_EXPORT_BATCH_SIZE still overrides it.
+        batch = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else EXPORT_BATCH
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                JsonLinesSpanExporter(path), schedule_delay_millis=500, max_export_batch_size=batch
+            )
         )
-    )
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
+    if otlp_configured():
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif not settings.span_files:
+        log.warning(
+            "span files are off and no OTEL_EXPORTER_OTLP_ENDPOINT is set: spans are "
+            "recorded nowhere",
+            extra={"event": "spans_discarded"},
+        )
     trace.set_tracer_provider(provider)
     propagate.set_global_textmap(
         CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
     )
     return provider
+
+
+def otlp_configured() -> bool:
+    """Whether the standard environment names an OTLP endpoint for traces."""
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
 
 
 def current_trace_ids() -> tuple[str | None, str | None]:
