@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.gateway.processes import Backends
+from tests.gateway.processes import Backends, spawn, wait_ready
 
 StartBackend = Callable[..., Awaitable[str]]
 StartRawBackend = Callable[
@@ -92,6 +92,27 @@ async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
     fleet.stop_all()
 
 
+@pytest.fixture
+async def datastore_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A real datastore (one replica, authentication off), stopped at the end of the test."""
+    port = unused_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YARDARM_", "OTEL_"))}
+    env.update(
+        {
+            "YARDARM_DATASTORE_PORT": str(port),
+            "YARDARM_DATASTORE_INSTANCE": "datastore-0",
+            "YARDARM_DATASTORE_STATE_DIR": str(tmp_path / "ds-state"),
+            "YARDARM_DATASTORE_DATA_DIR": str(tmp_path / "ds-data"),
+        }
+    )
+    process = spawn([sys.executable, "-m", "yardarm_datastore"], tmp_path / "datastore.log", env)
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(url, tmp_path / "datastore.log")
+    yield url
+    process.send_signal(signal.SIGTERM)
+    process.wait(20)
+
+
 @dataclass
 class Gateway:
     """A running gateway process."""
@@ -115,18 +136,26 @@ def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def _wait_healthy(gateway: Gateway, within_s: float, scheme: str = "http") -> None:
+async def _wait_healthy(
+    gateway: Gateway, within_s: float, scheme: str = "http", instance: str | None = None
+) -> None:
+    """Until the gateway's `/healthz` answers; with `instance`, until that replica itself
+    answers on the port (replicas sharing a port: each try is a new connection, which
+    the kernel may give to any of them)."""
     deadline = time.monotonic() + within_s
     base = gateway.url.replace("http://", f"{scheme}://")
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(force_close=True, ssl=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
         while time.monotonic() < deadline:
             if gateway.process.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{gateway.log()}")
             try:
                 async with session.get(
-                    f"{base}/healthz", timeout=aiohttp.ClientTimeout(total=1), ssl=False
+                    f"{base}/healthz", timeout=aiohttp.ClientTimeout(total=1)
                 ) as resp:
-                    if resp.status == 200:
+                    if resp.status == 200 and (
+                        instance is None or (await resp.json())["instance"] == instance
+                    ):
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
@@ -136,7 +165,11 @@ async def _wait_healthy(gateway: Gateway, within_s: float, scheme: str = "http")
 
 @pytest.fixture
 async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
-    """Start `python -m yardarm_gateway` with the given routes and upstreams."""
+    """Start `python -m yardarm_gateway` with the given routes and upstreams.
+
+    `port=` puts it on a given public port (replicas sharing one pass `reuse_port=True`
+    too); `admin=True` gives it an admin port of its own.
+    """
     gateways: list[Gateway] = []
 
     async def start(
@@ -145,7 +178,8 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
         **settings: Any,
     ) -> Gateway:
         index = len(gateways)
-        port = unused_port()
+        shared = settings.pop("port", None)
+        port = unused_port() if shared is None else int(shared)
         env = {
             key: value
             for key, value in os.environ.items()
@@ -174,7 +208,12 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
         process = _spawn(env, log_path)
         gateway = Gateway(f"http://127.0.0.1:{port}", admin_url, process, log_path)
         gateways.append(gateway)
-        await _wait_healthy(gateway, within_s=60, scheme=scheme)
+        await _wait_healthy(
+            gateway,
+            within_s=60,
+            scheme=scheme,
+            instance=None if shared is None else env["YARDARM_GATEWAY_INSTANCE"],
+        )
         return gateway
 
     yield start

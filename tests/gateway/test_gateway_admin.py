@@ -346,6 +346,6 @@ async def test_the_admin_document_is_open_and_describes_every_admin_operation(
         "POST /admin/upstreams/{upstream}/ejections",
         "DELETE /admin/upstreams/{upstream}/ejections",
     }
-    assert set(operations) - secured == {"GET /readyz", "GET /openapi.json"}
+    assert set(operations) - secured == {"GET /readyz", "GET /metrics", "GET /openapi.json"}
     for label in secured:
         assert "admin token" in operations[label]["x-yardarm-permission"], label

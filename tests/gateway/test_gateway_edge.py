@@ -57,11 +57,18 @@ async def test_track_override_and_kv_writes_need_the_admin_token_which_never_goe
         assert resp.headers["x-yardarm-track"] == "canary"
         assert "x-yardarm-admin-token" not in body["headers"]
         assert TOKEN not in str(body)
+    # A track without endpoints may get some at any time: 503; a name that is no track: 422.
     async with client.get(
         f"{gw.url}/api/work", headers={"x-yardarm-track": "blue", "x-yardarm-admin-token": TOKEN}
     ) as resp:
+        assert resp.status == 503
+        assert resp.content_type == PROBLEM
+        assert "tracks with endpoints: canary, stable" in (await resp.json())["detail"]
+    async with client.get(
+        f"{gw.url}/api/work", headers={"x-yardarm-track": "*", "x-yardarm-admin-token": TOKEN}
+    ) as resp:
         assert resp.status == 422
-        assert "tracks: canary, stable" in (await resp.json())["detail"]
+        assert "canary, stable" in (await resp.json())["detail"]
 
     async with client.get(f"{gw.url}/api/kv/a") as resp:
         assert resp.status == 200  # reads are public

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from multidict import CIMultiDict
-from yardarm_gateway.forwarding import downstream_response_headers, upstream_request_headers
+from yardarm_gateway.endpoints import Endpoint
+from yardarm_gateway.forwarding import (
+    Relocation,
+    downstream_response_headers,
+    upstream_request_headers,
+)
 
 
 def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
@@ -76,3 +81,23 @@ def test_response_keeps_end_to_end_headers() -> None:
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),
     ]
+
+
+def test_relocation_compares_whole_origins_with_default_ports() -> None:
+    relocation = Relocation("/orders", "/api/orders")
+    https = Endpoint("https://Orders.internal")
+    assert relocation.public_value("https://orders.INTERNAL:443/orders/7", https) == (
+        "/api/orders/7"
+    )
+    assert relocation.public_value("http://orders.internal/orders/7", https) == (
+        "http://orders.internal/orders/7"
+    )
+    v6 = Endpoint("http://[::1]:8120")
+    assert relocation.public_value("http://[::1]:8120/orders#x", v6) == "/api/orders#x"
+    assert relocation.public_value("http://[::2]:8120/orders", v6) == "http://[::2]:8120/orders"
+    assert relocation.public_value("http://[::1]:bad/orders", v6) == "http://[::1]:bad/orders"
+    root = Relocation("/", "/api")  # the route `/api` forwards everything to `/`
+    assert root.public_value("/", v6) == "/api/"
+    assert root.public_value("/x?y", v6) == "/api/x?y"
+    assert root.public_value("//elsewhere.example/x", v6) == "//elsewhere.example/x"
+    assert Relocation("/", "/").public_value("/x", v6) == "/x"

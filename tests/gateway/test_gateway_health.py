@@ -51,7 +51,7 @@ async def upstream_with_checker(
         passes.append((endpoint, probed_at, now))
         up.health_check_passed(endpoint, probed_at, now)
 
-    checker = HealthChecker("svc", up.health, up.endpoints, on_pass=on_pass)
+    checker = HealthChecker("svc", up.health, lambda: up.endpoints, on_pass=on_pass)
     checkers.append(checker)
     await checker.start()  # the first round
     return up, checker, passes

@@ -24,6 +24,8 @@ from yardarm_gateway.routeconfig import RoutingDoc, RoutingSync
 from yardarm_gateway.routing import Route
 from yardarm_gateway.settings import UpstreamSpec
 from yardarm_gateway.upstreams import Upstream
+from yardarm_kit import ServiceSettings
+from yardarm_kit.metrics import Metrics
 
 from tests.gateway.apps import echo_app
 
@@ -48,7 +50,8 @@ def _admin() -> web.Application:
         return web.json_response({"status": "ready", "checks": {}})
 
     api = AdminApi(sync, lambda: base, upstreams, "/api")
-    return admin_app(api, token=TOKEN, readyz=readyz, version="1.2.3")
+    metrics = Metrics(ServiceSettings(service="gateway", instance="gateway-test", port=9))
+    return admin_app(api, token=TOKEN, readyz=readyz, metrics=metrics, version="1.2.3")
 
 
 def test_every_admin_route_is_documented_and_every_documented_operation_routed() -> None:
@@ -146,4 +149,4 @@ async def test_schemathesis_finds_nothing_wrong_with_the_admin_api(
     report = (run.stdout + run.stderr)[-20_000:]
     assert run.returncode == 0, report
     # Every operation was reached, the core of the writes included.
-    assert "7 selected / 7 total" in report, report
+    assert "8 selected / 8 total" in report, report

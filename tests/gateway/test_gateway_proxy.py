@@ -124,12 +124,12 @@ async def test_status_headers_and_body_pass_through_unchanged(
         f"{gw.url}/api/orders", json={"items": []}, headers={"Idempotency-Key": "k-1"}
     ) as resp:
         assert resp.status == 202
-        assert resp.headers["Location"] == "/orders/o-1"
+        assert resp.headers["Location"] == "/api/orders/o-1"  # the public path
         assert await resp.json() == {"id": "o-1", "status": "PENDING"}
 
     async with client.get(f"{gw.url}/api/orders/moved", allow_redirects=False) as resp:
         assert resp.status == 303
-        assert resp.headers["Location"] == "/orders/elsewhere"
+        assert resp.headers["Location"] == "/api/orders/elsewhere"
 
     async with client.get(f"{gw.url}/api/orders/cookies") as resp:
         assert resp.headers.getall("Set-Cookie") == ["a=1", "b=2"]

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.conftest import free_port as unused_port
-from tests.gateway.processes import Backends, metric_sum, scrape, spawn, wait_ready
+from tests.gateway.processes import Backends, metric_sum, scrape
 from yardarm.load import LoadConfig, parse_mix, run_load
 
 StartGateway = Callable[..., Awaitable[Any]]
@@ -146,26 +141,6 @@ async def test_a_slow_backend_opens_its_circuit_then_half_open_probes_close_it(
         if line.startswith("{") and '"event": "breaker"' in line
     ]
     assert {t["to"] for t in transitions} >= {"open", "half_open", "closed"}
-
-
-@pytest.fixture
-async def datastore_url(tmp_path: Path) -> AsyncIterator[str]:
-    port = unused_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YARDARM_", "OTEL_"))}
-    env.update(
-        {
-            "YARDARM_DATASTORE_PORT": str(port),
-            "YARDARM_DATASTORE_INSTANCE": "datastore-0",
-            "YARDARM_DATASTORE_STATE_DIR": str(tmp_path / "ds-state"),
-            "YARDARM_DATASTORE_DATA_DIR": str(tmp_path / "ds-data"),
-        }
-    )
-    process = spawn([sys.executable, "-m", "yardarm_datastore"], tmp_path / "datastore.log", env)
-    url = f"http://127.0.0.1:{port}"
-    await wait_ready(url, tmp_path / "datastore.log")
-    yield url
-    process.send_signal(signal.SIGTERM)
-    process.wait(20)
 
 
 async def shares(client: aiohttp.ClientSession, url: str, n: int) -> Counter[str]:

@@ -8,6 +8,7 @@ every replica applies them within a second and the gateway itself can never rewr
 its routing. This is the hook the rollout engine drives.
 
     GET    /readyz                                 readiness (open: replica probes)
+    GET    /metrics                                this replica's metrics (open: scrapers)
     GET    /openapi.json                           this API's OpenAPI document (open)
     GET    /admin/routes                           routing document and its version
     PUT    /admin/routes                           replace the routes
@@ -21,6 +22,10 @@ valid change that conflicts with the gateway's configuration (an unknown upstrea
 endpoint, weight on a track without endpoints), with itself (two routes with one
 prefix or name) or with a concurrent change; 403 when the datastore refused the
 caller's credential for the write; 503 when the datastore cannot be reached.
+
+The document's `endpoints` (the control plane's) are never changed here: every change
+stores them back as read. Each change also drops the ejections naming an endpoint no
+longer listed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pydantic import BaseModel
 from yardarm_kit import ApiSpec, Header, Param, Problem, Reply, params_of, parse_json
 from yardarm_kit.access import bearer_token, unauthorized
 from yardarm_kit.datastore_client import DatastoreRefused, DatastoreUnavailable
+from yardarm_kit.metrics import Metrics
 from yardarm_kit.service import Readiness, problem_middleware
 
 from yardarm_gateway.admin_models import (
@@ -49,14 +55,14 @@ from yardarm_gateway.admin_models import (
     UpstreamsView,
 )
 from yardarm_gateway.routeconfig import Ejection, RoutingConflict, RoutingDoc, RoutingSync
-from yardarm_gateway.routing import Route
+from yardarm_gateway.routing import Route, check_routes, check_weights
 from yardarm_gateway.upstreams import Upstream
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REALM = "yardarm-gateway-admin"
-OPEN_PATHS = frozenset({"/readyz", "/openapi.json"})
+OPEN_PATHS = frozenset({"/readyz", "/metrics", "/openapi.json"})
 ADMIN_SPEC = web.AppKey("yardarm.gateway.admin_spec", ApiSpec)
 PERMISSION = "the gateway's admin token (the stack's admin credential)"
 WRITE_PERMISSION = (
@@ -87,8 +93,9 @@ def _same_secret(presented: str, token: str) -> bool:
 
 
 def _admin_guard(token: str | None) -> Any:
-    """The token check; `/readyz` (replicas sharing the public port are probed here) and
-    `/openapi.json` are open. Errors become problems in the kit's middleware around it."""
+    """The token check; `/readyz` (replicas sharing the public port are probed here),
+    `/metrics` and `/openapi.json` are open. Errors become problems in the kit's middleware
+    around it."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -127,6 +134,29 @@ class AdminApi:
     def _doc(self) -> RoutingDoc:
         return self._sync.doc or self._base()
 
+    def _tracks(self, doc: RoutingDoc) -> dict[str, set[str]]:
+        """The tracks with endpoints, per upstream, by `doc`."""
+        return {
+            name: {e.track for e in doc.endpoints_of(name, upstream.spec.endpoints)}
+            for name, upstream in self._upstreams.items()
+        }
+
+    def _pruned(self, doc: RoutingDoc) -> RoutingDoc:
+        """`doc` without the ejections naming an endpoint it does not list (it left;
+        should its URL come back, that is a new instance)."""
+        keep = [
+            e
+            for e in doc.ejections
+            if e.upstream in self._upstreams
+            and any(
+                spec.url == e.endpoint
+                for spec in doc.endpoints_of(e.upstream, self._upstreams[e.upstream].spec.endpoints)
+            )
+        ]
+        if len(keep) == len(doc.ejections):
+            return doc
+        return doc.model_copy(update={"ejections": keep})
+
     def with_examples(self, document: dict[str, Any]) -> dict[str, Any]:
         """`document` with this gateway's upstream names and endpoint URLs as examples,
         so a client (or a fuzzer) can find values the API will act on."""
@@ -154,6 +184,7 @@ class AdminApi:
                 "strip_prefix": self._strip_prefix,
                 "routes": doc.routes,
                 "ejections": doc.ejections,
+                "endpoints": doc.endpoints,
             },
         )
 
@@ -161,7 +192,9 @@ class AdminApi:
         self, request: web.Request, change: Callable[[RoutingDoc], RoutingDoc]
     ) -> None:
         try:
-            await self._sync.update(change, self._base(), token=bearer_token(request))
+            await self._sync.update(
+                lambda doc: self._pruned(change(doc)), self._base(), token=bearer_token(request)
+            )
         except ValueError as exc:  # valid in itself, but not with this configuration
             raise Problem(409, "conflicting routing", str(exc)) from None
         except RoutingConflict as exc:
@@ -186,7 +219,12 @@ class AdminApi:
 
     async def put_routes(self, request: web.Request) -> web.Response:
         body = await parse_json(request, RoutesBody)
-        await self._update(request, lambda doc: doc.model_copy(update={"routes": body.routes}))
+
+        def change(doc: RoutingDoc) -> RoutingDoc:
+            check_routes(body.routes, self._tracks(doc))  # no weight on a track without endpoints
+            return doc.model_copy(update={"routes": body.routes})
+
+        await self._update(request, change)
         return self._view()
 
     async def put_split(self, request: web.Request) -> web.Response:
@@ -205,6 +243,7 @@ class AdminApi:
                     if sticky_given:
                         data["sticky"] = None if body.sticky is None else body.sticky.model_dump()
                     route = Route.model_validate(data)
+                    check_weights(route, self._tracks(doc).get(route.upstream, set()))
                 routes.append(route)
             if not found:
                 known = ", ".join(r.name for r in doc.routes)
@@ -250,6 +289,9 @@ class AdminApi:
         entry = Ejection(upstream=upstream.name, endpoint=url, until=until, reason=body.reason)
 
         def change(doc: RoutingDoc) -> RoutingDoc:
+            listed = doc.endpoints_of(upstream.name, upstream.spec.endpoints)
+            if not any(spec.url == url for spec in listed):  # it left since it was looked up
+                raise ValueError(f"upstream {upstream.name!r} no longer lists {url!r}")
             return doc.model_copy(update={"ejections": [*_others(doc, upstream.name, url), entry]})
 
         await self._update(request, change)
@@ -280,7 +322,22 @@ _CONFLICT = Reply.error(
 _REFUSED = Reply.error("no valid admin credential, or the datastore refused it for the write")
 
 
-def _describe(spec: ApiSpec, api: AdminApi, readyz: Handler) -> None:
+def _metrics_handler(metrics: Metrics) -> Handler:
+    """This replica's own metrics, as the public port's `/metrics` exposes them.
+
+    Replicas share the public port (SO_REUSEPORT), so a scrape there reaches whichever
+    replica the kernel picks; each admin port is one replica's, so a scraper sees every
+    replica once. Open like `/readyz`: metrics are read-only and scrapers carry no token.
+    """
+
+    async def handle(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return handle
+
+
+def _describe(spec: ApiSpec, api: AdminApi, readyz: Handler, metrics: Metrics) -> None:
     """Route and document every operation of the admin listener."""
     ops = ("operations",)
     spec.add(
@@ -289,6 +346,14 @@ def _describe(spec: ApiSpec, api: AdminApi, readyz: Handler) -> None:
         responses={200: Reply("ready", Readiness),
                    503: Reply.error("a check fails; `checks` says which",
                                      **{"Retry-After": _RETRY})},
+    )  # fmt: skip
+    spec.add(
+        "GET", "/metrics", _metrics_handler(metrics), operation_id="metrics", tags=ops,
+        operational=True,
+        summary="This gateway replica's Prometheus metrics (open, for scrapers; OpenMetrics "
+        "with exemplars when asked for)",
+        responses={200: Reply("the exposition",
+                              content_type="text/plain,application/openmetrics-text")},
     )  # fmt: skip
 
     async def openapi(request: web.Request) -> web.Response:
@@ -374,7 +439,7 @@ def admin_openapi(app: web.Application) -> dict[str, Any]:
 
 
 def admin_app(
-    api: AdminApi, *, token: str | None, readyz: Handler, version: str
+    api: AdminApi, *, token: str | None, readyz: Handler, metrics: Metrics, version: str
 ) -> web.Application:
     """The admin application; errors are problem+json like on the public port.
 
@@ -393,7 +458,7 @@ def admin_app(
         kit_middleware=False,  # no fault injection or deadlines on the admin listener
     )
 
-    _describe(spec, api, readyz)
+    _describe(spec, api, readyz, metrics)
     app[ADMIN_SPEC] = spec
     app[ADMIN_API] = api
     return app

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema, field_validator
+from yardarm_kit.gateway_policy import Policy
 from yardarm_kit.openapi import portable_pattern
 
-from yardarm_gateway.balancing.config import Policy
 from yardarm_gateway.routeconfig import Ejection
 from yardarm_gateway.routing import SPLIT_SCHEMA, Route, Weight, check_split
+from yardarm_gateway.settings import EndpointSpec
 from yardarm_gateway.split import STICKY_SCHEMA, StickyConfig
 
 MAX_EJECTION_S = 7 * 24 * 3600
@@ -77,8 +78,12 @@ class EjectBody(_Body):
 class RoutingView(BaseModel):
     """The routing document in force and where it comes from.
 
-    `version` is the datastore version of the stored document (0: the built-in routes);
+    `version` is the datastore version of the document in force (0: the built-in
+    routes; a stored document that was refused as invalid never shows here);
     `persistent` is false when the gateway has no datastore and keeps changes in memory.
+    `endpoints` is the document's endpoint lists as the control plane wrote them; an
+    upstream not listed routes to the endpoints the gateway was started with
+    (`GET /admin/upstreams` shows every upstream's live set).
     """
 
     version: int = Field(ge=0)
@@ -86,6 +91,7 @@ class RoutingView(BaseModel):
     strip_prefix: str
     routes: list[Route]
     ejections: list[Ejection]
+    endpoints: dict[str, list[EndpointSpec]]
 
 
 class BreakerView(BaseModel):
@@ -125,11 +131,15 @@ class OutlierView(BaseModel):
 
 
 class EndpointView(BaseModel):
+    """One endpoint; `draining`: it left the routing document and only finishes the
+    requests it has in flight (`active`), then is gone from this list."""
+
     url: str
     track: str
     weight: int
     active: int
     usable: bool
+    draining: bool
     health: HealthView
     outlier: OutlierView
     breaker: BreakerView

@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from yardarm_kit.gateway_policy import RateLimitConfig
 
 # RFC 9110 field-name: a token.
 _FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -22,37 +21,6 @@ _FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # A bucket that has refilled to within this of a whole token counts as holding one, so
 # a client that waits exactly the Retry-After it was given is admitted despite rounding.
 _EPSILON = 1e-9
-
-
-class RateLimitConfig(BaseModel):
-    """Per-client rate limit: `requests_per_s` sustained, bursts of up to `burst`.
-
-    The client is identified by its address, or by a request header (an API key, or the
-    client address a trusted load balancer in front of the gateway forwards).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = False
-    requests_per_s: float = Field(default=100.0, gt=0)
-    burst: int = Field(default=200, ge=1)
-    key: Literal["client_address", "header"] = "client_address"
-    header: str | None = None
-    max_keys: int = Field(default=100_000, ge=1)
-
-    @model_validator(mode="after")
-    def _header_matches_key(self) -> Self:
-        if self.key == "header":
-            if self.header is None:
-                raise ValueError("rate_limit.key is 'header': set rate_limit.header to its name")
-            if not _FIELD_NAME.match(self.header):
-                raise ValueError(f"rate_limit.header {self.header!r} is not a valid header name")
-        elif self.header is not None:
-            raise ValueError(
-                "rate_limit.header is set but rate_limit.key is 'client_address': "
-                "set key to 'header' or remove header"
-            )
-        return self
 
 
 class TokenBucket:

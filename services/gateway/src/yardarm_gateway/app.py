@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yardarm_kit import Service
 from yardarm_kit.datastore_client import DatastoreClient
-from yardarm_kit.http_server import AppRunner
 from yardarm_kit.lifecycle import cancel_task
 
 from yardarm_gateway.admin import AdminApi, admin_app, admin_openapi
+from yardarm_gateway.endpoints import Endpoint
 from yardarm_gateway.health import HealthChecker
 from yardarm_gateway.proxy import Proxy, RoutingState
 from yardarm_gateway.routeconfig import RoutingDoc, RoutingSync
@@ -29,7 +30,11 @@ ADMIN_APP = web.AppKey("yardarm.gateway.admin_app", web.Application)
 
 
 class _Ejections:
-    """Applies the routing document's manual ejections to the outlier detectors."""
+    """Applies the routing document's manual ejections to the outlier detectors.
+
+    An ejection naming an endpoint that is not listed (any more) is dropped: it left
+    rotation anyway.
+    """
 
     def __init__(self, upstreams: dict[str, Upstream]) -> None:
         self._upstreams = upstreams
@@ -40,24 +45,57 @@ class _Ejections:
         wall = time.time()
         wanted: set[tuple[str, str]] = set()
         for entry in doc.ejections:
-            if entry.until <= wall:
-                continue
             upstream = self._upstreams[entry.upstream]
-            endpoint = upstream.by_url[entry.endpoint]
+            endpoint = upstream.by_url.get(entry.endpoint)
+            if entry.until <= wall or endpoint is None:
+                continue
             upstream.outlier.eject(endpoint, now, entry.until - wall, f"admin: {entry.reason}")
             wanted.add((entry.upstream, entry.endpoint))
         for name, url in self._applied - wanted:
             upstream = self._upstreams[name]
-            upstream.outlier.uneject(upstream.by_url[url], now, "admin")
+            endpoint = upstream.by_url.get(url)
+            if endpoint is not None:
+                upstream.outlier.uneject(endpoint, now, "admin")
         self._applied = wanted
 
 
-def _check(settings: GatewaySettings, upstreams: dict[str, Upstream], doc: RoutingDoc) -> None:
-    check_routes(doc.routes, settings.tracks())
+def _check(settings: GatewaySettings, doc: RoutingDoc) -> None:
+    """Whether this gateway can route by `doc` (ValueError naming what cannot be).
+
+    Weight on a track without endpoints is allowed here: the control plane may remove a
+    track's last endpoint under a split, and that weight then goes unused. An admin's
+    change may not add such weight (`AdminApi`).
+    """
+    for name, specs in doc.endpoints.items():
+        spec = settings.upstreams.get(name)
+        if spec is None:
+            known = ", ".join(sorted(settings.upstreams)) or "none"
+            raise ValueError(f"endpoints listed for unknown upstream {name!r} (known: {known})")
+        ring = spec.balancer.ring_size
+        if spec.balancer.policy == "consistent_hash" and len(specs) > ring:
+            raise ValueError(
+                f"upstream {name!r} lists {len(specs)} endpoints, more than its hash ring's "
+                f"{ring} points"
+            )
+    tracks = {
+        name: {e.track for e in doc.endpoints_of(name, spec.endpoints)}
+        for name, spec in settings.upstreams.items()
+    }
+    check_routes(doc.routes, tracks, weights_need_endpoints=False)
     for entry in doc.ejections:
-        upstream = upstreams.get(entry.upstream)
-        if upstream is None or entry.endpoint not in upstream.by_url:
-            raise ValueError(f"ejection names unknown endpoint {entry.upstream}/{entry.endpoint}")
+        if entry.upstream not in settings.upstreams:
+            raise ValueError(f"ejection names unknown upstream {entry.upstream!r}")
+
+
+def _in_rotation(upstream: Upstream) -> Callable[[], tuple[Endpoint, ...]]:
+    """The endpoints to probe: those in rotation at each round (not the draining)."""
+    return lambda: upstream.endpoints
+
+
+def _drain_s(settings: GatewaySettings, doc: RoutingDoc) -> float:
+    """The longest a request in flight may last by `doc`: how long a removed endpoint
+    may keep requests before it is dropped anyway."""
+    return max([settings.route_timeout_s, *(r.timeout_s for r in doc.routes if r.timeout_s)])
 
 
 def _own_paths(app: web.Application) -> dict[str, frozenset[str]]:
@@ -91,6 +129,13 @@ def create_gateway(settings: GatewaySettings) -> Service:
     }
     telemetry = GatewayTelemetry(service.metrics)
     now = 0.0  # endpoints present at start are not slow-started
+
+    def dropped(name: str, endpoint: Endpoint) -> None:
+        """A drained endpoint is gone: close its pooled connections."""
+        if proxy.dispatcher.pool is not None:
+            proxy.dispatcher.pool.discard(endpoint.url)
+        telemetry.endpoint_gone(name, endpoint)
+
     upstreams = {
         name: Upstream(
             name,
@@ -99,6 +144,7 @@ def create_gateway(settings: GatewaySettings) -> Service:
             on_breaker=telemetry.breaker_transition,
             on_outlier=telemetry.outlier_event,
             on_panic=telemetry.panic_change,
+            on_drop=dropped,
         )
         for name, spec in settings.upstreams.items()
     }
@@ -118,6 +164,17 @@ def create_gateway(settings: GatewaySettings) -> Service:
     ejections = _Ejections(upstreams)
 
     def apply(doc: RoutingDoc, version: int) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        drain_s = _drain_s(settings, doc)
+        for name, upstream in upstreams.items():
+            specs = doc.endpoints_of(name, settings.upstreams[name].endpoints)
+            added, leaving = upstream.set_endpoints(specs, now, drain_s)
+            for endpoint in added:
+                telemetry.endpoint_added(name, endpoint)
+            for endpoint in leaving:
+                telemetry.endpoint_draining(name, endpoint)
+            upstream.reap(now)  # those with nothing in flight go at once
         table = RouteTable(doc.routes, strip_prefix=settings.strip_prefix)
         proxy.state = RoutingState.build(table, version)  # in-flight requests keep theirs
         ejections.apply(doc)
@@ -135,7 +192,7 @@ def create_gateway(settings: GatewaySettings) -> Service:
         datastore,
         settings.config_key,
         poll_s=settings.config_poll_s,
-        check=lambda doc: _check(settings, upstreams, doc),
+        check=lambda doc: _check(settings, doc),
         apply=apply,
         on_error=lambda kind: telemetry.config_errors.inc(kind=kind),
     )
@@ -143,7 +200,7 @@ def create_gateway(settings: GatewaySettings) -> Service:
         HealthChecker(
             name,
             upstream.health,
-            upstream.endpoints,
+            _in_rotation(upstream),
             on_change=functools.partial(telemetry.health_change, name),
             on_pass=upstream.health_check_passed,
             ssl_context=service.client_ssl(),
@@ -159,6 +216,8 @@ def create_gateway(settings: GatewaySettings) -> Service:
             await asyncio.sleep(SWEEP_TICK_S)
             now = loop.time()
             for name, upstream in upstreams.items():
+                if upstream.draining:  # nothing left in flight, or the drain time is over
+                    upstream.reap(now)
                 if now >= due[name]:
                     upstream.outlier.sweep(now)
                     due[name] = now + upstream.spec.outlier.interval_s
@@ -174,13 +233,15 @@ def create_gateway(settings: GatewaySettings) -> Service:
         )
         if settings.upstream_http == "native":
             proxy.dispatcher.pool = UpstreamPool(max_response_bytes=settings.max_response_bytes)
+        # The stored document first, so the endpoints it lists are probed before the
+        # listener opens, like those of the settings.
+        await sync.start()
         for upstream in upstreams.values():
             for endpoint in upstream.endpoints:
                 telemetry.health_change(upstream.name, endpoint, True)
             for pool in upstream.distinct_pools():
                 telemetry.panic.set(0, upstream=upstream.name, upstream_track=pool.track)
         await asyncio.gather(*(checker.start() for checker in checkers))
-        await sync.start()
         sweeper.append(asyncio.create_task(sweep(), name="outlier-sweep"))
 
     async def stop() -> None:
@@ -197,24 +258,27 @@ def create_gateway(settings: GatewaySettings) -> Service:
     service.on_shutdown(stop)
 
     async def upstreams_ready() -> bool:
-        return all(any(u.health.is_healthy(e) for e in u.endpoints) for u in upstreams.values())
+        """Each upstream has a healthy endpoint, unless it has none at all (scaled to 0:
+        its routes answer 503, the others serve)."""
+        return all(
+            any(u.health.is_healthy(e) for e in u.endpoints)
+            for u in upstreams.values()
+            if u.endpoints
+        )
 
     service.add_readiness_check("upstreams", upstreams_ready)
 
     if settings.admin_port is not None:
         api = AdminApi(sync, lambda: base, upstreams, settings.strip_prefix)
         app = admin_app(
-            api, token=settings.admin_credential, readyz=service.readyz, version=settings.version
+            api,
+            token=settings.admin_credential,
+            readyz=service.readyz,
+            metrics=service.metrics,  # each replica's own, whatever the public port reaches
+            version=settings.version,
         )
-        admin = AppRunner(app, access_log=None, on_malformed=service.count_malformed)
         service.app[ADMIN_APP] = app
-
-        async def start_admin() -> None:
-            await admin.setup()
-            await web.TCPSite(
-                admin, settings.host, settings.admin_port, ssl_context=service.ssl_context
-            ).start()
-
-        service.on_startup(start_admin)
-        service.on_shutdown(admin.cleanup)
+        # On `host` like the public port, and drained with it: its /readyz (what the
+        # supervisor probes) fails first, then both close together.
+        service.add_listener(app, settings.admin_port)
     return service

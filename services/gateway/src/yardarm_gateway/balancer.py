@@ -29,7 +29,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from yardarm_gateway.balancing.config import BalancerConfig, HashSource, Policy
+from yardarm_kit.gateway_policy import BalancerConfig, HashSource, Policy
+
 from yardarm_gateway.balancing.consistent_hash import ConsistentHash
 from yardarm_gateway.balancing.contract import Available, Balancer
 from yardarm_gateway.balancing.least_request import LeastRequest

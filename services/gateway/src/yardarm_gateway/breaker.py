@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from yardarm_kit.gateway_policy import BreakerConfig
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -29,27 +29,6 @@ Transition = Callable[[str, BreakerState, BreakerState, str], None]
 
 _FAILED = 1
 _SLOW = 2
-
-
-class BreakerConfig(BaseModel):
-    """When a circuit opens and how it recovers; names mirror resilience4j's settings.
-
-    For a count window `minimum_calls` is capped at `window_size`, as resilience4j does, so
-    a small window can still trip.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    window_type: Literal["count", "time"] = "count"
-    window_size: int = Field(default=100, ge=1, le=100_000)
-    """Calls (count window) or seconds (time window)."""
-    minimum_calls: int = Field(default=20, ge=1)
-    failure_rate_threshold: float = Field(default=50.0, gt=0.0, le=100.0)
-    slow_call_rate_threshold: float = Field(default=100.0, gt=0.0, le=100.0)
-    slow_call_duration_s: float = Field(default=5.0, gt=0.0)
-    wait_in_open_s: float = Field(default=10.0, gt=0.0)
-    permitted_calls_in_half_open: int = Field(default=5, ge=1, le=10_000)
 
 
 class _CountWindow:

@@ -8,6 +8,11 @@ plain, untraced session so health polling does not flood the trace store.
 
 Every passing probe of a healthy endpoint is reported with the time the probe began, so
 outlier detection can end an ejection the endpoint has recovered from.
+
+Endpoints come and go with the routing document: each round probes the upstream's
+endpoints as they are when it starts. One that joins after the first round is healthy
+at once (the control plane publishes only instances that passed readiness) and the
+thresholds apply to it from then on; one that leaves is no longer probed.
 """
 
 from __future__ import annotations
@@ -18,25 +23,12 @@ import ssl
 from collections.abc import Callable, Iterable, Sequence
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
+from yardarm_kit.gateway_policy import HealthConfig
 from yardarm_kit.lifecycle import cancel_task
 
 from yardarm_gateway.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
-
-
-class HealthConfig(BaseModel):
-    """Envoy's health check knobs; a probe passes on HTTP 200 within `timeout_s`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    path: str = Field(default="/readyz", pattern=r"^/")
-    interval_s: float = Field(default=1.0, gt=0, le=300)
-    timeout_s: float = Field(default=0.5, gt=0, le=60)
-    healthy_threshold: int = Field(default=2, ge=1, le=100)
-    unhealthy_threshold: int = Field(default=2, ge=1, le=100)
 
 
 Change = Callable[[Endpoint, bool], None]
@@ -64,9 +56,33 @@ class HealthTracker:
         self._healthy = dict.fromkeys(endpoints, True)
         self._streak = dict.fromkeys(endpoints, 0)  # >0 successes in a row, <0 failures
         self._probed: set[Endpoint] = set()
+        self.settled = False
+        """Set once the first probe round is over: endpoints added later skip the
+        first-probe rule."""
 
     def is_healthy(self, endpoint: Endpoint) -> bool:
         return not self.config.enabled or self._healthy[endpoint]
+
+    def knows(self, endpoint: Endpoint) -> bool:
+        return endpoint in self._healthy
+
+    def add(self, endpoint: Endpoint) -> None:
+        """A new endpoint (or one back from draining), healthy with a fresh streak.
+
+        Before the first round it waits for its first probe like the others; after it,
+        it was published ready, so only `unhealthy_threshold` failures turn it unhealthy.
+        """
+        self._healthy[endpoint] = True
+        self._streak[endpoint] = 0
+        if self.settled:
+            self._probed.add(endpoint)
+        else:
+            self._probed.discard(endpoint)
+
+    def remove(self, endpoint: Endpoint) -> None:
+        self._healthy.pop(endpoint, None)
+        self._streak.pop(endpoint, None)
+        self._probed.discard(endpoint)
 
     def record(self, endpoint: Endpoint, ok: bool) -> bool:
         """Apply one probe result; True when the verdict changed."""
@@ -100,15 +116,16 @@ class HealthChecker:
         self,
         name: str,
         tracker: HealthTracker,
-        endpoints: Iterable[Endpoint],
+        endpoints: Callable[[], Iterable[Endpoint]],
         on_change: Change | None = None,
         on_pass: Pass | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`endpoints` gives the endpoints to probe now (read at the start of each round)."""
         self.name = name
         self._ssl = ssl_context
         self.tracker = tracker
-        self._endpoints = tuple(endpoints)
+        self._endpoints = endpoints
         self._on_change = on_change
         self._on_pass = on_pass
         self._session: aiohttp.ClientSession | None = None
@@ -127,6 +144,7 @@ class HealthChecker:
             connector=aiohttp.TCPConnector(force_close=True, ssl=self._ssl or True),
         )
         await self.probe_once()
+        self.tracker.settled = True
         self._task = asyncio.create_task(self._loop(), name=f"health-{self.name}")
 
     async def stop(self) -> None:
@@ -139,9 +157,12 @@ class HealthChecker:
     async def probe_once(self) -> None:
         loop = asyncio.get_running_loop()
         began = loop.time()
-        results = await asyncio.gather(*(self._probe(e) for e in self._endpoints))
+        endpoints = tuple(self._endpoints())
+        results = await asyncio.gather(*(self._probe(e) for e in endpoints))
         now = loop.time()
-        for endpoint, ok in zip(self._endpoints, results, strict=True):
+        for endpoint, ok in zip(endpoints, results, strict=True):
+            if endpoint.draining or not self.tracker.knows(endpoint):
+                continue  # it left the routing document during the round
             changed = self.tracker.record(endpoint, ok)
             healthy = self.tracker.is_healthy(endpoint)
             if changed:

@@ -21,6 +21,8 @@ Modelled on Envoy's outlier detection so its documentation applies:
   the admin ends it.
 
 State is keyed by Endpoint identity; time is passed in (`now`, monotonic seconds).
+Endpoints join and leave with the routing document (`add`, `remove`); the ejection cap
+follows their count, and one that leaves takes its ejection with it.
 """
 
 from __future__ import annotations
@@ -29,43 +31,13 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from yardarm_kit.gateway_policy import OutlierConfig
 
 from yardarm_gateway.endpoints import Endpoint
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
-
-
-class OutlierConfig(BaseModel):
-    """When an endpoint counts as an outlier and how long it stays out; names follow Envoy's."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    consecutive_5xx: int = Field(default=5, ge=0)
-    """Consecutive 5xx (gateway failures included) that eject; 0 disables the check."""
-    consecutive_gateway_failure: int = Field(default=5, ge=0)
-    """Consecutive 502/503/504 or failures to get a response that eject; 0 disables it."""
-    interval_s: float = Field(default=10.0, gt=0.0)
-    base_ejection_time_s: float = Field(default=30.0, gt=0.0)
-    max_ejection_time_s: float = Field(default=300.0, gt=0.0)
-    max_ejection_percent: float = Field(default=10.0, ge=0.0, le=100.0)
-    success_rate_minimum_hosts: int = Field(default=5, ge=1)
-    success_rate_request_volume: int = Field(default=100, ge=1)
-    success_rate_stdev_factor: float = Field(default=1.9, ge=0.0)
-    successful_active_health_check_uneject_host: bool = True
-    """A passing active health check ends an ejection at once (off: only its time does)."""
-
-    @model_validator(mode="after")
-    def _ejection_times(self) -> Self:
-        if self.max_ejection_time_s < self.base_ejection_time_s:
-            raise ValueError(
-                f"max_ejection_time_s ({self.max_ejection_time_s:g}) must be at least"
-                f" base_ejection_time_s ({self.base_ejection_time_s:g})"
-            )
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +114,8 @@ class OutlierDetector:
         self._monitors: dict[Endpoint, _Monitor] = {endpoint: _Monitor() for endpoint in endpoints}
         self._ejected: dict[Endpoint, _Monitor] = {}
         self._next_expiry = math.inf  # never after the earliest end of a current ejection
-        self._max_ejected = max(
-            1, math.floor(len(self._monitors) * config.max_ejection_percent / 100)
-        )
+        self._max_ejected = 1
+        self._resize()
         # Past this the ejection time is capped anyway; stopping the multiplier here (as
         # Envoy does) lets it decay back within a few intervals instead of dozens.
         self._multiplier_cap = math.ceil(config.max_ejection_time_s / config.base_ejection_time_s)
@@ -152,6 +123,24 @@ class OutlierDetector:
     @property
     def config(self) -> OutlierConfig:
         return self._config
+
+    def add(self, endpoint: Endpoint) -> None:
+        """Watch a new endpoint (or one back in the routing document) from a clean slate."""
+        self._ejected.pop(endpoint, None)
+        self._monitors[endpoint] = _Monitor()
+        self._resize()
+
+    def remove(self, endpoint: Endpoint) -> bool:
+        """Forget an endpoint that left the routing document; True if it was ejected."""
+        self._monitors.pop(endpoint, None)
+        ejected = self._ejected.pop(endpoint, None) is not None
+        self._resize()
+        return ejected
+
+    def _resize(self) -> None:
+        self._max_ejected = max(
+            1, math.floor(len(self._monitors) * self._config.max_ejection_percent / 100)
+        )
 
     def record(self, endpoint: Endpoint, status: int | None, now: float) -> None:
         """One response from `endpoint`; status None means none came (connect failure, timeout)."""
@@ -276,8 +265,9 @@ class OutlierDetector:
         return True
 
     def snapshot(self, endpoint: Endpoint, now: float) -> dict[str, object]:
-        """One endpoint's ejection state and counters, for the admin API."""
-        monitor = self._monitor(endpoint)
+        """One endpoint's ejection state and counters, for the admin API (a clean slate
+        for one no longer watched: a draining endpoint)."""
+        monitor = self._monitors.get(endpoint) or _Monitor()
         ejected = self.is_ejected(endpoint, now)
         return {
             "url": endpoint.url,

@@ -7,8 +7,9 @@ Per request, in order:
 3. admission: the client's token bucket (429) and the upstream's bulkhead (503), both
    with Retry-After;
 4. the track: the override header, else the route's split (sticky by header or
-   cookie when configured), else any endpoint of the upstream; the track's circuit
-   must be closed or half-open with a free permit (503 when open);
+   cookie when configured; a track without endpoints takes no weight), else any
+   endpoint of the upstream; the track's circuit must be closed or half-open with a
+   free permit (503 when open);
 5. attempts: the balancer picks an usable endpoint (healthy, not ejected, circuit not
    open, not tried yet) whose circuit admits the call, or, while too few of the pool's
    endpoints are healthy and not ejected (panic mode), any endpoint not tried yet whose
@@ -37,14 +38,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from opentelemetry import trace
 from yardarm_kit import ROUTE_KEY, Problem, deadline
+from yardarm_kit.gateway_policy import RateLimitConfig
 
-from yardarm_gateway.admission import RateLimitConfig, RateLimiter, retry_after_header
+from yardarm_gateway.admission import RateLimiter, retry_after_header
 from yardarm_gateway.balancer import request_hash_key
 from yardarm_gateway.dispatch import Attempt, Dispatcher
 from yardarm_gateway.endpoints import Endpoint
-from yardarm_gateway.forwarding import downstream_response_headers, upstream_request_headers
+from yardarm_gateway.forwarding import (
+    Relocation,
+    downstream_response_headers,
+    upstream_request_headers,
+)
 from yardarm_gateway.retry import backoff_s, is_retryable_request, retry_verdict
-from yardarm_gateway.routing import DotSegmentError, Route, RouteTable
+from yardarm_gateway.routing import TRACK, DotSegmentError, Route, RouteTable
 from yardarm_gateway.split import TrafficSplit
 from yardarm_gateway.telemetry import GatewayTelemetry
 from yardarm_gateway.upstreams import ALL_TRACKS, Pool, Upstream
@@ -204,18 +210,41 @@ class Proxy:
         override: str | None,
         now: float,
     ) -> tuple[str, str | None]:
-        """The track to use and, for cookie stickiness, a new cookie value to set."""
+        """The track to use and, for cookie stickiness, a new cookie value to set.
+
+        A track without endpoints in rotation (none listed, or all draining) takes no
+        traffic: a split's weight on it goes to the other weighted tracks in proportion,
+        and naming it in `x-yardarm-track` is a 503 (it may have endpoints again soon).
+        """
         if override is not None:
-            if override not in upstream.pools or override == ALL_TRACKS:
-                served = ", ".join(sorted(upstream.tracks))
+            served = ", ".join(sorted(upstream.tracks)) or "none"
+            if not TRACK.fullmatch(override):  # `*` too: the pool of all tracks is no track
                 raise Problem(
                     422,
                     "unknown track",
-                    f"upstream {upstream.name!r} has no track {override!r} (tracks: {served})",
+                    f"{override[:40]!r} is not a track name (tracks of upstream "
+                    f"{upstream.name!r}: {served})",
+                )
+            if not upstream.has_endpoints(override):
+                self._telemetry.rejected.inc(route=route.name, reason="no_endpoint")
+                raise Problem(
+                    503,
+                    "no endpoint on this track",
+                    f"upstream {upstream.name!r} has no endpoint on track {override!r} now "
+                    f"(tracks with endpoints: {served})",
+                    headers={"Retry-After": "1"},
                 )
             return override, None
         split = state.splits.get(route.name)
         if split is None:
+            if not upstream.endpoints:  # the control plane listed none (scaled to zero)
+                self._telemetry.rejected.inc(route=route.name, reason="no_endpoint")
+                raise Problem(
+                    503,
+                    "no endpoint",
+                    f"upstream {upstream.name!r} has no endpoint now",
+                    headers={"Retry-After": "1"},
+                )
             return ALL_TRACKS, None
         new_cookie: str | None = None
         key: bytes | None = None
@@ -231,8 +260,17 @@ class Proxy:
             key = value.encode() if value else None
         track = split.pick(lambda t: upstream.track_usable(t, now), key)
         if track is None:  # no weighted track has a usable endpoint: keep to the weights
-            track = split.pick(None, key)
-        assert track is not None
+            track = split.pick(upstream.has_endpoints, key)
+        if track is None:
+            self._telemetry.rejected.inc(route=route.name, reason="no_endpoint")
+            weighted = ", ".join(sorted(t for t, w in split.weights.items() if w))
+            raise Problem(
+                503,
+                "no endpoint on the route's tracks",
+                f"route {route.name!r} weighs tracks {weighted} of upstream "
+                f"{upstream.name!r}, and none of them has an endpoint now",
+                headers={"Retry-After": "1"},
+            )
         return track, new_cookie
 
     async def _forward(
@@ -268,7 +306,8 @@ class Proxy:
             else:
                 failed = attempt.failure is not None or (attempt.status or 0) >= 500
                 pool.breaker.record(ended, ended - started, failed)
-        return self._respond(route, upstream, track, attempt, new_cookie)
+        relocation = state.table.relocation(route)
+        return self._respond(route, upstream, track, attempt, new_cookie, relocation)
 
     async def _attempts(
         self,
@@ -364,6 +403,7 @@ class Proxy:
         track: str,
         attempt: Attempt | None,
         new_cookie: str | None,
+        relocation: Relocation,
     ) -> web.StreamResponse:
         if attempt is None:
             raise Problem(
@@ -395,7 +435,10 @@ class Proxy:
                 f"upstream {upstream.name!r} sent an invalid response",
             )
         assert attempt.status is not None and attempt.headers is not None
-        headers: CIMultiDict[str] = downstream_response_headers(attempt.headers)
+        # Location and Content-Location back into the public path space
+        headers: CIMultiDict[str] = downstream_response_headers(
+            attempt.headers, relocation, attempt.endpoint
+        )
         if track != ALL_TRACKS:
             headers[TRACK_HEADER] = track
         if new_cookie is not None and route.sticky is not None and route.sticky.cookie:

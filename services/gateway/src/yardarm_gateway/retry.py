@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from yardarm_kit.gateway_policy import RetryConfig
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENCY_KEY = "idempotency-key"
@@ -29,52 +29,6 @@ Verdict = Literal["stop", "retry", "reroute"]
 
 # 2.0 ** 1024 overflows a float; any exponent past this is already far beyond any cap.
 _MAX_EXPONENT = 1023
-
-
-class RetryConfig(BaseModel):
-    """Retry policy of one upstream.
-
-    `per_try_timeout_s=None` lets each try use whatever is left of the route deadline;
-    a per-try timeout lets a retry still fit when one replica hangs. `retry_on_status`
-    applies only to retryable requests (see `is_retryable_request`). `enabled=False`
-    turns off re-routes of refused connections too.
-
-    The budget floor (`budget_min_retry_concurrency`, Envoy's default is 3) is 10: a
-    replica SIGKILLed under load resets every request it held at the same instant, about
-    1/N of those in flight with N replicas, and a floor of 3 let a few of them fail
-    with fewer than twenty clients. Ten concurrent retries cannot overload anything; past
-    50 requests in flight the percentage governs, as before.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    max_retries: int = Field(default=2, ge=0, le=10)
-    backoff_base_s: float = Field(default=0.025, gt=0)
-    backoff_max_s: float = Field(default=0.25, gt=0)
-    per_try_timeout_s: float | None = Field(default=None, gt=0)
-    retry_on_status: frozenset[int] = frozenset({502, 503, 504})
-    budget_percent: float = Field(default=20.0, ge=0, le=100)
-    budget_min_retry_concurrency: int = Field(default=10, ge=0)
-
-    @field_validator("retry_on_status")
-    @classmethod
-    def _error_statuses(cls, value: frozenset[int]) -> frozenset[int]:
-        for status in sorted(value):
-            if not 400 <= status <= 599:
-                raise ValueError(
-                    f"retry_on_status {status} is not an error status (must be 400..599)"
-                )
-        return value
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> Self:
-        if self.backoff_max_s < self.backoff_base_s:
-            raise ValueError(
-                f"backoff_max_s ({self.backoff_max_s}) must be at least "
-                f"backoff_base_s ({self.backoff_base_s})"
-            )
-        return self
 
 
 def backoff_s(attempt: int, config: RetryConfig, rng: random.Random) -> float:

@@ -1,4 +1,5 @@
-"""The routing document: routes, track weights and manual ejections, kept in the datastore.
+"""The routing document: routes, track weights, manual ejections and upstream endpoints,
+kept in the datastore.
 
 Every gateway replica polls one key (`config/gateway/routing` by default) every
 `config_poll_s` and applies a new version as soon as it sees it, so a change made
@@ -8,7 +9,13 @@ overwrite each other's change unseen. Without a datastore the document lives onl
 the process (tests, a lone gateway).
 
 A document that fails validation (for instance written by hand through /api/kv) is
-refused and counted; the gateway keeps routing with the last good one.
+refused and counted; the gateway keeps routing with the last good one, and `version`
+stays that one's, so a writer waiting for its version to be in force is not misled.
+
+`endpoints` is written by the control plane as it scales services (an upstream listed
+there is routed to exactly those endpoints; one not listed keeps the endpoints the
+gateway was started with). The admin API never changes it and stores it back exactly as
+it was read.
 
 Credentials: the gateway reads the document with its own datastore credential, which
 may only read `config/gateway/`; a change is written with the credential of the admin
@@ -21,14 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from yardarm_kit.datastore_client import DatastoreClient, DatastoreRefused, DatastoreUnavailable
 from yardarm_kit.lifecycle import cancel_task
 
 from yardarm_gateway.routing import Route
+from yardarm_gateway.settings import EndpointSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +55,44 @@ class Ejection(BaseModel):
 
 
 class RoutingDoc(BaseModel):
-    """What the admin API reads and writes."""
+    """What the admin API reads and writes, and the control plane's endpoint lists."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     routes: list[Route]
     ejections: list[Ejection] = Field(default_factory=list)
+    endpoints: dict[str, list[EndpointSpec]] = Field(
+        default_factory=dict,
+        description="per upstream, the endpoints to route to instead of those the gateway "
+        "was started with (an empty list: none)",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct(cls, value: dict[str, list[EndpointSpec]]) -> dict[str, list[EndpointSpec]]:
+        for upstream, specs in value.items():
+            urls = [spec.url for spec in specs]
+            if len(set(urls)) != len(urls):
+                raise ValueError(f"upstream {upstream!r} lists an endpoint twice")
+        return value
+
+    def endpoints_of(
+        self, upstream: str, bootstrap: Sequence[EndpointSpec]
+    ) -> Sequence[EndpointSpec]:
+        """The endpoints `upstream` routes to by this document; `bootstrap` when unlisted."""
+        return self.endpoints.get(upstream, bootstrap)
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON to store: `endpoints` exactly as it was given (no defaults added,
+        absent when it was absent), so a change of routes or ejections leaves the control
+        plane's lists as it wrote them."""
+        data = self.model_dump(mode="json", exclude={"endpoints"})
+        if "endpoints" in self.model_fields_set:
+            data["endpoints"] = {
+                upstream: [spec.model_dump(mode="json", exclude_unset=True) for spec in specs]
+                for upstream, specs in self.endpoints.items()
+            }
+        return data
 
 
 class RoutingConflict(Exception):
@@ -93,7 +133,9 @@ class RoutingSync:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._failing: str | None = None  # why the last read failed, logged once per outage
+        self._seen = 0  # the last version read, valid or not: a bad one is refused once
         self.version = 0
+        """The datastore version of the document in force (0: the built-in routes)."""
         self.doc: RoutingDoc | None = None
 
     @property
@@ -135,15 +177,14 @@ class RoutingSync:
         if self._failing is not None:
             log.info("routing document readable again", extra={"event": "routing"})
             self._failing = None
-        if record is None or record.version == self.version:
+        if record is None or record.version in (self._seen, self.version):
             return
+        self._seen = record.version  # do not refuse (and count) the same bad version twice
         try:
             doc = parse_doc(record.value)
             self._check(doc)
         except ValueError as exc:
-            if self.version != record.version:
-                self._error("invalid", f"routing document v{record.version} refused: {exc}")
-            self.version = record.version  # do not log the same bad version every poll
+            self._error("invalid", f"routing document v{record.version} refused: {exc}")
             return
         self._install(doc, record.version)
 
@@ -157,7 +198,8 @@ class RoutingSync:
         """Apply `change` to the current document and store it; returns the new version.
 
         `base` is the document in force when nothing is stored yet (the built-in
-        routes). The write is made with `token`, the credential of the admin asking
+        routes); a stored document that is invalid is replaced by the one in force with
+        the change. The write is made with `token`, the credential of the admin asking
         (the read with the gateway's own). Raises ValueError when the changed document
         is invalid, RoutingConflict after repeated concurrent changes, DatastoreRefused
         when the datastore refused `token`, DatastoreUnavailable otherwise (a refused
@@ -180,12 +222,13 @@ class RoutingSync:
                 current, version = base, 0
                 if record is not None:
                     version = record.version
+                    current = self.doc or base
                     with contextlib.suppress(ValueError):
                         current = parse_doc(record.value)
                 doc = change(current)
                 self._check(doc)
                 result = await self._client.put(
-                    self._key, doc.model_dump(mode="json"), if_version=version, token=token
+                    self._key, doc.stored(), if_version=version, token=token
                 )
                 if result.applied and result.version is not None:
                     self._install(doc, result.version)
@@ -199,7 +242,7 @@ class RoutingSync:
     def _install(self, doc: RoutingDoc, version: int) -> None:
         self._apply(doc, version)
         self.doc = doc
-        self.version = version
+        self.version = self._seen = version
         log.info("routing v%d in force", version, extra={"event": "routing", "version": version})
 
     def _error(self, kind: str, message: str) -> None:

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from yardarm_kit.openapi import portable_pattern
 
+from yardarm_gateway.forwarding import Relocation
 from yardarm_gateway.split import STICKY_SCHEMA, StickyConfig
 
 ROUTE_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -172,12 +173,16 @@ class Route(BaseModel):
         return value
 
 
-def check_routes(routes: Iterable[Route], tracks: dict[str, set[str]]) -> None:
+def check_routes(
+    routes: Iterable[Route], tracks: dict[str, set[str]], *, weights_need_endpoints: bool = True
+) -> None:
     """Raise ValueError naming the first route that cannot be served.
 
-    `tracks` maps each upstream to the tracks its endpoints serve. A split weighing a
-    track with no endpoint is refused rather than silently sent elsewhere: it is
-    almost always a typo or a rollout step taken too early.
+    `tracks` maps each upstream to the tracks its endpoints serve. With
+    `weights_need_endpoints` (settings, and an admin's change) a split weighing a track
+    with no endpoint is refused rather than silently sent elsewhere: it is almost always
+    a typo or a rollout step taken too early. A stored document may hold one (the
+    control plane removed a track's last endpoint): that weight is simply not used.
     """
     prefixes: set[str] = set()
     names: set[str] = set()
@@ -193,13 +198,20 @@ def check_routes(routes: Iterable[Route], tracks: dict[str, set[str]]) -> None:
             raise ValueError(
                 f"route {route.name!r} names unknown upstream {route.upstream!r} (known: {known})"
             )
-        for track, weight in (route.split or {}).items():
-            if weight and track not in tracks[route.upstream]:
-                served = ", ".join(sorted(tracks[route.upstream]))
-                raise ValueError(
-                    f"route {route.name!r} sends weight {weight} to track {track!r}, but "
-                    f"upstream {route.upstream!r} has no endpoint on it (tracks: {served})"
-                )
+        if weights_need_endpoints:
+            check_weights(route, tracks[route.upstream])
+
+
+def check_weights(route: Route, tracks: set[str]) -> None:
+    """Raise ValueError if the route's split weighs a track outside `tracks` (those of
+    its upstream that have endpoints)."""
+    for track, weight in (route.split or {}).items():
+        if weight and track not in tracks:
+            served = ", ".join(sorted(tracks)) or "none"
+            raise ValueError(
+                f"route {route.name!r} sends weight {weight} to track {track!r}, but "
+                f"upstream {route.upstream!r} has no endpoint on it (tracks: {served})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +252,10 @@ class RouteTable:
             self._by_prefix[route.prefix] = route
         stripped = normalize_prefix(strip_prefix) if strip_prefix else ""
         self._strip = "" if stripped == "/" else stripped
+        self._relocations = {
+            route.name: Relocation(self._strip_path(route.prefix), route.prefix)
+            for route in self._routes
+        }
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -248,6 +264,11 @@ class RouteTable:
     @property
     def strip_prefix(self) -> str:
         return self._strip
+
+    def relocation(self, route: Route) -> Relocation:
+        """How the route's upstream paths map back to its public prefix (`/orders` to
+        `/api/orders`), for the Location headers of its answers."""
+        return self._relocations[route.name]
 
     def match(self, raw_path_qs: str) -> RouteMatch | None:
         """Route a raw request target (`/api/orders/1?x=y`); None when no route matches.

@@ -14,13 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from pydantic_settings import SettingsConfigDict
 from yardarm_kit import ServiceSettings
 from yardarm_kit.access import read_token
+from yardarm_kit.gateway_policy import RateLimitConfig, UpstreamPolicy
 
-from yardarm_gateway.admission import RateLimitConfig
-from yardarm_gateway.balancer import BalancerConfig
-from yardarm_gateway.breaker import BreakerConfig
-from yardarm_gateway.health import HealthConfig
-from yardarm_gateway.outlier import OutlierConfig
-from yardarm_gateway.retry import RetryConfig
 from yardarm_gateway.routing import Route, check_routes
 
 TRACK_NAME = r"^[a-z][a-z0-9-]{0,31}$"
@@ -42,7 +37,8 @@ def _base_url(value: str) -> str:
 
 
 class EndpointSpec(BaseModel):
-    """One replica of an upstream: a plain URL string is shorthand for the stable track."""
+    """One replica of an upstream: its base URL, the track it serves and its weight (in
+    the `UPSTREAMS` setting a plain URL string is shorthand for one on the stable track)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,24 +50,6 @@ class EndpointSpec(BaseModel):
     @classmethod
     def _url(cls, value: str) -> str:
         return _base_url(value)
-
-
-class UpstreamPolicy(BaseModel):
-    """The policies that protect one upstream (everything but its endpoints).
-
-    `breaker` applies to each endpoint; `track_breaker` to each track as a whole, so a
-    failing canary opens the canary's circuit and never stable's.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    balancer: BalancerConfig = Field(default_factory=BalancerConfig)
-    health: HealthConfig = Field(default_factory=HealthConfig)
-    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
-    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
-    track_breaker: BreakerConfig = Field(default_factory=BreakerConfig)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-    max_concurrent: int = Field(default=1024, ge=1)
 
 
 class UpstreamSpec(UpstreamPolicy):
@@ -109,6 +87,9 @@ class GatewaySettings(ServiceSettings):
     credential, which only reads the routing document: routing changes are written with
     the credential of the admin who asked for them. Token files are read once, here, so
     a missing or empty one stops the process at start naming the field.
+
+    The admin listener (`admin_port`) binds the kit's `host`, as the public port does
+    (`0.0.0.0` in a container), and drains with it on SIGTERM.
     """
 
     model_config = SettingsConfigDict(env_prefix="YARDARM_GATEWAY_")

@@ -133,7 +133,8 @@ class GatewayTelemetry:
         else:
             self.ejected.set(0, upstream=upstream, endpoint=url)
             log.info(
-                "returned %s to %s (%s)", url, upstream, event.reason,
+                "ejection of %s from %s ended (%s)" if event.reason == "removed"
+                else "returned %s to %s (%s)", url, upstream, event.reason,
                 extra={"event": "uneject", "upstream": upstream, "endpoint": url,
                        "reason": event.reason},
             )  # fmt: skip
@@ -164,3 +165,31 @@ class GatewayTelemetry:
             endpoint=endpoint.url,
             upstream_track=endpoint.track,
         )
+
+    def endpoint_added(self, upstream: str, endpoint: Endpoint) -> None:
+        """An endpoint joined from the routing document: healthy until probed otherwise."""
+        self.health_change(upstream, endpoint, True)
+        log.info(
+            "endpoint %s joined %s (track %s)", endpoint.url, upstream, endpoint.track,
+            extra={"event": "endpoint_added", "upstream": upstream, "endpoint": endpoint.url,
+                   "track": endpoint.track},
+        )  # fmt: skip
+
+    def endpoint_draining(self, upstream: str, endpoint: Endpoint) -> None:
+        log.info(
+            "endpoint %s left %s; draining %d request(s) in flight", endpoint.url, upstream,
+            endpoint.active,
+            extra={"event": "endpoint_draining", "upstream": upstream, "endpoint": endpoint.url,
+                   "track": endpoint.track, "in_flight": endpoint.active},
+        )  # fmt: skip
+
+    def endpoint_gone(self, upstream: str, endpoint: Endpoint) -> None:
+        """A drained endpoint is dropped: its health gauge falls to 0 (the metrics library
+        keeps the series), so a sum over endpoints counts only those still routed to."""
+        self.health_change(upstream, endpoint, False)
+        log.info(
+            "endpoint %s gone from %s (%d request(s) still in flight)", endpoint.url, upstream,
+            endpoint.active,
+            extra={"event": "endpoint_gone", "upstream": upstream, "endpoint": endpoint.url,
+                   "track": endpoint.track, "in_flight": endpoint.active},
+        )  # fmt: skip

@@ -258,6 +258,7 @@ class _Origin:
     port: int
     host_field: str
     idle: list[_Connection]
+    discarded: bool = False  # connections still in use close when their exchange ends
 
 
 def _parse_origin(origin: str) -> _Origin:
@@ -376,6 +377,20 @@ class UpstreamPool:
         if lost:
             await asyncio.wait(lost, timeout=self._connect_timeout_s)
 
+    def discard(self, origin: str) -> None:
+        """Close the idle connections to `origin` at once and those in use as their
+        exchange ends (an endpoint that left the routing); a later request to it opens a
+        new one."""
+        dest = self._origins.pop(origin, None)
+        if dest is None:
+            return
+        dest.discarded = True
+        for conn in dest.idle:
+            conn.reusable = False
+            if conn.transport is not None:
+                conn.transport.close()  # idle: a FIN, nothing is lost
+        dest.idle.clear()
+
     def _checkout(self, dest: _Origin, now: float) -> _Connection | None:
         idle = dest.idle
         while idle:
@@ -386,7 +401,7 @@ class UpstreamPool:
         return None
 
     def _checkin(self, dest: _Origin, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
-        if not conn.reusable or conn.closed or self._closed:
+        if not conn.reusable or conn.closed or self._closed or dest.discarded:
             conn.abort()
             return
         idle = dest.idle

@@ -6,7 +6,8 @@ import math
 import random
 from collections.abc import Sequence
 
-from yardarm_gateway.balancing.config import BalancerConfig
+from yardarm_kit.gateway_policy import BalancerConfig
+
 from yardarm_gateway.balancing.contract import Available
 from yardarm_gateway.balancing.power_of_choices import PowerOfChoices
 from yardarm_gateway.balancing.slow_start import NO_RAMP, SlowStart

@@ -6,7 +6,8 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from yardarm_gateway.balancing.config import BalancerConfig
+from yardarm_kit.gateway_policy import BalancerConfig
+
 from yardarm_gateway.balancing.contract import Available
 from yardarm_gateway.balancing.slow_start import SlowStart
 from yardarm_gateway.endpoints import Endpoint

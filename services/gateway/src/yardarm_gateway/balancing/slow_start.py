@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from yardarm_gateway.balancing.config import BalancerConfig
+from yardarm_kit.gateway_policy import BalancerConfig
+
 from yardarm_gateway.endpoints import Endpoint
 
 
