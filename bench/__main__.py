@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from bench import consumer, datastore, gateway, orders
+from bench import cli, consumer, datastore, gateway, orders
 from bench.options import BenchError, Options
 from bench.rows import RESULTS_DIR, Row, results_table, write_results
 
@@ -18,6 +18,7 @@ Benchmark = Callable[[Options, Console], list[Row]]
 
 # Each benchmark module exposes `run(options, console) -> rows`; add new ones here.
 BENCHMARKS: dict[str, Benchmark] = {
+    "cli": cli.run,
     "consumer": consumer.run,
     "datastore": datastore.run,
     "gateway": gateway.run,

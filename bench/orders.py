@@ -45,7 +45,8 @@ from bench.rows import Row, make_row
 from yardarm.catalog import seed_catalog
 from yardarm.credentials import admin_token
 from yardarm.local.infra import postgres_dsn
-from yardarm.topology import Topology, port_plan
+from yardarm.local.plan import port_plan
+from yardarm.model import Topology
 
 BENCHMARK = "orders"
 CONCURRENCY = (4, 16, 64)

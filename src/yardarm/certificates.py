@@ -16,11 +16,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+# cryptography is imported where certificates are made: every CLI command reaches this
+# module (for the paths), and only `yardarm up` with TLS needs the rest.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest lifetime clients such as browsers accept
@@ -63,6 +65,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -71,6 +75,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    from cryptography import x509
+
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -81,6 +87,11 @@ def _names(hosts: Iterable[str]) -> list[x509.GeneralName]:
 
 
 def _ca(certs: StackCertificates) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     if certs.ca_file.is_file() and certs.ca_key_file.is_file():
         cert = x509.load_pem_x509_certificate(certs.ca_file.read_bytes())
         key = serialization.load_pem_private_key(certs.ca_key_file.read_bytes(), None)
@@ -129,6 +140,11 @@ def _leaf(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
 ) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -156,6 +172,8 @@ def _leaf(
 def _valid(path: ServiceCertificate, ca_cert: x509.Certificate, hosts: tuple[str, ...]) -> bool:
     """An existing certificate is kept while it is signed by this CA, names the same
     hosts and has a month left."""
+    from cryptography import x509
+
     if not (path.cert_file.is_file() and path.key_file.is_file()):
         return False
     cert = x509.load_pem_x509_certificate(path.cert_file.read_bytes())

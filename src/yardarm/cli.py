@@ -1,4 +1,10 @@
-"""`yardarm`: run, inspect and stop the stack from any shell in the project directory."""
+"""`yardarm`: run, inspect and stop the stack from any shell in the project directory.
+
+Every command pays for this module's imports before it does anything, so its top level
+imports only typer, the rich console and the command groups (light in turn); each
+command imports what it uses (the control plane, httpx, the load engine). The CLI tests
+hold the heaviest libraries to that (tests/cli/test_import_cost.py).
+"""
 
 from __future__ import annotations
 
@@ -6,37 +12,19 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from yardarm_kit.identity import TRACKS
 
-from yardarm import tracing_view
-from yardarm.catalog import seed_catalog
 from yardarm.chaos import commands as chaos_commands
-from yardarm.credentials import admin_token
 from yardarm.dlq import commands as dlq_commands
-from yardarm.load import (
-    LoadOptionError,
-    LoadSetupError,
-    NoTargetError,
-    build_config,
-    run_load_sync,
-)
-from yardarm.load.report import LiveLine, render_summary
-from yardarm.local import control
-from yardarm.topology import (
-    Topology,
-    TopologyError,
-    load_topology,
-    project_dir,
-    urls,
-    validate_file,
-)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from yardarm.model import Topology
 
 app = typer.Typer(
     help="Deploy and observe the yardarm service stack.",
@@ -57,7 +45,11 @@ HomeOption = Annotated[
 
 
 def _home(home: Path | None) -> Path:
-    return home if home is not None else control.default_home()
+    if home is not None:
+        return home
+    from yardarm.local import control
+
+    return control.default_home()
 
 
 def _fail(message: str, hint: str | None = None) -> typer.Exit:
@@ -68,6 +60,8 @@ def _fail(message: str, hint: str | None = None) -> typer.Exit:
 
 
 def _load(config: Path | None, base_port: int | None) -> Topology:
+    from yardarm.model import TopologyError, load_topology
+
     try:
         return load_topology(config, base_port)
     except TopologyError as exc:
@@ -91,6 +85,15 @@ def up(
     home: HomeOption = None,
 ) -> None:
     """Start NATS, Postgres and the four services, wait until ready, seed the demo catalog."""
+    import httpx
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from yardarm.catalog import seed_catalog
+    from yardarm.credentials import admin_token
+    from yardarm.local import control
+    from yardarm.local.render import urls
+
     state_home = _home(home)
     topology = _load(config, base_port)
     if control.is_running(state_home):
@@ -155,6 +158,8 @@ def up(
 
 
 def _print_urls(service_urls: dict[str, str]) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False, box=None)
     for name, url in service_urls.items():
         table.add_row(f"[cyan]{name}[/]", url)
@@ -167,6 +172,8 @@ def down(
     home: HomeOption = None,
 ) -> None:
     """Stop every process of the stack (data is kept unless --purge)."""
+    from yardarm.local import control
+
     state_home = _home(home)
     was_running = control.is_running(state_home)
     control.stop_stack(state_home, purge=purge)
@@ -179,6 +186,10 @@ def down(
 
 
 def _status_table(home: Path) -> Table:
+    from rich.table import Table
+
+    from yardarm.local import control
+
     table = Table("service", "instance", "pid", "port", "state", "restarts", "version", "track")
     colours = {"ready": "green", "starting": "yellow", "restarting": "yellow"}
     for s in control.read_status(home):
@@ -202,6 +213,8 @@ def status(
     home: HomeOption = None,
 ) -> None:
     """Show every instance: pid, port, state, restarts, version, track."""
+    from yardarm.local import control
+
     state_home = _home(home)
     statuses = control.read_status(state_home)
     if as_json:
@@ -224,6 +237,70 @@ def status(
         console.print("no stack here; start one with [bold]uv run yardarm up[/]")
         raise typer.Exit(code=1)
     console.print(_status_table(state_home))
+    console.print(_tracks_table(state_home))
+
+
+def _tracks_table(home: Path) -> Table:
+    """Desired against running, per service, track and version."""
+    from rich.table import Table
+
+    from yardarm.local import control
+
+    table = Table("service", "track", "version", "desired", "ready", "running", title="desired")
+    for row in control.track_rows(home):
+        colour = "green" if row.ready == row.desired == row.running else "yellow"
+        table.add_row(
+            row.service,
+            row.track,
+            row.version,
+            str(row.desired),
+            f"[{colour}]{row.ready}[/]",
+            str(row.running),
+        )
+    return table
+
+
+@app.command()
+def scale(
+    service: Annotated[str, typer.Argument(help="orders or fulfillment.")],
+    replicas: Annotated[int, typer.Argument(help="Instances on the track (0 removes a track).")],
+    track: Annotated[
+        str | None,
+        typer.Option(
+            "--track",
+            help="stable, canary, baseline, blue or green (default: the service's primary track).",
+        ),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--version", help="A version the service declares (default: the track's current one)."
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the change.")] = 120.0,
+    home: HomeOption = None,
+) -> None:
+    """Change how many instances of a version run on a track, while the stack runs.
+
+    New instances start and pass readiness before the gateways route to them; instances
+    that leave are taken out of every gateway's rotation, then drained and stopped.
+    """
+    from yardarm.local import control
+    from yardarm.model import ScaleError
+
+    state_home = _home(home)
+    try:
+        with console.status(f"scaling {service}..."):
+            state = control.scale_stack(
+                state_home, service, replicas, track=track, version=version, timeout=timeout
+            )
+    except ScaleError as exc:
+        raise _fail(str(exc)) from exc
+    except control.ScaleFailedError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(_tracks_table(state_home))
+    if state.reconcile_error:
+        raise _fail(state.reconcile_error, "see `yardarm status` and `yardarm logs supervisor`")
 
 
 @app.command()
@@ -240,7 +317,19 @@ def logs(
     log_dir = state_home / "logs"
     files = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
     if service:
-        files = [f for f in files if f.stem == service or f.stem.rsplit("-", 1)[0] == service]
+        from yardarm.local import control
+
+        # A service's instances on every track (`orders` has `orders-canary-0` too), an
+        # instance, or one track of a service (`orders-canary`).
+        members = {s.name for s in control.read_status(state_home) if s.service == service}
+        files = [
+            f
+            for f in files
+            if f.stem == service
+            or f.stem in members
+            or f.stem.rsplit("-", 1)[0] == service
+            or (f.stem.startswith(f"{service}-") and f.stem.split("-")[1] in TRACKS)
+        ]
     if not files:
         raise _fail(
             f"no logs for {service or 'any service'} in {log_dir}",
@@ -279,6 +368,8 @@ def trace(
     home: HomeOption = None,
 ) -> None:
     """Print one trace as a span tree, from the local telemetry files."""
+    from yardarm import tracing_view
+
     state_home = _home(home)
     deadline = time.monotonic() + wait
     trace_id = tracing_view.find_trace_id(state_home, ref) or _trace_id_from_order(state_home, ref)
@@ -300,6 +391,10 @@ def trace(
 
 def _trace_id_from_order(home: Path, order_id: str) -> str | None:
     """Ask the running stack which trace an order belongs to."""
+    import httpx
+
+    from yardarm.local import control
+
     gateway = control.gateway_url(home)
     if gateway is None:
         return None
@@ -320,6 +415,8 @@ def validate(
     ),
 ) -> None:
     """Check a yardarm.yaml and print every error with where it is."""
+    from yardarm.model import validate_file
+
     if not config.exists():
         raise _fail(f"{config} does not exist", "the defaults apply when there is no yardarm.yaml")
     errors = validate_file(config)
@@ -339,6 +436,7 @@ def api_docs(
 ) -> None:
     """Write every service's OpenAPI document to docs/api/ and render docs/api.md."""
     from yardarm import apidocs
+    from yardarm.model import project_dir
 
     root = project_dir()
     if check:
@@ -435,6 +533,16 @@ def load(
 
     No retries: every failure is counted. Exits 0 whenever the load ran, failures included.
     """
+    from yardarm.load import (
+        LoadOptionError,
+        LoadSetupError,
+        NoTargetError,
+        build_config,
+        run_load_sync,
+    )
+    from yardarm.load.report import LiveLine, render_summary
+    from yardarm.local import control
+
     try:
         config = build_config(
             url=url,

@@ -15,27 +15,40 @@ it may use the Raft admin API.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from yardarm_kit.access import (
-    AccessDocument,
-    Permission,
-    Principal,
-    Role,
-    digest,
-    new_token,
-    read_token,
-    write_token,
-)
+# yardarm_kit.access (and the aiohttp it serves) is imported when a credential is read
+# or issued: every CLI command reaches this module through the local control plane.
+if TYPE_CHECKING:
+    from yardarm_kit.access import AccessDocument, Role
+
+    ROLES: dict[str, Role]
 
 ADMIN = "admin"
-ROLES: dict[str, Role] = {
-    ADMIN: Role(admin=True),
-    "orders": Role(permissions=[Permission(prefix="stock/", access="readwrite")]),
-    "gateway": Role(permissions=[Permission(prefix="config/gateway/", access="read")]),
-}
+
+
+@functools.cache
+def _roles() -> dict[str, Role]:
+    from yardarm_kit.access import Permission, Role
+
+    return {
+        ADMIN: Role(admin=True),
+        "orders": Role(permissions=[Permission(prefix="stock/", access="readwrite")]),
+        "gateway": Role(permissions=[Permission(prefix="config/gateway/", access="read")]),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """`ROLES`, built on first use (PEP 562)."""
+    if name == "ROLES":
+        return _roles()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Each principal and its roles: the control plane and the two services that call the
 # datastore (fulfillment keeps its state in Postgres and never does).
 PRINCIPALS: dict[str, tuple[str, ...]] = {ADMIN: (ADMIN,), "orders": ("orders",),
@@ -68,10 +81,14 @@ class StackCredentials:
         return self.directory / f"{principal}.token"
 
     def token(self, principal: str) -> str:
+        from yardarm_kit.access import read_token
+
         return read_token(self.token_file(principal))
 
 
 def _ensure_token(path: Path) -> str:
+    from yardarm_kit.access import new_token, write_token
+
     if path.is_file():
         token = path.read_text().strip()
         if token:
@@ -83,8 +100,10 @@ def _ensure_token(path: Path) -> str:
 
 def access_document(tokens: dict[str, str]) -> AccessDocument:
     """The access document for these principals' tokens."""
+    from yardarm_kit.access import AccessDocument, Principal, digest
+
     return AccessDocument(
-        roles=ROLES,
+        roles=_roles(),
         principals={
             name: Principal(token_sha256=digest(tokens[name]), roles=list(roles))
             for name, roles in PRINCIPALS.items()

@@ -21,8 +21,10 @@ import pytest
 
 from tests.conftest import free_port
 from yardarm.chaos.config import ChaosConfig, LinkConfig, config_path
+from yardarm.local.plan import port_plan
 from yardarm.local.processes import HOME_MARK
-from yardarm.topology import InstanceSpec, Topology, port_plan
+from yardarm.local.render import InstanceSpec
+from yardarm.model import Topology
 
 # How long a failure may take to show, when the point is that it shows "at once": a
 # reset arrives in microseconds; a silently dropped connection would never end.

@@ -20,9 +20,10 @@ from tests.chaos.conftest import free_base_port, standin
 from tests.conftest import wait_for
 from yardarm.cli import app
 from yardarm.local import control
+from yardarm.local.render import instances
 from yardarm.local.state import InstanceStatus, read_state
 from yardarm.local.supervisor import PROBE_INTERVAL_S, Timings
-from yardarm.topology import Topology, instances
+from yardarm.model import Topology
 
 WORKERS = ["worker-0", "worker-1"]
 

@@ -21,7 +21,8 @@ from tests.chaos.conftest import (
 )
 from tests.conftest import free_port
 from yardarm.chaos.config import LinkConfig
-from yardarm.topology import Topology, dependency_links
+from yardarm.local.plan import dependency_links
+from yardarm.model import Topology
 
 TOPOLOGY = Topology.model_validate(
     {

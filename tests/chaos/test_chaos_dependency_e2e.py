@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from tests.e2e.test_stack_e2e import Stack, _stop, place_order, wait_terminal
-from yardarm.topology import Topology, port_plan
+from yardarm.local.plan import port_plan
+from yardarm.model import Topology
 
 pytestmark = pytest.mark.e2e
 

@@ -10,16 +10,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from yardarm.chaos.config import ChaosConfig, config_path
-from yardarm.topology import (
-    InstanceSpec,
-    Topology,
-    TopologyError,
-    dependency_links,
-    instances,
-    load_topology,
-    port_plan,
-    validate_file,
-)
+from yardarm.local.plan import dependency_links, port_plan
+from yardarm.local.render import InstanceSpec, instances
+from yardarm.model import Topology, TopologyError, load_topology, validate_file
 
 BASE = 14000
 POSTGRES, NATS = BASE + 42, BASE + 40

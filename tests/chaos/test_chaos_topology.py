@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 
 from yardarm.chaos.config import ChaosConfig, config_path
-from yardarm.topology import (
-    InstanceSpec,
-    Topology,
-    TopologyError,
-    instances,
-    load_topology,
-    port_plan,
-    validate_file,
-)
+from yardarm.local.plan import port_plan
+from yardarm.local.render import InstanceSpec, instances
+from yardarm.model import Topology, TopologyError, load_topology, validate_file
 
 BASE = 14000
 

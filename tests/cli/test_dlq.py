@@ -28,7 +28,8 @@ from tests.chaos.conftest import free_base_port
 from yardarm.cli import app
 from yardarm.dlq.store import DeadLetter, dlq_filter, plan_replay, subject_matches
 from yardarm.local import control
-from yardarm.topology import Topology, instances
+from yardarm.local.render import instances
+from yardarm.model import Topology
 
 T = TypeVar("T")
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -35,7 +35,8 @@ from yardarm_kit.messaging import Envelope, publish
 from tests.conftest import require_servers
 from tests.e2e.test_stack_e2e import pick_base_port
 from yardarm.local import infra
-from yardarm.topology import Topology, default_flags, flags_file
+from yardarm.local.render import flags_file
+from yardarm.model import Topology, default_flags
 
 pytestmark = pytest.mark.e2e
 

@@ -77,7 +77,7 @@ from yardarm.chaos.client import fetch_state
 from yardarm.credentials import StackCredentials
 from yardarm.local import control, infra
 from yardarm.local.supervisor import Timings
-from yardarm.topology import default_flags
+from yardarm.model import default_flags
 
 SCALE = float(os.environ.get("YARDARM_TEST_SCALE", "1"))
 ORDERS = max(20, int(200 * SCALE))

@@ -12,11 +12,8 @@ service of their own in the services' tests.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_servers
-from tests.e2e.test_stack_e2e import Stack, _start, _stop, pick_base_port
+from tests.e2e.test_stack_e2e import BackgroundLoad, Stack, _start, _stop, pick_base_port
 from tests.openapi_checks import run_schemathesis
 from yardarm.credentials import StackCredentials
 
@@ -82,16 +79,9 @@ def test_killing_an_orders_replica_under_load_fails_no_request(stack: Stack) -> 
     """Retries on at the gateway, none at the client: a SIGKILLed replica's refused
     connections and cut requests are retried on the other replica."""
     before = _pid(stack, "orders-0")
-    load = subprocess.Popen(
-        [sys.executable, "-m", "yardarm", "load", "--concurrency", str(LOAD_WORKERS),
-         "--duration", f"{LOAD_S:.0f}s", "--mix", "orders=40,reads=40,stock=20",
-         "--seed", "11", "--json"],
-        env={**os.environ, "YARDARM_HOME": str(stack.home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
+    args = ("--concurrency", str(LOAD_WORKERS), "--duration", f"{LOAD_S:.0f}s",
+            "--mix", "orders=40,reads=40,stock=20", "--seed", "11")  # fmt: skip
+    with BackgroundLoad(stack, *args) as load:
         deadline = time.monotonic() + LOAD_S
         while time.monotonic() < deadline:
             text = httpx.get(f"{stack.gateway}/metrics", timeout=5).text
@@ -101,13 +91,8 @@ def test_killing_an_orders_replica_under_load_fails_no_request(stack: Stack) -> 
         else:
             raise AssertionError("the load never warmed up")
         stack.cli("chaos", "kill", "orders-0")
-        assert load.poll() is None, "the load ended before the kill"
-        out, err = load.communicate(timeout=LOAD_S + 60)
-    finally:
-        if load.poll() is None:
-            load.kill()
-    assert load.returncode == 0, err
-    summary: dict[str, Any] = json.loads(out)
+        assert load.running(), "the load ended before the kill"
+        summary = load.summary(timeout=LOAD_S + 60)
     assert summary["requests"] > WARM_REQUESTS
     assert summary["server_errors"] == 0, summary["status_codes"]
     assert summary["transport_errors"] == 0, summary["errors"]

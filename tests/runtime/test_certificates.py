@@ -11,7 +11,8 @@ import pytest
 from yardarm_kit.tls import client_context, server_context
 
 from yardarm.certificates import ensure_certificates
-from yardarm.topology import Topology, instances, urls, write_chaos_config
+from yardarm.local.render import instances, urls, write_chaos_config
+from yardarm.model import Topology
 
 
 async def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> bytes:

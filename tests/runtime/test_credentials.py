@@ -9,7 +9,8 @@ from pathlib import Path
 from yardarm_kit.access import AccessDocument, digest
 
 from yardarm.credentials import PRINCIPALS, ROLES, ensure_credentials
-from yardarm.topology import Topology, instances, write_chaos_config
+from yardarm.local.render import instances, write_chaos_config
+from yardarm.model import Topology
 
 
 def _mode(path: Path) -> int:
@@ -71,12 +72,12 @@ def test_every_guarded_service_gets_its_credential_files(tmp_path: Path) -> None
         assert env["YARDARM_ORDERS_DATASTORE_TOKEN_FILE"] == str(creds.token_file("orders"))
     gateway = specs["gateway-0"].env
     assert gateway["YARDARM_GATEWAY_DATASTORE_TOKEN_FILE"] == str(creds.token_file("gateway"))
-    assert gateway["YARDARM_GATEWAY_ADMIN_TOKEN"] == creds.token("admin")
-    # No service's environment carries another principal's token.
+    assert gateway["YARDARM_GATEWAY_ADMIN_TOKEN_FILE"] == str(creds.token_file("admin"))
+    # No service's environment carries a token: each reads its own from a file.
     for spec in specs.values():
         values = " ".join(spec.env.values())
-        assert creds.token("orders") not in values
-        assert creds.token("gateway") not in values
+        for principal in ("admin", "orders", "gateway"):
+            assert creds.token(principal) not in values
     chaos = json.loads(write_chaos_config(topology, tmp_path).read_text())
     assert chaos["admin_token_file"] == str(creds.token_file("admin"))
     # /api/kv is authorized by the datastore itself, not by a gateway-side token.

@@ -14,8 +14,9 @@ import pytest
 
 from tests.conftest import free_port, wait_for
 from yardarm.local import control
+from yardarm.local.render import InstanceSpec
 from yardarm.local.state import read_state
-from yardarm.topology import InstanceSpec, Topology
+from yardarm.model import Topology
 
 # An HTTP server answering /readyz that first starts two long sleepers: one in its own
 # process group (as a worker pool would) and one that escapes into a new session.

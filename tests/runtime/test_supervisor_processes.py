@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import free_port, wait_for
 from yardarm.local import control
+from yardarm.local.render import InstanceSpec
 from yardarm.local.state import read_state
-from yardarm.topology import InstanceSpec
 
 # A tiny HTTP server answering /readyz. With STANDIN_DEP set it refuses to start (exit 3)
 # unless that port already answers, so a start out of dependency order shows as a restart.

@@ -1,18 +1,22 @@
-"""`yardarm chaos ...`: inject faults into the running local stack, and see them."""
+"""`yardarm chaos ...`: inject faults into the running local stack, and see them.
+
+The CLI imports this module for every command, `yardarm --help` included: the client
+(httpx) and the control plane are imported by the commands that use them.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from yardarm.chaos.client import ChaosClientError, fetch_state, send_fault
-from yardarm.chaos.config import MAX_DELAY_MS, Action
-from yardarm.local import control
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from yardarm.chaos.config import Action
 
 app = typer.Typer(
     help="Inject faults into the running stack: kill, pause, cut or slow its parts.",
@@ -20,6 +24,9 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+# `yardarm.chaos.config.MAX_DELAY_MS`, the controller's bound, restated so that building
+# the CLI (for `--help` too) does not import pydantic; tests/cli keeps the two equal.
+MAX_DELAY_MS = 60_000
 
 HomeOption = Annotated[
     Path | None,
@@ -44,10 +51,16 @@ PeerOption = Annotated[
 
 
 def _home(home: Path | None) -> Path:
-    return home if home is not None else control.default_home()
+    if home is not None:
+        return home
+    from yardarm.local import control
+
+    return control.default_home()
 
 
 def _send(home: Path | None, action: Action, target: str, **fields: Any) -> dict[str, Any]:
+    from yardarm.chaos.client import ChaosClientError, send_fault
+
     try:
         applied: dict[str, Any] = send_fault(_home(home), action, target, **fields)["applied"]
     except ChaosClientError as exc:
@@ -130,6 +143,8 @@ def delay(
 
 
 def _link_table(links: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(
         "link", "state", "delay", "open", "conns", "bytes →", "bytes ←", "delayed", "cut",
         "refused", title="links",
@@ -162,6 +177,10 @@ def status(
     home: HomeOption = None,
 ) -> None:
     """Show the links, the paused instances and how many faults were applied."""
+    from rich.table import Table
+
+    from yardarm.chaos.client import ChaosClientError, fetch_state
+
     try:
         state = fetch_state(_home(home))
     except ChaosClientError as exc:

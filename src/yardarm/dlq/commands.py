@@ -1,32 +1,24 @@
-"""`yardarm dlq ...`: see what the consumers gave up on, and replay it once fixed."""
+"""`yardarm dlq ...`: see what the consumers gave up on, and replay it once fixed.
+
+The CLI imports this module for every command, `yardarm --help` included: the NATS
+client (`yardarm.dlq.store`) and the control plane are imported by the commands.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from yardarm_kit.dead_letters import DLQ_STREAM
 
-from yardarm.dlq.store import (
-    DeadLetter,
-    DlqError,
-    Replay,
-    get_letters,
-    list_letters,
-    open_jetstream,
-    plan_replay,
-    read_body_file,
-    replay,
-    subject_matches,
-)
-from yardarm.local import control
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from yardarm.dlq.store import DeadLetter, DlqError, Replay
 
 app = typer.Typer(
     help="Read the dead-letter queue and replay its messages onto their original subjects.",
@@ -60,11 +52,18 @@ SubjectOption = Annotated[
 
 
 def _home(home: Path | None) -> Path:
-    return home if home is not None else control.default_home()
+    if home is not None:
+        return home
+    from yardarm.local import control
+
+    return control.default_home()
 
 
 def stack_nats_url(home: Path) -> str:
     """The NATS of the stack running from `home` (the supervisor records its port)."""
+    from yardarm.dlq.store import DlqError
+    from yardarm.local import control
+
     if not control.is_running(home):
         raise DlqError(
             f"no stack is running from {home}", "start it with `yardarm up`, or pass --nats-url"
@@ -86,6 +85,10 @@ def _fail(exc: DlqError) -> typer.Exit:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
+    from yardarm.dlq.store import DlqError
+
     try:
         return asyncio.run(coro)
     except DlqError as exc:
@@ -93,6 +96,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _url(nats_url: str | None, home: Path | None) -> str:
+    from yardarm.dlq.store import DlqError
+
     try:
         return nats_url or stack_nats_url(_home(home))
     except DlqError as exc:
@@ -116,6 +121,8 @@ def _shortened(reason: str) -> str:
 
 
 def _letter_table(letters: list[DeadLetter]) -> Table:
+    from rich.table import Table
+
     table = Table("seq", "subject", "consumer", "deliveries", "reason", "dead-lettered")
     table.add_column("envelope", overflow="fold")  # an id cut short cannot be looked up
     for letter in letters:
@@ -149,6 +156,10 @@ def list_command(
 
     Exits 1 when none match, like grep.
     """
+    from yardarm_kit.dead_letters import DLQ_STREAM
+
+    from yardarm.dlq.store import list_letters, open_jetstream
+
     url = _url(nats_url, home)
 
     async def read() -> list[DeadLetter]:
@@ -175,6 +186,10 @@ def list_command(
 def _select_plans(
     letters: list[DeadLetter], subject: str | None, named: bool, body: bytes | None
 ) -> list[Replay]:
+    from yardarm_kit.dead_letters import DLQ_STREAM
+
+    from yardarm.dlq.store import DlqError, plan_replay, subject_matches
+
     if named and subject is not None:
         strays = [letter.seq for letter in letters if not subject_matches(subject, letter)]
         if strays:
@@ -226,6 +241,17 @@ def replay_command(
     `yardarm-replay-of: <seq>`; the DLQ copy is deleted only after the stream acknowledged
     the republished one.
     """
+    from yardarm_kit.dead_letters import DLQ_STREAM
+
+    from yardarm.dlq.store import (
+        DlqError,
+        get_letters,
+        list_letters,
+        open_jetstream,
+        read_body_file,
+        replay,
+    )
+
     named = list(seqs or [])
     problem: str | None = None
     if named and replay_all:

@@ -22,6 +22,9 @@ import psutil
 
 from yardarm.certificates import StackCertificates
 from yardarm.local import processes
+from yardarm.local.desired import read_desired, read_ports, write_desired
+from yardarm.local.plan import port_plan
+from yardarm.local.render import InstanceSpec, urls
 from yardarm.local.state import (
     LIVE_STATES,
     InstanceStatus,
@@ -31,7 +34,7 @@ from yardarm.local.state import (
     read_state,
     state_path,
 )
-from yardarm.topology import InstanceSpec, Topology, port_plan, project_dir, urls
+from yardarm.model import Topology, current_for, deployment_of, project_dir, scaled
 
 __all__ = [
     "InstanceStatus",
@@ -279,7 +282,8 @@ def start_stack(
     stopped and StackStartError names the failing instance and quotes its log.
     """
     home = home.resolve()
-    _prepare_start(home, port_plan(topology))
+    planned = deployment_of(topology, current_for(topology, read_desired(home)))
+    _prepare_start(home, port_plan(topology, planned, read_ports(home)))
     tmp = home / ".topology.json.tmp"
     tmp.write_text(topology.model_dump_json(indent=2))
     os.replace(tmp, home / "topology.json")
@@ -364,3 +368,99 @@ def stop_stack(home: Path, purge: bool = False, timeout: float = 60.0) -> None:
     processes.sweep(home)
     if purge and home.exists():
         shutil.rmtree(home)
+
+
+class ScaleFailedError(RuntimeError):
+    """The stack could not be scaled; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TrackRow:
+    """One service's track: its version, how many instances are desired, how many run."""
+
+    service: str
+    track: str
+    version: str
+    desired: int
+    ready: int
+    running: int
+
+
+def _topology_of(home: Path) -> Topology:
+    try:
+        return Topology.model_validate_json((home / "topology.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ScaleFailedError(
+            f"no stack has run from {home}; start one with `yardarm up`"
+        ) from exc
+
+
+def scale_stack(
+    home: Path,
+    service: str,
+    replicas: int,
+    *,
+    track: str | None = None,
+    version: str | None = None,
+    timeout: float = 120.0,
+) -> StackState:
+    """Change the desired state, have the supervisor reconcile it, and wait until it has.
+
+    The change is validated by the model first (ScaleError, with what to do instead),
+    recorded in `<home>/desired.json` under a lock (two scales never lose one), then the
+    supervisor is told (SIGHUP). Returns the state once the generation is reconciled;
+    ScaleFailedError when no stack runs or it did not finish within `timeout`.
+    """
+    home = home.resolve()
+    if not is_running(home):
+        raise ScaleFailedError(f"no stack is running from {home}; start it with `yardarm up`")
+    topology = _topology_of(home)
+    with (home / "desired.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        desired = current_for(topology, read_desired(home))
+        changed = scaled(topology, desired, service, replicas, track, version)
+        write_desired(home, changed)
+    state = read_state(home)
+    if state is None or state.supervisor_pid is None:
+        raise ScaleFailedError(f"the stack's state in {home} is unreadable; try `yardarm status`")
+    os.kill(state.supervisor_pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(home)
+        if state is not None and state.generation >= changed.generation:
+            return state
+        if not is_running(home):
+            raise ScaleFailedError("the supervisor stopped; see `yardarm logs supervisor`")
+        time.sleep(POLL_S)
+    raise ScaleFailedError(
+        f"not reconciled after {timeout:g}s (generation {changed.generation}); "
+        "see `yardarm status` and `yardarm logs`"
+    )
+
+
+def track_rows(home: Path) -> list[TrackRow]:
+    """Desired against actual, per service, track and version (empty without a stack)."""
+    try:
+        topology = Topology.model_validate_json((home / "topology.json").read_text())
+    except (OSError, ValueError):
+        return []
+    desired = current_for(topology, read_desired(home))
+    statuses = read_status(home)
+    rows = []
+    for service, tracks in desired.services.items():
+        for track, placed in tracks.items():
+            mine = [
+                s for s in statuses if s.service == service and s.track == track
+                and s.version == placed.version
+            ]  # fmt: skip
+            rows.append(
+                TrackRow(
+                    service=service,
+                    track=track,
+                    version=placed.version,
+                    desired=placed.replicas,
+                    ready=sum(1 for s in mine if s.state == "ready"),
+                    running=sum(1 for s in mine if s.state in LIVE_STATES),
+                )
+            )
+    return rows

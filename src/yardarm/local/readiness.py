@@ -10,7 +10,7 @@ import ssl
 import httpx
 
 from yardarm.local import infra
-from yardarm.topology import InstanceSpec
+from yardarm.local.render import InstanceSpec
 
 PROBE_TIMEOUT_S = 2.0
 

@@ -50,6 +50,10 @@ class StackState(BaseModel):
     started_at: float | None = None
     status: StackStatus = "starting"
     error: str | None = None
+    # The desired state's generation the instances were last reconciled to, and the last
+    # reconcile's problem (an instance that did not start, a routing write that failed).
+    generation: int = 0
+    reconcile_error: str | None = None
     instances: list[InstanceStatus] = Field(default_factory=list)
 
 

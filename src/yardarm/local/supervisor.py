@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import itertools
 import logging
 import os
@@ -21,15 +22,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from yardarm.endpoint_publisher import Endpoint, EndpointPublisher, PublishError
 from yardarm.local import infra, readiness
+from yardarm.local.desired import read_desired
 from yardarm.local.processes import kill_group, mark, sweep
+from yardarm.local.render import (
+    InstanceSpec,
+    endpoint_publisher,
+    instances,
+    rendered,
+    write_flags,
+)
 from yardarm.local.state import (
     InstanceStatus,
     StackState,
@@ -37,7 +47,7 @@ from yardarm.local.state import (
     log_tail,
     write_state,
 )
-from yardarm.topology import InstanceSpec, Topology, instances, write_flags
+from yardarm.model import Topology
 
 log = logging.getLogger("yardarm.supervisor")
 
@@ -69,6 +79,8 @@ class Timings:
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
     healthy_reset: float = 30.0
+    # How long every gateway replica may take to route by a new routing document.
+    routing_timeout: float = 10.0
 
 
 class SupervisorLockedError(RuntimeError):
@@ -154,8 +166,18 @@ class _Instance:
     proc: subprocess.Popen[bytes] | None = None
 
 
+Render = Callable[[], tuple[list[InstanceSpec], int]]
+"""The stack's processes as desired now, and that desire's generation."""
+
+
 class Supervisor:
-    """Owns the processes of one home and records them in state.json."""
+    """Owns the processes of one home and records them in state.json.
+
+    With `render`, SIGHUP makes it reconcile to the desired state: instances that are
+    new start (and must be ready) first, an instance whose version changed is replaced,
+    then the gateways' endpoints are published (`publisher`) and, once every gateway
+    routes by them, the instances that left are stopped, each draining on SIGTERM.
+    """
 
     def __init__(
         self,
@@ -164,34 +186,50 @@ class Supervisor:
         *,
         base_port: int | None = None,
         timings: Timings | None = None,
+        render: Render | None = None,
+        publisher: EndpointPublisher | None = None,
+        generation: int = 0,
     ) -> None:
         self.home = home
         self.timings = timings or Timings()
         log_dir(home).mkdir(parents=True, exist_ok=True)
-        self.instances = [
-            _Instance(
-                spec=spec,
-                status=InstanceStatus(
-                    name=spec.name,
-                    service=spec.service,
-                    port=spec.port,
-                    version=spec.version,
-                    track=spec.track,
-                ),
-                log_path=log_dir(home) / f"{spec.name}.log",
-            )
-            for spec in specs
-        ]
-        self.by_name = {inst.spec.name: inst for inst in self.instances}
+        self.instances = [self._new_instance(spec) for spec in specs]
         self.state = StackState(
             base_port=base_port,
             supervisor_pid=os.getpid(),
             started_at=time.time(),
             status="starting",
             instances=[inst.status for inst in self.instances],
+            generation=generation,
         )
         self._stop = asyncio.Event()
-        self._failure: asyncio.Future[str] | None = None
+        self._reconcile_wanted = asyncio.Event()
+        self._render = render
+        self._publisher = publisher
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._late: set[str] = set()  # started by a reconcile: a failure fails only them
+        self._bootstrap: dict[str, frozenset[Endpoint]] = {}  # what the gateways start with
+        for spec in specs:
+            if spec.upstream is not None and spec.endpoint is not None:
+                known = self._bootstrap.get(spec.upstream, frozenset())
+                self._bootstrap[spec.upstream] = known | {Endpoint(spec.endpoint, spec.track)}
+
+    @property
+    def by_name(self) -> dict[str, _Instance]:
+        return {inst.spec.name: inst for inst in self.instances}
+
+    def _new_instance(self, spec: InstanceSpec) -> _Instance:
+        return _Instance(
+            spec=spec,
+            status=InstanceStatus(
+                name=spec.name,
+                service=spec.service,
+                port=spec.port,
+                version=spec.version,
+                track=spec.track,
+            ),
+            log_path=log_dir(self.home) / f"{spec.name}.log",
+        )
 
     def save(self) -> None:
         self.state.instances = [inst.status for inst in self.instances]
@@ -329,38 +367,206 @@ class Supervisor:
         log.info("stopped %s", inst.spec.name)
 
     async def _all_ready(self) -> None:
-        for inst in self.instances:
+        for inst in list(self.instances):
             await inst.ready.wait()
+
+    def _launch(self, inst: _Instance, *, late: bool) -> None:
+        name = inst.spec.name
+        if late:
+            self._late.add(name)
+        self._tasks[name] = asyncio.create_task(self._run_instance(inst), name=name)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> str | None:
+        """Handle an instance task that ended; the stack's error when it must fail."""
+        name = task.get_name()
+        if self._tasks.get(name) is task:
+            del self._tasks[name]
+        if task.cancelled():
+            return None
+        exc = task.exception()
+        if exc is None:
+            return None
+        if name in self._late:  # a reconcile's instance: it fails alone, the stack runs on
+            log.error("%s", exc)
+            return None
+        if not isinstance(exc, StartupFailedError):
+            log.error("internal error", exc_info=exc)
+        return str(exc)
+
+    # --- reconciling to the desired state --------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        """Reconcile on every SIGHUP, one reconcile at a time, once the stack is up."""
+        await self._all_ready()
+        # A stack scaled before comes back up: its routing document lists endpoints.
+        await self._record(self._publish(frozenset(), only_if_listed=True))
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted.clear()
+            if self._render is None:
+                log.warning("SIGHUP ignored: this supervisor runs a fixed plan")
+                continue
+            await self._record(self._reconcile())
+
+    async def _record(self, work: Awaitable[list[str]]) -> None:
+        """Run a reconcile step; its problems (or its failure) go into state.json, and
+        the supervisor keeps supervising whatever happened."""
+        try:
+            problems = await work
+        except Exception as exc:  # a bad render or an unexpected answer
+            log.exception("reconcile failed")
+            problems = [f"reconcile failed: {exc}"]
+        for problem in problems:
+            log.warning("%s", problem)
+        self.state.reconcile_error = "; ".join(problems) or None
+        self.save()
+
+    async def _reconcile(self) -> list[str]:
+        """Bring the instances to the rendered desired state; the problems met."""
+        assert self._render is not None
+        specs, generation = await asyncio.to_thread(self._render)
+        wanted = {spec.name: spec for spec in specs}
+        current = self.by_name
+        log.info("reconciling to generation %d", generation)
+        problems: list[str] = []
+        # 1. Surge: what is new (or failed before) starts and must be ready first.
+        fresh = []
+        for name, spec in wanted.items():
+            inst = current.get(name)
+            if inst is None:
+                inst = self._new_instance(spec)
+                self.instances.append(inst)
+            elif inst.status.state != "failed" or name in self._tasks:
+                continue
+            inst.spec = spec
+            self._launch(inst, late=True)
+            fresh.append(inst)
+        problems += await self._await_ready(fresh)
+        # 2. A changed version replaces its instance in place (same name, same port).
+        for name, spec in wanted.items():
+            inst = current.get(name)
+            if inst is None or inst in fresh:
+                continue
+            if inst.spec.version == spec.version:
+                inst.spec = spec  # any other change applies at its next start
+                continue
+            problems += await self._retire([inst], stop=True)
+            inst.spec = spec
+            inst.ready.clear()
+            self._set(inst, version=spec.version, track=spec.track, restarts=0, exit_code=None)
+            self._launch(inst, late=True)
+            problems += await self._await_ready([inst])
+            problems += await self._publish(frozenset())
+        # 3. What left is taken out of every gateway's routing, then stopped.
+        leaving = [inst for inst in self.instances if inst.spec.name not in wanted]
+        if leaving:
+            problems += await self._retire(leaving, stop=True)
+            self.instances = [inst for inst in self.instances if inst not in leaving]
+        problems += await self._publish(frozenset())
+        order = list(wanted)
+        self.instances.sort(
+            key=lambda inst: order.index(inst.spec.name) if inst.spec.name in order else -1
+        )
+        self.state.generation = generation
+        self.save()
+        log.info("generation %d reconciled", generation)
+        return problems
+
+    async def _await_ready(self, insts: list[_Instance]) -> list[str]:
+        """Wait until each instance is ready or its start failed; the failures."""
+        problems = []
+        for inst in insts:
+            task = self._tasks.get(inst.spec.name)
+            if task is None:
+                continue
+            ready = asyncio.create_task(inst.ready.wait())
+            await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not inst.ready.is_set():
+                problems.append(f"{inst.spec.name} did not start (see `yardarm logs`)")
+        return problems
+
+    async def _retire(self, insts: list[_Instance], *, stop: bool) -> list[str]:
+        """Take instances out of the gateways' routing, then stop them (SIGTERM: each
+        drains its in-flight requests)."""
+        problems = await self._publish(frozenset(inst.spec.name for inst in insts))
+        if stop:
+            for inst in insts:
+                task = self._tasks.pop(inst.spec.name, None)
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(*(self._stop_instance(inst) for inst in insts))
+        return problems
+
+    async def _publish(
+        self, excluding: frozenset[str], *, only_if_listed: bool = False
+    ) -> list[str]:
+        """Publish each upstream's ready instances (less `excluding`) and wait until every
+        gateway replica routes by them; the problems met.
+
+        A set equal to the one the gateways were started with is only written when the
+        document lists the upstream already: a stack never scaled keeps the endpoints of
+        its gateways' settings (which, with chaos dependency links, name link proxies).
+        """
+        if self._publisher is None:
+            return []
+        listed: dict[str, list[Endpoint]] = {}
+        for inst in self.instances:
+            spec = inst.spec
+            if spec.upstream is None or spec.endpoint is None:
+                continue
+            endpoints = listed.setdefault(spec.upstream, [])
+            if spec.name not in excluding and inst.ready.is_set():
+                endpoints.append(Endpoint(spec.endpoint, spec.track))
+        problems = []
+        for upstream, endpoints in listed.items():
+            unchanged = frozenset(endpoints) == self._bootstrap.get(upstream, frozenset())
+            try:
+                version = await self._publisher.publish(
+                    upstream, endpoints, only_if_listed=only_if_listed or unchanged
+                )
+            except PublishError as exc:
+                problems.append(str(exc))
+                continue
+            late = await self._publisher.wait_applied(version, self.timings.routing_timeout)
+            if late:
+                problems.append(f"gateway(s) {', '.join(late)} did not apply routing v{version}")
+        return problems
 
     async def run(self) -> int:
         """Run until stopped (exit 0) or until the stack cannot start (exit 1)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reconcile_wanted.set)
         self.save()
-        tasks = {asyncio.create_task(self._run_instance(inst)) for inst in self.instances}
+        for inst in self.instances:
+            self._launch(inst, late=False)
         stop_wait = asyncio.create_task(self._stop.wait())
         all_ready = asyncio.create_task(self._all_ready())
+        reconciler = asyncio.create_task(self._reconcile_loop())
         error: str | None = None
-        pending: set[asyncio.Task[Any]] = {*tasks, stop_wait, all_ready}
         try:
             while not self._stop.is_set() and error is None:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Task[Any]] = {*self._tasks.values(), stop_wait, reconciler}
+                if not all_ready.done():
+                    waiting.add(all_ready)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task is all_ready:
                         self.state.status = "running"
                         self.save()
                         log.info("all %d instances are ready", len(self.instances))
-                    elif task in tasks and not task.cancelled():
-                        exc = task.exception()
-                        if exc is not None:
-                            error = str(exc)
-                            if not isinstance(exc, StartupFailedError):
-                                log.error("internal error", exc_info=exc)
+                    elif task is reconciler:
+                        error = f"the reconciler stopped: {task.exception()!r}"
+                    elif task is not stop_wait:
+                        error = self._task_ended(task) or error
         finally:
-            for task in pending:
+            others = [*self._tasks.values(), stop_wait, all_ready, reconciler]
+            for task in others:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*others, return_exceptions=True)
             if error is not None:
                 log.error("stack failed: %s", error)
                 self.state.status = "failed"
@@ -390,14 +596,30 @@ def run_supervisor(
     base_port: int | None = None,
     flags: dict[str, Any] | None = None,
     timings: Timings | None = None,
+    reconcile: bool = False,
 ) -> int:
-    """Take the home's lock, render the flags, supervise until stopped; the exit code."""
+    """Take the home's lock, render the flags, supervise until stopped; the exit code.
+
+    `reconcile`: the home holds a topology, and SIGHUP reconciles to its desired state.
+    """
     home = home.resolve()
     lock = acquire_lock(home)
     try:
         if flags is not None:
             write_flags(Topology(flags=flags), home)
-        supervisor = Supervisor(home, specs, base_port=base_port, timings=timings)
+        generation = 0
+        if reconcile:
+            desired = read_desired(home)
+            generation = 0 if desired is None else desired.generation
+        supervisor = Supervisor(
+            home,
+            specs,
+            base_port=base_port,
+            timings=timings,
+            render=functools.partial(rendered, home) if reconcile else None,
+            publisher=endpoint_publisher(home) if reconcile else None,
+            generation=generation,
+        )
         return asyncio.run(supervisor.run())
     finally:
         lock.close()
@@ -441,7 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return run_supervisor(
-            home, plan.instances, base_port=plan.base_port, flags=plan.flags, timings=timings
+            home,
+            plan.instances,
+            base_port=plan.base_port,
+            flags=plan.flags,
+            timings=timings,
+            reconcile=args.plan is None,
         )
     except SupervisorLockedError as exc:
         log.error("%s", exc)
