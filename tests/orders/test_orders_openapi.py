@@ -89,7 +89,17 @@ def test_the_document_loads_in_schemathesis_and_declares_what_the_handlers_answe
     )
     assert create["responses"]["409"]["headers"]["Retry-After"]["required"] is True
     assert create["responses"]["503"]["headers"]["Retry-After"]["required"] is True
-    assert set(create["responses"]) == {"202", "400", "409", "413", "422", "500", "503", "504"}
+    assert set(create["responses"]) == {
+        "202",
+        "400",
+        "409",
+        "413",
+        "415",
+        "422",
+        "500",
+        "503",
+        "504",
+    }
     cancel = paths["/orders/{order_id}/cancel"]["post"]
     assert set(cancel["responses"]) == {"200", "202", "400", "404", "409", "422", "500", "504"}
     assert cancel["responses"]["409"]["headers"]["Retry-After"]["required"] is True
