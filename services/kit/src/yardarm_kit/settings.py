@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Track = Literal["stable", "canary", "baseline", "blue", "green"]
+from yardarm_kit.identity import Track
 
 
 class ServiceSettings(BaseSettings):
