@@ -400,6 +400,10 @@ class Supervisor:
         await self._all_ready()
         # A stack scaled before comes back up: its routing document lists endpoints.
         await self._record(self._publish(frozenset(), only_if_listed=True))
+        # A scale asked for while the stack was starting is reconciled now.
+        desired = read_desired(self.home)
+        if desired is not None and desired.generation > self.state.generation:
+            self._reconcile_wanted.set()
         while True:
             await self._reconcile_wanted.wait()
             self._reconcile_wanted.clear()
@@ -603,6 +607,9 @@ def run_supervisor(
     `reconcile`: the home holds a topology, and SIGHUP reconciles to its desired state.
     """
     home = home.resolve()
+    # Until the loop handles it, a SIGHUP (a scale) must not end the supervisor; the
+    # reconciler catches up with the desired state once the stack is up.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     lock = acquire_lock(home)
     try:
         if flags is not None:
