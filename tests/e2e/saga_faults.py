@@ -1,12 +1,12 @@
 """Faults for the saga invariant test: crashes, duplicate messages and poison messages.
 
-- `ProcessKiller` SIGKILLs a random orders or fulfillment replica through the stack's
-  chaos controller (so the kill is logged and counted, and the supervisor restarts it),
-  noting how many sagas were mid-flight at that moment.
-- `pause_together` SIGSTOPs every replica of a service at once for a while (the
-  supervisor does not restart a paused process), so commands to it get no reply and the
-  saga's step timeouts fire; the killer leaves those replicas alone meanwhile, and
-  while they catch up on what piled up.
+- `ProcessKiller` kills a random orders or fulfillment replica through the stack's
+  target (locally: SIGKILL from the chaos controller, so the kill is logged and counted,
+  and the supervisor restarts it), noting how many sagas were mid-flight at that moment.
+- `pause_together` pauses every replica of a service at once for a while (locally
+  SIGSTOP: the supervisor does not restart a paused process), so commands to it get no
+  reply and the saga's step timeouts fire; the killer leaves those replicas alone
+  meanwhile, and while they catch up on what piled up.
 - `Duplicator` watches `cmd.>` and `evt.>` with core NATS and republishes a share of
   what it sees with a NEW `Nats-Msg-Id` but the same bytes and headers: JetStream's
   duplicate window cannot catch these, so only the consumers' inboxes can.
@@ -23,16 +23,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from yardarm.chaos.client import ChaosClientError, fetch_state, send_fault
-from yardarm.chaos.config import Action
-from yardarm.local import control
+from tests.harness.adapter import FaultRefused, Instance, StackTarget
 
 SCHEMA_HEADER = "yardarm-schema"
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -44,45 +41,33 @@ def _service(instance: str) -> str:
     return instance.rsplit("-", 1)[0]
 
 
-def pid_of(home: Path, instance: str) -> int | None:
-    """The instance's pid as the supervisor recorded it in state.json."""
-    return next((s.pid for s in control.read_status(home) if s.name == instance), None)
-
-
-def proc_state(pid: int | None) -> str | None:
-    """The kernel's state letter for `pid` (T: stopped, Z: not yet reaped); None: gone."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
 @dataclass(frozen=True)
 class Kill:
-    """One SIGKILL: when (seconds since the faults started), whom, the sagas in flight,
-    and the pid the supervisor had recorded for the victim just before."""
+    """One kill: when (seconds since the faults started), whom, the sagas in flight,
+    and the victim as the target listed it just before (its process: `pid`)."""
 
     at_s: float
     target: str
     in_flight: int
-    pid: int | None
+    victim: Instance | None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.victim is None else self.victim.pid
 
 
 class ProcessKiller:
     """Kills one replica every `interval_s` (jittered) while its sibling is ready.
 
-    Sparing the last ready replica of a service keeps orders flowing; an instance the
-    supervisor is still restarting is never a target (its restart backoff grows with
-    every crash, and the controller would refuse it). Nor is a held one (`hold`): a
-    kill would end its pause early, and its restart would not be paused.
+    Sparing the last ready replica of a service keeps orders flowing; an instance still
+    being restarted is never chosen (its restart backoff grows with every crash, and the
+    stack would refuse the kill). Nor is a held one (`hold`): a kill would end its pause
+    early, and its restart would not be paused.
     """
 
     def __init__(
         self,
-        home: Path,
+        stack: StackTarget,
         targets: Sequence[str],
         *,
         in_flight: Callable[[], Awaitable[int]],
@@ -90,7 +75,7 @@ class ProcessKiller:
         min_kills: int,
         rng: random.Random,
     ) -> None:
-        self._home = home
+        self._stack = stack
         self._min_kills = min_kills
         # Set once `min_kills` kills have landed, at least one in every service.
         self.enough = asyncio.Event()
@@ -113,7 +98,7 @@ class ProcessKiller:
         self._held.difference_update(targets)
 
     def _eligible(self) -> list[str]:
-        states = {s.name: s.state for s in control.read_status(self._home)}
+        states = {s.name: s.state for s in self._stack.instances()}
         ready = {t for t in self._targets if states.get(t) == "ready" and t not in self._held}
         eligible = []
         for target in self._targets:
@@ -141,13 +126,13 @@ class ProcessKiller:
             return
         target = self._rng.choice(eligible)
         in_flight = await self._in_flight()
-        pid = await asyncio.to_thread(pid_of, self._home, target)
+        victim = await asyncio.to_thread(self._stack.instance, target)
         try:
-            await asyncio.to_thread(send_fault, self._home, "kill", target)
-        except ChaosClientError as exc:  # restarting at this very moment: next time
-            self.refused.append(f"{target}: {exc.message}")
+            await asyncio.to_thread(self._stack.kill, target)
+        except FaultRefused as exc:  # restarting at this very moment: next time
+            self.refused.append(f"{target}: {exc}")
             return
-        self.kills.append(Kill(round(time.monotonic() - started, 1), target, in_flight, pid))
+        self.kills.append(Kill(round(time.monotonic() - started, 1), target, in_flight, victim))
         services = {_service(t) for t in self._targets}
         if (
             len(self.kills) >= self._min_kills
@@ -167,8 +152,8 @@ class Pause:
     # From the resume until the service had taken every message waiting for it (None:
     # not within the bound); the killer spared it until then.
     caught_up_s: float | None
-    # What the controller listed as paused while they were held, and which of them the
-    # kernel showed stopped (state T in /proc) then.
+    # What the target's fault injector listed as paused while they were held, and which
+    # of them the target showed stopped then (locally: state T in /proc).
     listed: tuple[str, ...]
     stopped: tuple[str, ...]
     # Sagas waiting on the paused service, order id -> saga state, read `read_s` after
@@ -177,14 +162,14 @@ class Pause:
     read_s: float
 
 
-async def _send_until_accepted(home: Path, action: Action, target: str, bound_s: float) -> None:
-    """Send a process fault, again while the controller refuses it, at most `bound_s`."""
+async def _send_until_accepted(fault: Callable[[str], None], target: str, bound_s: float) -> None:
+    """Apply a process fault, again while the target refuses it, at most `bound_s`."""
     until = time.monotonic() + bound_s
     while True:
         try:
-            await asyncio.to_thread(send_fault, home, action, target)
+            await asyncio.to_thread(fault, target)
             return
-        except ChaosClientError:
+        except FaultRefused:
             if time.monotonic() > until:
                 raise
         await asyncio.sleep(0.5)
@@ -201,7 +186,7 @@ async def _until(done: Callable[[], Awaitable[bool]], bound_s: float) -> float |
 
 
 async def pause_together(
-    home: Path,
+    stack: StackTarget,
     targets: Sequence[str],
     killer: ProcessKiller,
     *,
@@ -213,7 +198,7 @@ async def pause_together(
     catch_up_bound_s: float,
     zero: float,
 ) -> Pause:
-    """SIGSTOP every one of `targets` at once, hold them `hold_s`, resume them.
+    """Pause every one of `targets` at once, hold them `hold_s`, resume them.
 
     The pause starts once all are ready and `in_step` (sagas waiting on them) has
     `min_in_step` entries, or `ready_bound_s` passed. Then `in_step` is read until it has
@@ -228,7 +213,7 @@ async def pause_together(
     """
 
     async def ready() -> bool:
-        states = {s.name: s.state for s in await asyncio.to_thread(control.read_status, home)}
+        states = {s.name: s.state for s in await asyncio.to_thread(stack.instances)}
         return all(states.get(t) == "ready" for t in targets)
 
     async def waiting() -> bool:
@@ -242,7 +227,7 @@ async def pause_together(
         paused: list[str] = []
         try:
             for target in targets:
-                await _send_until_accepted(home, "pause", target, ready_bound_s)
+                await _send_until_accepted(stack.pause, target, ready_bound_s)
                 paused.append(target)
             stopped_at = time.monotonic()
             caught = dict(await in_step())
@@ -250,15 +235,20 @@ async def pause_together(
                 await asyncio.sleep(0.2)
                 caught = dict(await in_step())
             read_s = time.monotonic() - stopped_at
-            state = await asyncio.to_thread(fetch_state, home)
-            listed = tuple(sorted(str(row["instance"]) for row in state["paused"]))
-            pids = {t: await asyncio.to_thread(pid_of, home, t) for t in targets}
-            stopped = tuple(sorted(t for t, pid in pids.items() if proc_state(pid) == "T"))
+            listed = tuple(sorted(await asyncio.to_thread(stack.paused)))
+            seen = {t: await asyncio.to_thread(stack.instance, t) for t in targets}
+            stopped = tuple(
+                sorted(
+                    t
+                    for t, inst in seen.items()
+                    if inst is not None and stack.process_state(inst) == "stopped"
+                )
+            )
             await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - stopped_at)))
         finally:
             resumed_at = time.monotonic()
             for target in paused:
-                await _send_until_accepted(home, "resume", target, ready_bound_s)
+                await _send_until_accepted(stack.resume, target, ready_bound_s)
         recovered = await _until(caught_up, catch_up_bound_s)
     finally:
         killer.release(targets)

@@ -9,6 +9,7 @@ assertion can say exactly which saga broke which rule.
 from __future__ import annotations
 
 import json
+import ssl
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -169,7 +170,9 @@ async def backlog(js: JetStreamContext, durables: Iterable[tuple[str, str]]) -> 
     return counts
 
 
-def scrape_counter(urls: Iterable[str], name: str, having: str = "") -> float | None:
+def scrape_counter(
+    urls: Iterable[str], name: str, having: str = "", *, verify: ssl.SSLContext | bool = True
+) -> float | None:
     """The sum of counter `name` (series whose labels contain `having`) over the
     instances that answer; None when none has it.
 
@@ -179,7 +182,7 @@ def scrape_counter(urls: Iterable[str], name: str, having: str = "") -> float | 
     total, seen = 0.0, False
     for url in urls:
         try:
-            text = httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text
+            text = httpx.get(f"{url}/metrics", timeout=5, trust_env=False, verify=verify).text
         except httpx.HTTPError:
             continue
         for line in text.splitlines():

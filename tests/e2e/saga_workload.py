@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -156,15 +157,20 @@ def confirmable(orders: list[PlannedOrder], skus: list[Sku]) -> set[str]:
     return fits
 
 
-def _datastore(url: str, token: str) -> httpx.AsyncClient:
+Verify = ssl.SSLContext | bool
+
+
+def _datastore(url: str, token: str, verify: Verify) -> httpx.AsyncClient:
     """A client for the stack's datastore with a credential that may use `stock/`."""
     auth = {"Authorization": f"Bearer {token}"}
-    return httpx.AsyncClient(base_url=url, timeout=10, trust_env=False, headers=auth)
+    return httpx.AsyncClient(base_url=url, timeout=10, trust_env=False, headers=auth, verify=verify)
 
 
-async def seed(datastore_url: str, token: str, skus: list[Sku]) -> dict[str, int]:
+async def seed(
+    datastore_url: str, token: str, skus: list[Sku], *, verify: Verify = True
+) -> dict[str, int]:
     """Create the SKUs (each must be new); their initial quantities."""
-    async with _datastore(datastore_url, token) as http:
+    async with _datastore(datastore_url, token, verify) as http:
         for item in skus:
             value = {
                 "sku": item.sku,
@@ -179,10 +185,12 @@ async def seed(datastore_url: str, token: str, skus: list[Sku]) -> dict[str, int
     return {item.sku: item.available for item in skus}
 
 
-async def available(datastore_url: str, token: str, skus: list[str]) -> dict[str, int]:
+async def available(
+    datastore_url: str, token: str, skus: list[str], *, verify: Verify = True
+) -> dict[str, int]:
     """Each SKU's stock, read linearizably (the datastore's default)."""
     found = {}
-    async with _datastore(datastore_url, token) as http:
+    async with _datastore(datastore_url, token, verify) as http:
         for sku in skus:
             response = await http.get(f"/kv/stock/{sku}", params={"consistency": "linearizable"})
             assert response.status_code == 200, response.text
@@ -248,6 +256,7 @@ async def place_all(
     follow_s: float,
     deadline: float,
     result: Placement | None = None,
+    verify: Verify = True,
 ) -> Placement:
     """Place every order through the gateway with `clients` concurrent clients.
 
@@ -258,7 +267,7 @@ async def place_all(
     limits = httpx.Limits(max_connections=clients)
 
     async with httpx.AsyncClient(
-        base_url=gateway, timeout=15, limits=limits, trust_env=False
+        base_url=gateway, timeout=15, limits=limits, trust_env=False, verify=verify
     ) as http:
 
         async def client() -> None:

@@ -1,18 +1,20 @@
-"""End to end: the datastore's three Raft replicas stay linearizable under `yardarm chaos`.
+"""End to end: the datastore's three Raft replicas stay linearizable under chaos.
 
-A whole stack from `yardarm up`; clients call random replicas directly with gets, puts
-(some conditional) and deletes on a few keys while faults go to the stack's chaos
-controller through the same client `yardarm chaos` uses (a process start per fault would
-eat the window): SIGKILL of the leader (the supervisor restarts it), a paused follower, a
-partitioned leader, slow links. `yardarm chaos status` and `heal` run as real commands.
-The recorded history is checked with the Wing-Gong/Lowe search.
+A whole stack, reached through its target (`tests.harness`; locally a stack from
+`yardarm up`); clients call random replicas directly with gets, puts (some conditional)
+and deletes on a few keys while faults go to the target (locally the stack's chaos
+controller, through the same client `yardarm chaos` uses: a process start per fault
+would eat the window): a kill of the leader (the target restarts it), a paused
+follower, and where the target has link proxies a partitioned leader and slow links.
+The recorded history is checked with the Wing-Gong/Lowe search. Locally,
+`yardarm chaos status` and `heal` then run as real commands.
 
 That the faults took effect is observed by the test itself, never taken from the
-controller's counters: a killed leader's pid is replaced in state.json and the group's
-term rises; a paused follower is in state T in /proc and a request to it stalls until
-it is resumed; a partitioned leader's commit index stands still while the majority
-elects a leader in a higher term and commits past it; writes through a delayed replica
-take at least two delayed hops longer than before.
+controller's counters: a killed leader's process is replaced (a new pid) and the
+group's term rises; a paused follower is stopped (locally state T in /proc) and a
+request to it stalls until it is resumed; a partitioned leader's commit index stands
+still while the majority elects a leader in a higher term and commits past it; writes
+through a delayed replica take at least two delayed hops longer than before.
 """
 
 from __future__ import annotations
@@ -34,11 +36,8 @@ import pytest
 from yardarm_datastore.linearizability import Operation, OpName, check_history
 from yardarm_datastore.settings import DatastoreSettings
 
-from tests.e2e.test_stack_e2e import Stack, _start, _stop, pick_base_port
-from yardarm.chaos.client import ChaosClientError, send_fault
-from yardarm.credentials import StackCredentials
-from yardarm.local import control
-from yardarm.local.supervisor import Timings
+from tests.harness.adapter import FaultRefused, Instance, ProcessState, StackTarget, Unsupported
+from tests.harness.local import LocalStackTarget, Stack, pick_base_port, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -59,9 +58,6 @@ ELECTION_S = TICK_S * int(_TIMING["election_ticks"].default)  # a follower waits
 COMMIT_TIMEOUT_S = float(_TIMING["commit_timeout_s"].default)
 # A live replica answers its status far within an election timeout; a paused one never.
 STATUS_TIMEOUT_S = ELECTION_S
-# A fault shows its effect within the longest election timeout (ten times over, for two
-# busy cores), after a supervisor restart at its longest backoff.
-OBSERVE_BOUND_S = Timings().backoff_max + 10 * 2 * ELECTION_S
 # How long each fault lasts.
 PAUSE_S, PARTITION_S, DELAY_HOLD_S = 1.5, 2.0, 1.5
 # Well above the noise of a write on two busy cores (50-150 ms under the clients' load),
@@ -72,36 +68,49 @@ PROBE_WRITES, PROBE_KEY = 5, "probe/latency"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = _start(tmp_path_factory.mktemp("chaos"), pick_base_port(31000))
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("chaos"), pick_base_port(31000))
     try:
         yield running
     finally:
         running.cli("chaos", "heal", "all", check=False)
         running.cli("chaos", "resume", "all", check=False)
-        _stop(running)
+        stop_stack(running)
 
 
-def _replicas(stack: Stack) -> list[str]:
-    return [f"http://127.0.0.1:{stack.base_port + 10 + i}" for i in range(3)]
+@pytest.fixture(scope="module")
+def stack(local_stack: Stack) -> StackTarget:
+    """The checks' view of the stack (a later target builds its own adapter here)."""
+    return LocalStackTarget(local_stack)
 
 
-def _admin(stack: Stack) -> dict[str, str]:
+def _observe_bound_s(stack: StackTarget) -> float:
+    """A fault shows its effect within the longest election timeout (ten times over, for
+    two busy cores), after a restart at the target's longest backoff."""
+    return stack.recovery.backoff_max_s + 10 * 2 * ELECTION_S
+
+
+def _replicas(stack: StackTarget) -> list[str]:
+    return stack.datastore
+
+
+def _admin(stack: StackTarget) -> dict[str, str]:
     """The stack's admin credential: the datastore answers nobody without one."""
-    return {"Authorization": f"Bearer {StackCredentials(stack.home).token('admin')}"}
+    return {"Authorization": f"Bearer {stack.admin_token}"}
 
 
 def _datastore(
-    stack: Stack, method: str, url: str, path: str, timeout: float, **kwargs: Any
+    stack: StackTarget, method: str, url: str, path: str, timeout: float, **kwargs: Any
 ) -> httpx.Response:
     """A direct call of this module's own to one replica (status reads, probe writes)."""
     return httpx.request(
-        method, f"{url}{path}", timeout=timeout, trust_env=False, headers=_admin(stack), **kwargs
-    )
+        method, f"{url}{path}", timeout=timeout, trust_env=False, headers=_admin(stack),
+        verify=stack.ssl or True, **kwargs,
+    )  # fmt: skip
 
 
 def _raft_status(
-    stack: Stack, url: str, timeout: float = STATUS_TIMEOUT_S
+    stack: StackTarget, url: str, timeout: float = STATUS_TIMEOUT_S
 ) -> dict[str, Any] | None:
     """A replica's `/raft/status`, or None when it does not answer within `timeout`."""
     try:
@@ -113,7 +122,7 @@ def _raft_status(
     return status
 
 
-def _stalls(stack: Stack, url: str) -> bool:
+def _stalls(stack: StackTarget, url: str) -> bool:
     """The replica takes the connection (the kernel does) but does not answer in time."""
     try:
         _datastore(stack, "GET", url, "/raft/status", STATUS_TIMEOUT_S)
@@ -124,7 +133,7 @@ def _stalls(stack: Stack, url: str) -> bool:
     return False
 
 
-def _leader(stack: Stack, timeout: float = 30.0) -> int:
+def _leader(stack: StackTarget, timeout: float = 30.0) -> int:
     """The index (0-based, as in `datastore-<i>`) of the replica the group agrees leads."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -165,7 +174,7 @@ class History:
 
 
 async def _client(
-    n: int, stack: Stack, history: History, until: float, http: aiohttp.ClientSession
+    n: int, stack: StackTarget, history: History, until: float, http: aiohttp.ClientSession
 ) -> None:
     rng = random.Random(n)
     urls = _replicas(stack)
@@ -225,21 +234,18 @@ class Seen:
     detail: str
 
 
-def _pid(stack: Stack, instance: str) -> int | None:
-    """The instance's pid as the supervisor recorded it in state.json."""
-    return next((s.pid for s in control.read_status(stack.home) if s.name == instance), None)
+def _pid(seen: Instance | None) -> int | None:
+    """The process an instance ran in when it was listed (None: not listed, or none)."""
+    return None if seen is None else seen.pid
 
 
-def _proc_state(pid: int | None) -> str | None:
-    """The kernel's state letter for `pid` (T: stopped, Z: not yet reaped); None: gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, TypeError):
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
+def _process(stack: StackTarget, seen: Instance | None) -> ProcessState | None:
+    """What the target observes now of the process `seen` ran in (None: nothing to
+    observe: the instance was not listed, or had no process)."""
+    return None if seen is None else stack.process_state(seen)
 
 
-def _poll(check: Callable[[], T | None], bound_s: float = OBSERVE_BOUND_S) -> T | None:
+def _poll(check: Callable[[], T | None], bound_s: float) -> T | None:
     """`check()` every heartbeat until it returns something, at most `bound_s`."""
     deadline = time.monotonic() + bound_s
     while True:
@@ -249,60 +255,67 @@ def _poll(check: Callable[[], T | None], bound_s: float = OBSERVE_BOUND_S) -> T 
         time.sleep(HEARTBEAT_S)
 
 
-def _terms(stack: Stack, urls: list[str]) -> list[int]:
+def _terms(stack: StackTarget, urls: list[str]) -> list[int]:
     statuses = [_raft_status(stack, url) for url in urls]
     return [int(s["term"]) for s in statuses if s is not None]
 
 
-def _kill_leader(stack: Stack, leader: int) -> Seen:
+def _kill_leader(stack: StackTarget, leader: int) -> Seen:
     """Kill the leader: its process is replaced and the group elects in a higher term."""
     urls, target = _replicas(stack), f"datastore-{leader}"
-    pid, term = _pid(stack, target), max(_terms(stack, urls), default=0)
-    send_fault(stack.home, "kill", target)
+    before, term = stack.instance(target), max(_terms(stack, urls), default=0)
+    pid = _pid(before)
+    stack.kill(target)
 
     def replaced() -> tuple[int, int | None] | None:
-        new_pid, terms = _pid(stack, target), _terms(stack, urls)
-        gone = _proc_state(pid) in (None, "Z")
+        new_pid, terms = _pid(stack.instance(target)), _terms(stack, urls)
+        gone = _process(stack, before) in (None, "gone")
         if gone and new_pid not in (None, pid) and max(terms, default=0) > term:
             return max(terms), new_pid
         return None
 
-    after = _poll(replaced)
+    after = _poll(replaced, _observe_bound_s(stack))
     detail = f"pid {pid}, term {term}; after: term and pid {after}"
     return Seen("kill-leader", target, after is not None, detail)
 
 
-def _pause_follower(stack: Stack, leader: int) -> Seen | None:
-    """Pause a follower for PAUSE_S: the kernel shows it stopped, a request to it stalls,
+def _pause_follower(stack: StackTarget, leader: int) -> Seen | None:
+    """Pause a follower for PAUSE_S: the target shows it stopped, a request to it stalls,
     and it answers again once resumed. None when neither follower could be paused."""
     for other in (1, 2):
         index = (leader + other) % 3
         target, url = f"datastore-{index}", _replicas(stack)[index]
-        pid = _pid(stack, target)
+        seen = stack.instance(target)
         try:
-            send_fault(stack.home, "pause", target)
-        except ChaosClientError:  # the supervisor is still restarting it (409)
+            stack.pause(target)
+        except FaultRefused:  # the target is still restarting it (locally a 409)
             continue
         break
     else:
         return None
     started = time.monotonic()
-    stopped = _poll(lambda: True if _proc_state(pid) == "T" else None, PAUSE_S) is not None
+    stopped = (
+        _poll(lambda: True if _process(stack, seen) == "stopped" else None, PAUSE_S) is not None
+    )
     stalled = _stalls(stack, url)
     time.sleep(max(0.0, PAUSE_S - (time.monotonic() - started)))
-    send_fault(stack.home, "resume", target)
-    answers = _poll(lambda: _raft_status(stack, url)) is not None
-    state = _proc_state(pid)
-    detail = f"pid {pid} stopped {stopped}, stalled {stalled}, answers after resume {answers}"
-    return Seen("pause-follower", target, stopped and stalled and answers and state != "T", detail)
+    stack.resume(target)
+    answers = _poll(lambda: _raft_status(stack, url), _observe_bound_s(stack)) is not None
+    state = _process(stack, seen)
+    detail = (
+        f"pid {_pid(seen)} stopped {stopped}, stalled {stalled}, answers after resume {answers}"
+    )
+    ok = stopped and stalled and answers and state != "stopped"
+    return Seen("pause-follower", target, ok, detail)
 
 
-def _partition_leader(stack: Stack, leader: int) -> Seen:
+def _partition_leader(stack: StackTarget, leader: int) -> Seen:
     """Cut the leader off for at least PARTITION_S: the majority elects a leader in a
     higher term and commits past the cut-off replica, whose commit index stands still."""
     urls, target = _replicas(stack), f"datastore-{leader}"
     isolated, majority = urls[leader], [u for i, u in enumerate(urls) if i != leader]
-    send_fault(stack.home, "partition", target)
+    links = stack.links()
+    links.partition(target)
     started = time.monotonic()
     time.sleep(2 * HEARTBEAT_S)  # what was on its way before the cut has landed
     before = _raft_status(stack, isolated)
@@ -320,10 +333,10 @@ def _partition_leader(stack: Stack, leader: int) -> Seen:
                 return status
         return None
 
-    ahead = _poll(moved_on)
+    ahead = _poll(moved_on, _observe_bound_s(stack))
     time.sleep(max(0.0, PARTITION_S - (time.monotonic() - started)))
     after = _raft_status(stack, isolated)
-    send_fault(stack.home, "heal", target)
+    links.heal(target)
     stood_still = before is not None and after is not None and after["commit"] == before["commit"]
     detail = (
         f"cut off: commit {before and before['commit']} -> {after and after['commit']}; "
@@ -332,7 +345,7 @@ def _partition_leader(stack: Stack, leader: int) -> Seen:
     return Seen("partition-leader", target, ahead is not None and stood_still, detail)
 
 
-def _timed_write(stack: Stack, url: str, n: int) -> float | None:
+def _timed_write(stack: StackTarget, url: str, n: int) -> float | None:
     """Seconds one write through `url` took to be acknowledged (None: no success)."""
     started = time.monotonic()
     try:
@@ -344,7 +357,7 @@ def _timed_write(stack: Stack, url: str, n: int) -> float | None:
     return time.monotonic() - started if response.status_code in (200, 201) else None
 
 
-def _delay_leader(stack: Stack, leader: int) -> Seen:
+def _delay_leader(stack: StackTarget, leader: int) -> Seen:
     """Slow the leader's links: writes through it take at least two delayed hops longer.
 
     A write the leader takes needs a follower's acknowledgement (out and back across its
@@ -352,12 +365,13 @@ def _delay_leader(stack: Stack, leader: int) -> Seen:
     way. Each hop is held at least DELAY_MS - JITTER_MS.
     """
     urls, target = _replicas(stack), f"datastore-{leader}"
+    links = stack.links()
     fast = [
         t
         for t in (_timed_write(stack, urls[leader], n) for n in range(PROBE_WRITES))
         if t is not None
     ]
-    send_fault(stack.home, "delay", target, ms=DELAY_MS, jitter_ms=JITTER_MS)
+    links.delay(target, DELAY_MS, JITTER_MS)
     started = time.monotonic()
     slow = [
         t
@@ -365,7 +379,7 @@ def _delay_leader(stack: Stack, leader: int) -> Seen:
         if t is not None
     ]
     time.sleep(max(0.0, DELAY_HOLD_S - (time.monotonic() - started)))
-    send_fault(stack.home, "delay", target, ms=0)
+    links.delay(target, 0)
     hop_s = (DELAY_MS - JITTER_MS) / 1000
     ok = (
         len(fast) >= PROBE_WRITES // 2
@@ -380,48 +394,64 @@ def _delay_leader(stack: Stack, leader: int) -> Seen:
     return Seen("delay", target, ok, detail)
 
 
-FAULTS: dict[str, Callable[[Stack, int], Seen | None]] = {
+FAULTS: dict[str, Callable[[StackTarget, int], Seen | None]] = {
     "kill-leader": _kill_leader,
     "pause-follower": _pause_follower,
     "partition-leader": _partition_leader,
     "delay": _delay_leader,
 }
+# The faults that need link proxies (`StackTarget.links`).
+LINK_FAULTS = frozenset({"partition-leader", "delay"})
 SCHEDULE = ("kill-leader", "pause-follower", "partition-leader", "delay", "kill-leader")
 
 
-def _faults(stack: Stack, until: float) -> list[Seen]:
-    """Run the fault schedule until `until` and until every kind of fault ran once."""
+def _fault_kinds(stack: StackTarget) -> set[str]:
+    """Every fault kind, but those on links where the target has no link proxies."""
+    try:
+        stack.links()
+    except Unsupported:
+        return set(FAULTS) - LINK_FAULTS
+    return set(FAULTS)
+
+
+def _faults(stack: StackTarget, kinds: set[str], until: float) -> list[Seen]:
+    """Run the fault schedule (of `kinds`) until `until` and until every kind ran once."""
+    schedule = [kind for kind in SCHEDULE if kind in kinds]
     seen: list[Seen] = []
     for step in range(100):
-        if time.monotonic() > until and {s.fault for s in seen} >= set(FAULTS):
+        if time.monotonic() > until and {s.fault for s in seen} >= kinds:
             break
         time.sleep(0.8)
-        observed = FAULTS[SCHEDULE[step % len(SCHEDULE)]](stack, _leader(stack))
+        observed = FAULTS[schedule[step % len(schedule)]](stack, _leader(stack))
         if observed is not None:
             seen.append(observed)
     return seen
 
 
-async def test_histories_under_chaos_are_linearizable(stack: Stack, tmp_path: Path) -> None:
+async def test_histories_under_chaos_are_linearizable(stack: StackTarget, tmp_path: Path) -> None:
     _leader(stack)
+    kinds = _fault_kinds(stack)
     history = History()
     until = time.monotonic() + DURATION_S
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout, headers=_admin(stack)) as http:
+    connector = aiohttp.TCPConnector(ssl=stack.ssl or True)
+    async with aiohttp.ClientSession(
+        timeout=timeout, headers=_admin(stack), connector=connector
+    ) as http:
         clients = [
             asyncio.create_task(_client(n, stack, history, until, http)) for n in range(CLIENTS)
         ]
-        seen = await asyncio.to_thread(_faults, stack, until)
+        seen = await asyncio.to_thread(_faults, stack, kinds, until)
         await asyncio.gather(*clients)
     injected = [f"{s.fault} {s.target}" for s in seen]
-    stack.cli("chaos", "heal", "all")
-    assert "datastore-0" in stack.cli("chaos", "status").stdout
-    state = json.loads(stack.cli("chaos", "status", "--json").stdout)
-    assert not [link for link in state["links"] if link["partitioned"] or link["delay_ms"]]
-    assert not state["paused"], state["paused"]
+    if kinds & LINK_FAULTS:
+        links = stack.links()
+        links.heal_all()
+        assert not links.faulted_links()
+    assert not stack.paused(), stack.paused()
     # The faults really happened, as the test itself saw them (not the controller's
     # counters): every kind ran, and each showed its effect on the processes and the group.
-    assert {s.fault for s in seen} == set(FAULTS), injected
+    assert {s.fault for s in seen} == kinds, injected
     missed = [s for s in seen if not s.ok]
     assert not missed, "\n".join(f"{s.fault} {s.target}: {s.detail}" for s in missed)
     unknown = sum(1 for op in history.ops if op.outcome is None)
@@ -436,3 +466,13 @@ async def test_histories_under_chaos_are_linearizable(stack: Stack, tmp_path: Pa
     for observed in seen:
         print(f"  {observed.fault} {observed.target}: {observed.detail}")
     assert result.ok and not result.budget_exhausted, report
+
+
+def test_chaos_commands_report_every_fault_healed(local_stack: Stack) -> None:
+    """The local target's `yardarm chaos heal` and `status` as real commands, after the
+    chaos above: nothing stays cut, delayed or paused."""
+    local_stack.cli("chaos", "heal", "all")
+    assert "datastore-0" in local_stack.cli("chaos", "status").stdout
+    state = json.loads(local_stack.cli("chaos", "status", "--json").stdout)
+    assert not [link for link in state["links"] if link["partitioned"] or link["delay_ms"]]
+    assert not state["paused"], state["paused"]

@@ -33,7 +33,7 @@ from nats.js.errors import NotFoundError
 from yardarm_kit.messaging import Envelope, publish
 
 from tests.conftest import require_servers
-from tests.e2e.test_stack_e2e import pick_base_port
+from tests.harness.local import pick_base_port
 from yardarm.local import infra
 from yardarm.local.render import flags_file
 from yardarm.model import Topology, default_flags
@@ -123,7 +123,7 @@ class DlqStack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DlqStack]:
     require_servers()
     root = tmp_path_factory.mktemp("dlq-e2e")
-    topology = Topology(base_port=pick_base_port(33000))
+    topology = Topology(base_port=pick_base_port(29000))
     config = root / "yardarm.yaml"
     config.write_text(yaml.safe_dump({"base_port": topology.base_port, "flags": _flags("all")}))
     running = DlqStack(root / "home", topology)

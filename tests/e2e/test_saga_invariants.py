@@ -1,11 +1,13 @@
 """End to end: the order saga keeps its invariants through crashes, duplicates and poison.
 
-A stack from `yardarm up` with two orders and two fulfillment replicas, real Postgres,
-NATS and the Raft datastore, short redelivery settings and injected consumer failures.
-Orders with a mix of outcomes (good card, declined card, unserviceable address, more
-than the stock) are placed through the gateway while
+A stack with two orders and two fulfillment replicas, real Postgres, NATS and the Raft
+datastore, short redelivery settings and injected consumer failures, reached through
+its target (`tests.harness`; locally a stack from `yardarm up`). Orders with a mix of
+outcomes (good card, declined card, unserviceable address, more than the stock) are
+placed through the gateway while
 
-- replicas are SIGKILLed through the chaos controller and restarted by the supervisor,
+- replicas are killed through the target (locally SIGKILL from the chaos controller)
+  and restarted by it (the supervisor),
 - both fulfillment replicas are paused together for twice the charge and shipping step
   timeout, so sagas caught charging or shipping re-send their commands, then time out
   and compensate, while the participants may still apply the late commands on resume,
@@ -58,7 +60,6 @@ from tests.e2e.saga_faults import (
     inject,
     pause_together,
     poison_messages,
-    proc_state,
 )
 from tests.e2e.saga_workload import (
     Placement,
@@ -72,11 +73,8 @@ from tests.e2e.saga_workload import (
     plan_orders,
     seed,
 )
-from tests.e2e.test_stack_e2e import Stack, _stop, pick_base_port
-from yardarm.chaos.client import fetch_state
-from yardarm.credentials import StackCredentials
-from yardarm.local import control, infra
-from yardarm.local.supervisor import Timings
+from tests.harness.adapter import Recovery, StackTarget
+from tests.harness.local import LocalStackTarget, Stack, pick_base_port, stop_stack
 from yardarm.model import default_flags
 
 SCALE = float(os.environ.get("YARDARM_TEST_SCALE", "1"))
@@ -130,16 +128,35 @@ CATCH_UP_BOUND_S = 3 * PAUSE_S
 # A message that is never acked is redelivered MAX_DELIVER times, each after at most
 # ack wait + the longest backoff, then dead-lettered.
 DELIVERY_CYCLE_S = MAX_DELIVER * (ACK_WAIT_S + max(BACKOFF_S))
-# A saga waits at most for: a dead worker's lease, a step's timeout, a command's
-# redelivery cycle, a reply held by a killed orders replica, and the supervisor's
-# longest restart backoff.
-SETTLE_BOUND_S = 3 * (
-    LEASE_S + STEP_TIMEOUT_S + DELIVERY_CYCLE_S + REPLY_ACK_WAIT_S + Timings().backoff_max
-)
-# The pause holds back deliveries to fulfillment, poison included.
-DLQ_BOUND_S = 3 * (DELIVERY_CYCLE_S + Timings().backoff_max) + PAUSE_S
-# The supervisor's own patience: its longest restart backoff, then its readiness timeout.
-RESTART_BOUND_S = Timings().backoff_max + Timings().ready_timeout
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The bounds that also depend on how patient the target is with a crashed
+    instance (`Recovery`: locally the supervisor's restart backoff and readiness timeout)."""
+
+    settle_s: float
+    dlq_s: float
+    restart_s: float
+
+    @classmethod
+    def of(cls, recovery: Recovery) -> Bounds:
+        return cls(
+            # A saga waits at most for: a dead worker's lease, a step's timeout, a
+            # command's redelivery cycle, a reply held by a killed orders replica, and the
+            # target's longest restart backoff.
+            settle_s=3 * (
+                LEASE_S + STEP_TIMEOUT_S + DELIVERY_CYCLE_S + REPLY_ACK_WAIT_S
+                + recovery.backoff_max_s
+            ),
+            # The pause holds back deliveries to fulfillment, poison included.
+            dlq_s=3 * (DELIVERY_CYCLE_S + recovery.backoff_max_s) + PAUSE_S,
+            # The target's own patience: its longest restart backoff, then its readiness
+            # timeout.
+            restart_s=recovery.backoff_max_s + recovery.ready_timeout_s,
+        )  # fmt: skip
+
+
 # A client follows its order this long at most before placing its next one.
 FOLLOW_S = 2 * ACK_WAIT_S
 # Each client places ORDERS / CLIENTS orders, each followed at most FOLLOW_S (through
@@ -150,7 +167,8 @@ FAULTS_BOUND_S = PLACE_BOUND_S + MIN_KILLS * KILL_INTERVAL_S * 5
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(900 * max(1.0, SCALE)))]
 
 
-def _topology(base_port: int) -> dict[str, Any]:
+def _topology() -> dict[str, Any]:
+    """What the stack runs, on any target: the replicas and the flags."""
     flags = default_flags()
     # Fails a fulfillment delivery after its writes (they roll back): redeliveries happen.
     flags["fault.consumer-error-rate"] = {
@@ -160,19 +178,18 @@ def _topology(base_port: int) -> dict[str, Any]:
         "targeting": {"if": [{"==": [{"var": "service"}, "fulfillment"]}, "on", "off"]},
     }
     return {
-        "base_port": base_port,
         "services": {"orders": {"replicas": 2}, "fulfillment": {"replicas": 2}},
         "flags": flags,
     }
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_servers()
     root = tmp_path_factory.mktemp("saga-invariants")
-    base_port = pick_base_port(35000)
+    base_port = pick_base_port(28000)
     config = root / "yardarm.yaml"
-    config.write_text(yaml.safe_dump(_topology(base_port)))
+    config.write_text(yaml.safe_dump({"base_port": base_port, **_topology()}))
     running = Stack(home=root / "home", base_port=base_port)
     env = {**os.environ, **SERVICE_ENV, "YARDARM_HOME": str(running.home), "COLUMNS": "200"}
     try:
@@ -183,7 +200,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert started.returncode == 0, f"yardarm up failed:\n{started.stdout}\n{started.stderr}"
         yield running
     finally:
-        _stop(running)
+        stop_stack(running)
+
+
+@pytest.fixture(scope="module")
+def stack(local_stack: Stack) -> StackTarget:
+    """The checks' view of the stack (a later target builds its own adapter here)."""
+    return LocalStackTarget(local_stack)
 
 
 @dataclass
@@ -197,12 +220,12 @@ class Run:
     placement: Placement
     poisons: list[Poison]
     kills: list[Kill]
-    kills_counted: int
+    kills_counted: int | None
     # Killed pids that still ran when the faults were over.
     survived_kill: list[str]
     refused_kills: list[str]
     pause: Pause
-    pauses_counted: int
+    pauses_counted: int | None
     observed: int
     duplicates_stored: list[str]
     stream_duplicates: dict[str, int]
@@ -246,7 +269,8 @@ async def _wait(
 
 
 async def _pause_fulfillment(
-    stack: Stack,
+    stack: StackTarget,
+    bounds: Bounds,
     killer: ProcessKiller,
     progress: Placement,
     orders_db: asyncpg.Pool,
@@ -270,37 +294,33 @@ async def _pause_fulfillment(
 
     await _wait("orders flowing before the pause", flowing, PLACE_BOUND_S, notes)
     return await pause_together(
-        stack.home, PAUSED, killer, hold_s=PAUSE_S, ready_bound_s=RESTART_BOUND_S,
+        stack, PAUSED, killer, hold_s=PAUSE_S, ready_bound_s=bounds.restart_s,
         in_step=lambda: ledger.read_in_step(orders_db), min_in_step=MIN_CAUGHT,
         caught_up=caught_up, catch_up_bound_s=CATCH_UP_BOUND_S, zero=zero,
     )  # fmt: skip
 
 
-async def _scenario(stack: Stack) -> Run:
+async def _scenario(stack: StackTarget) -> Run:
     began = time.monotonic()
     rng = random.Random(SEED)
     run_tag = uuid.UUID(int=rng.getrandbits(128)).hex[:6]
-    datastore = f"http://127.0.0.1:{stack.base_port + 10}"
-    pg_port, nats_port = stack.base_port + 42, stack.base_port + 40
+    bounds = Bounds.of(stack.recovery)
+    datastore, token, verify = stack.datastore[0], stack.admin_token, stack.ssl or True
     skus = catalog(run_tag, ORDERS)
-    initial = await seed(datastore, StackCredentials(stack.home).token("admin"), skus)
+    initial = await seed(datastore, token, skus, verify=verify)
     planned = plan_orders(run_tag, ORDERS, skus, rng)
     poisons = poison_messages(run_tag)
     notes: list[str] = []
 
-    orders_db = await asyncpg.create_pool(
-        infra.postgres_dsn(pg_port, "orders"), min_size=1, max_size=3
-    )
-    ledger_db = await asyncpg.create_pool(
-        infra.postgres_dsn(pg_port, "fulfillment"), min_size=1, max_size=2
-    )
-    nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", max_reconnect_attempts=-1)
+    orders_db = await asyncpg.create_pool(stack.postgres_dsn("orders"), min_size=1, max_size=3)
+    ledger_db = await asyncpg.create_pool(stack.postgres_dsn("fulfillment"), min_size=1, max_size=2)
+    nc = await nats.connect(stack.nats_url, max_reconnect_attempts=-1)
     js = nc.jetstream(timeout=10)
     try:
         duplicator = Duplicator(nc, js, DUPLICATE_SHARE, random.Random(rng.random()))
         await duplicator.start()
         killer = ProcessKiller(
-            stack.home, KILL_TARGETS, in_flight=lambda: ledger.count_in_flight(orders_db),
+            stack, KILL_TARGETS, in_flight=lambda: ledger.count_in_flight(orders_db),
             interval_s=KILL_INTERVAL_S, min_kills=MIN_KILLS, rng=random.Random(rng.random()),
         )  # fmt: skip
         stop = asyncio.Event()
@@ -310,11 +330,11 @@ async def _scenario(stack: Stack) -> Run:
         placing = asyncio.create_task(
             place_all(
                 stack.gateway, planned, clients=CLIENTS, follow_s=FOLLOW_S,
-                deadline=time.monotonic() + PLACE_BOUND_S, result=progress,
+                deadline=time.monotonic() + PLACE_BOUND_S, result=progress, verify=verify,
             )
         )  # fmt: skip
         pausing = asyncio.create_task(
-            _pause_fulfillment(stack, killer, progress, orders_db, js, notes)
+            _pause_fulfillment(stack, bounds, killer, progress, orders_db, js, notes)
         )
         await asyncio.sleep(1.0)
         await inject(js, poisons)
@@ -331,41 +351,44 @@ async def _scenario(stack: Stack) -> Run:
         async def settled() -> bool:
             return await ledger.count_in_flight(orders_db) == 0
 
-        settle_s = await _wait("every saga terminal", settled, SETTLE_BOUND_S, notes)
+        settle_s = await _wait("every saga terminal", settled, bounds.settle_s, notes)
 
         async def restarted() -> bool:
-            states = {s.name: s.state for s in control.read_status(stack.home)}
+            states = {s.name: s.state for s in stack.instances()}
             return all(states.get(target) == "ready" for target in KILL_TARGETS)
 
-        await _wait("every killed replica ready again", restarted, RESTART_BOUND_S, notes)
+        await _wait("every killed replica ready again", restarted, bounds.restart_s, notes)
 
         async def dead_lettered() -> bool:
             info = await js.stream_info("DLQ")
             return int(info.state.messages) >= len(poisons)
 
-        dlq_left = max(0.0, DLQ_BOUND_S - (time.monotonic() - injected_at))
+        dlq_left = max(0.0, bounds.dlq_s - (time.monotonic() - injected_at))
         await _wait("every poison dead-lettered", dead_lettered, dlq_left, notes)
 
         async def drained() -> bool:
             return not any((await ledger.backlog(js, DURABLES)).values())
 
         # Nothing left to deliver: no legitimate message can still be dead-lettered.
-        await _wait("every consumer drained", drained, DLQ_BOUND_S, notes)
+        await _wait("every consumer drained", drained, bounds.dlq_s, notes)
         streams = await ledger.read_stream(js, "COMMANDS") + await ledger.read_stream(js, "EVENTS")
         names = [s.sku for s in skus]
-        state = await asyncio.to_thread(fetch_state, stack.home)
-        instances = [f"http://127.0.0.1:{stack.base_port + 20 + i}" for i in range(2)] + [
-            f"http://127.0.0.1:{stack.base_port + 30 + i}" for i in range(2)
+        counted = await asyncio.to_thread(stack.faults_counted)
+        instances = [
+            inst.url
+            for inst in await asyncio.to_thread(stack.instances)
+            if inst.service in ("orders", "fulfillment") and inst.url is not None
         ]
         redeliveries = await asyncio.to_thread(
-            ledger.scrape_counter, instances, "yardarm_consumer_redeliveries_total"
+            ledger.scrape_counter, instances, "yardarm_consumer_redeliveries_total", verify=verify
         )
         failed = await asyncio.to_thread(
-            ledger.scrape_counter, instances, "yardarm_consumer_messages_total", 'outcome="failed"'
-        )
+            ledger.scrape_counter, instances, "yardarm_consumer_messages_total",
+            'outcome="failed"', verify=verify,
+        )  # fmt: skip
         recognised = await asyncio.to_thread(
             ledger.scrape_counter, instances, "yardarm_consumer_messages_total",
-            'outcome="duplicate"',
+            'outcome="duplicate"', verify=verify,
         )  # fmt: skip
         return Run(
             wall_s=0.0,
@@ -374,32 +397,30 @@ async def _scenario(stack: Stack) -> Run:
             placement=placement,
             poisons=poisons,
             kills=killer.kills,
-            kills_counted=sum(int(f["count"]) for f in state["faults"] if f["action"] == "kill"),
+            kills_counted=None if counted is None else counted.get("kill", 0),
             survived_kill=[
                 f"{k.target} pid {k.pid}"
                 for k in killer.kills
-                if k.pid is None or proc_state(k.pid) not in (None, "Z")
+                if k.victim is None or stack.process_state(k.victim) != "gone"
             ],
             refused_kills=killer.refused,
             pause=pause,
-            pauses_counted=sum(int(f["count"]) for f in state["faults"] if f["action"] == "pause"),
+            pauses_counted=None if counted is None else counted.get("pause", 0),
             observed=duplicator.observed,
             duplicates_stored=duplicator.stored,
             stream_duplicates=dict(ledger.duplicated_ids(streams)),
             settle_s=settle_s,
             left_in_flight=await ledger.count_in_flight(orders_db),
             initial=initial,
-            available=await available(
-                datastore, StackCredentials(stack.home).token("admin"), names
-            ),
+            available=await available(datastore, token, names, verify=verify),
             orders=await ledger.read_orders(orders_db),
             history=await ledger.read_history(orders_db),
             payments=await ledger.read_payments(ledger_db),
             shipments=await ledger.read_shipments(ledger_db),
             instances={
-                status.name: (status.state, status.restarts)
-                for status in control.read_status(stack.home)
-                if status.name in KILL_TARGETS
+                inst.name: (inst.state, inst.restarts)
+                for inst in stack.instances()
+                if inst.name in KILL_TARGETS
             },
             dead=await ledger.read_stream(js, "DLQ"),
             backlog=await ledger.backlog(js, DURABLES),
@@ -435,7 +456,7 @@ def _summary(run: Run) -> list[str]:
         f"  paused {', '.join(pause.targets)} at {pause.at_s}s (after {pause.waited_s}s for "
         f"readiness and sagas in step) for {pause.held_s}s, caught up {pause.caught_up_s}s "
         f"after (controller listed {list(pause.listed)}, counted {run.pauses_counted}; "
-        f"stopped in /proc {list(pause.stopped)}); "
+        f"seen stopped {list(pause.stopped)}); "
         f"sagas waiting on them {pause.read_s}s in: {len(pause.in_step)} {dict(caught)}",
         f"  step timeouts {len(timed_out)} {dict(Counter(timed_out.values()))}, "
         f"{len(set(timed_out) & set(pause.in_step))} of them caught by the pause; ledger of "
@@ -450,12 +471,12 @@ def _summary(run: Run) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(stack: Stack, request: pytest.FixtureRequest) -> Run:
+def run(stack: StackTarget, request: pytest.FixtureRequest) -> Run:
     started = time.monotonic()
     result = asyncio.run(_scenario(stack))
     result.wall_s = time.monotonic() - started
     lines = _summary(result)
-    (stack.home / "saga-invariants.txt").write_text("\n".join(lines) + "\n")
+    (stack.artifacts / "saga-invariants.txt").write_text("\n".join(lines) + "\n")
     plugins = request.config.pluginmanager
     reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
     if reporter is not None and capture is not None:

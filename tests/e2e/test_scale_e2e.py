@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_stack_e2e import BackgroundLoad, Stack, configured_stack
+from tests.harness.local import BackgroundLoad, Stack, configured_stack
 
 pytestmark = pytest.mark.e2e
 

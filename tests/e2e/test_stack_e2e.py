@@ -6,27 +6,26 @@ CLI and the gateway, the way a user drives them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
+import nats
 import psutil
 import pytest
 
+from tests.harness.adapter import StackTarget
+from tests.harness.local import LocalStackTarget, Stack, pick_base_port, start_stack, stop_stack
 from yardarm import tracing_view
 from yardarm.catalog import DEMO_CATALOG
-from yardarm.local.plan import port_plan
-from yardarm.model import Topology
 
 pytestmark = pytest.mark.e2e
 
@@ -35,126 +34,30 @@ CARD_DECLINED = "4000000000000002"
 TERMINAL = {"CONFIRMED", "CANCELLED"}
 
 
-def _ports_free(base: int) -> bool:
-    for port in port_plan(Topology(base_port=base)).values():
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def pick_base_port(start: int) -> int:
-    """A base port whose derived ports are all free."""
-    for base in range(start, start + 2000, 100):
-        if _ports_free(base):
-            return base
-    raise RuntimeError("no free port range for a test stack")
-
-
-@dataclass
-class Stack:
-    home: Path
-    base_port: int
-    config: Path | None = None  # the yardarm.yaml it runs with
-
-    def up(self) -> Stack:
-        """`yardarm up --detach` on the stack's base port (and config)."""
-        config = () if self.config is None else ("--config", str(self.config))
-        self.cli("up", "--detach", "--base-port", str(self.base_port), *config)
-        return self
-
-    @property
-    def gateway(self) -> str:
-        return f"http://127.0.0.1:{self.base_port}"
-
-    def cli(
-        self, *args: str, check: bool = True, timeout: float = 180
-    ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "YARDARM_HOME": str(self.home), "COLUMNS": "200"}
-        result = subprocess.run(
-            [sys.executable, "-m", "yardarm", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"yardarm {' '.join(args)} exited {result.returncode}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result
-
-    def status(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = json.loads(self.cli("status", "--json").stdout)
-        return rows
-
-
-def _start(tmp: Path, base_port: int) -> Stack:
-    stack = Stack(home=tmp / f"stack-{base_port}", base_port=base_port)
-    started = time.monotonic()
-    stack.cli("up", "--detach", "--base-port", str(base_port))
-    # The issue's bound is a minute on a fresh clone; allow a wide margin on a busy CI box.
-    assert time.monotonic() - started < 180
-    return stack
-
-
-def configured_stack(tmp: Path, topology: str, start_port: int) -> Stack:
-    """A stack whose yardarm.yaml says `topology`, on the first free base port from
-    `start_port`; it is not started yet (`.up()`)."""
-    config = tmp / "yardarm.yaml"
-    config.write_text(topology)
-    return Stack(home=tmp / "home", base_port=pick_base_port(start_port), config=config)
-
-
-class BackgroundLoad:
-    """`yardarm load --json` against a stack, running while the test does something else."""
-
-    def __init__(self, stack: Stack, *args: str) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "yardarm", "load", *args, "--json"],
-            env={**os.environ, "YARDARM_HOME": str(stack.home)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def running(self) -> bool:
-        return self._proc.poll() is None
-
-    def summary(self, timeout: float) -> dict[str, Any]:
-        """Wait for the run's end; its summary (the run must have exited 0)."""
-        out, err = self._proc.communicate(timeout=timeout)
-        assert self._proc.returncode == 0, err
-        summary: dict[str, Any] = json.loads(out)
-        return summary
-
-    def __enter__(self) -> BackgroundLoad:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-
-def _stop(stack: Stack) -> None:
-    stack.cli("down", check=False)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = _start(tmp_path_factory.mktemp("e2e"), pick_base_port(21000))
+    running = start_stack(tmp_path_factory.mktemp("e2e"), pick_base_port(21000))
     try:
         yield running
     finally:
-        _stop(running)
+        stop_stack(running)
+
+
+@pytest.fixture(scope="module")
+def target(stack: Stack) -> StackTarget:
+    """The checks' view of the stack, for the checks every target runs."""
+    return LocalStackTarget(stack)
+
+
+class Gateway(Protocol):
+    """Anything that knows the stack's public gateway (a `Stack`, a `StackTarget`)."""
+
+    @property
+    def gateway(self) -> str: ...
 
 
 def place_order(
-    stack: Stack, items: list[dict[str, Any]], card: str = CARD_OK, customer: str = "c-1"
+    stack: Gateway, items: list[dict[str, Any]], card: str = CARD_OK, customer: str = "c-1"
 ) -> str:
     body = {"customer_id": customer, "items": items, "payment": {"card": card}}
     response = httpx.post(
@@ -170,7 +73,7 @@ def place_order(
     return order_id
 
 
-def wait_terminal(stack: Stack, order_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def wait_terminal(stack: Gateway, order_id: str, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         response = httpx.get(f"{stack.gateway}/api/orders/{order_id}", timeout=10)
@@ -183,7 +86,7 @@ def wait_terminal(stack: Stack, order_id: str, timeout: float = 60.0) -> dict[st
         time.sleep(0.2)
 
 
-def available(stack: Stack, sku: str) -> int:
+def available(stack: Gateway, sku: str) -> int:
     response = httpx.get(f"{stack.gateway}/api/stock/{sku}", timeout=10)
     assert response.status_code == 200, response.text
     return int(response.json()["available"])
@@ -202,6 +105,58 @@ def test_status_lists_every_instance_ready(stack: Stack) -> None:
         assert row["state"] == "ready", row
         assert psutil.pid_exists(row["pid"])
         assert {"instance", "port", "restarts", "version", "track"} <= row.keys()
+
+
+async def _infrastructure_answers(target: StackTarget) -> None:
+    connection = await asyncpg.connect(target.postgres_dsn("orders"))
+    try:
+        assert await connection.fetchval("SELECT 1") == 1
+    finally:
+        await connection.close()
+    client = await nats.connect(target.nats_url)
+    await client.close()
+
+
+def test_the_local_target_answers_as_the_stack_runs(stack: Stack, target: StackTarget) -> None:
+    """The adapter the shared checks use tells what `yardarm status` tells, and every
+    address it hands out reaches the stack."""
+    rows = {row["instance"]: row for row in stack.status()}
+    listed = {inst.name: inst for inst in target.instances()}
+    assert listed.keys() == rows.keys()
+    for name, inst in listed.items():
+        row = rows[name]
+        assert (inst.service, inst.track, inst.version, inst.state, inst.restarts, inst.pid) == (
+            row["service"], row["track"], row["version"], row["state"], row["restarts"],
+            row["pid"],
+        ), name  # fmt: skip
+        assert inst.url is not None, name
+        assert target.process_state(inst) == "running", name
+        if inst.url.startswith("http"):
+            ready = httpx.get(f"{inst.url}/readyz", timeout=10, verify=target.ssl or True)
+            assert ready.status_code == 200, (name, inst.url, ready.text)
+        if inst.service != "gateway":  # replicas share the public port, listed as theirs
+            assert urlsplit(inst.url).port == row["port"], (name, inst.url)
+    for url in [target.gateway, *target.gateway_admin, *target.datastore]:
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200, url
+    assert [i.url for i in listed.values() if i.service == "gateway"] == target.gateway_admin
+    assert [i.url for i in listed.values() if i.service == "datastore"] == target.datastore
+    # The admin credential is the one the datastore wants (and it wants one).
+    status = f"{target.datastore[0]}/raft/status"
+    assert httpx.get(status, timeout=10).status_code == 401
+    admin = {"Authorization": f"Bearer {target.admin_token}"}
+    assert httpx.get(status, headers=admin, timeout=10).status_code == 200
+    asyncio.run(_infrastructure_answers(target))
+    # A restart is seen as a new process, ready again, the old one gone.
+    before = target.instance("orders-1")
+    assert before is not None and before.state == "ready"
+    recovery = target.recovery
+    after = target.restart("orders-1", recovery.backoff_max_s + recovery.ready_timeout_s)
+    assert after is not None and after.state == "ready", after
+    assert after.pid not in (None, before.pid) and after.restarts > before.restarts, after
+    assert target.process_state(before) == "gone"
+    counted = target.faults_counted()
+    assert counted is not None and counted["kill"] >= 1, counted
+    assert target.paused() == []
 
 
 def test_confirmed_order_takes_exactly_its_stock(stack: Stack) -> None:
@@ -305,21 +260,35 @@ def test_bad_requests_get_precise_problems(stack: Stack) -> None:
     _assert_problem(httpx.get(f"{stack.gateway}/api/nowhere"), 404)
 
 
-def test_one_order_is_one_trace_across_all_four_services(stack: Stack) -> None:
-    order_id = place_order(stack, [{"sku": "lantern-green", "quantity": 1}])
-    order = wait_terminal(stack, order_id)
+TRACED = {"gateway", "orders", "datastore", "fulfillment"}
+
+
+def _order_traced(target: StackTarget) -> tuple[str, str]:
+    """Place an order and wait until its trace holds a span of every service it crosses
+    (20 s at most); the order id and the trace id."""
+    order_id = place_order(target, [{"sku": "lantern-green", "quantity": 1}])
+    order = wait_terminal(target, order_id)
     trace_id = order["trace_id"]
-    wanted = {"gateway", "orders", "datastore", "fulfillment"}
     deadline = time.monotonic() + 20
     while True:
-        found = tracing_view.services_in(tracing_view.load_trace(stack.home, trace_id))
-        if wanted <= found or time.monotonic() > deadline:
+        found = tracing_view.services_in(target.trace(trace_id))
+        if found >= TRACED or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert wanted <= found, found
+    assert found >= TRACED, found
+    return order_id, trace_id
+
+
+def test_one_order_is_one_trace_across_all_four_services(target: StackTarget) -> None:
+    _order_traced(target)
+
+
+def test_trace_command_prints_an_orders_trace(stack: Stack, target: StackTarget) -> None:
+    # `yardarm trace` reads the local target's span files: a local-only check.
+    order_id, trace_id = _order_traced(target)
     printed = stack.cli("trace", order_id).stdout
     assert trace_id in printed
-    for service in wanted:
+    for service in TRACED:
         assert service in printed
 
 
@@ -375,7 +344,9 @@ def test_crashed_process_is_restarted_and_counted(stack: Stack) -> None:
 def test_two_stacks_side_by_side_and_down_leaves_nothing(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    second = _start(tmp_path_factory.mktemp("e2e-second"), pick_base_port(stack.base_port + 100))
+    second = start_stack(
+        tmp_path_factory.mktemp("e2e-second"), pick_base_port(stack.base_port + 100)
+    )
     try:
         order_id = place_order(second, [{"sku": "rope-10m", "quantity": 1}])
         assert wait_terminal(second, order_id)["status"] == "CONFIRMED"
@@ -389,7 +360,7 @@ def test_two_stacks_side_by_side_and_down_leaves_nothing(
             processes.append(proc)
             processes.extend(proc.children(recursive=True))
     finally:
-        _stop(second)
+        stop_stack(second)
     _gone, alive = psutil.wait_procs(processes, timeout=30)
     assert not alive, [p.pid for p in alive]
     # the first stack is untouched by the second's shutdown

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_servers
-from tests.e2e.test_stack_e2e import BackgroundLoad, Stack, _start, _stop, pick_base_port
+from tests.harness.local import BackgroundLoad, Stack, pick_base_port, start_stack, stop_stack
 from tests.openapi_checks import run_schemathesis
 from yardarm.credentials import StackCredentials
 
@@ -43,11 +43,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_servers()
-    running = _start(tmp_path_factory.mktemp("hardening"), pick_base_port(23000))
+    running = start_stack(tmp_path_factory.mktemp("hardening"), pick_base_port(23000))
     try:
         yield running
     finally:
-        _stop(running)
+        stop_stack(running)
 
 
 def _token(stack: Stack, principal: str) -> str:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_servers
-from tests.e2e.test_stack_e2e import Stack, _stop, pick_base_port
+from tests.harness.local import Stack, pick_base_port, stop_stack
 from yardarm.certificates import StackCertificates
 from yardarm.credentials import StackCredentials
 
@@ -44,7 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield running
     finally:
-        _stop(running)
+        stop_stack(running)
 
 
 def _trust(stack: Stack) -> ssl.SSLContext:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_stack_e2e import Stack, configured_stack
+from tests.harness.local import Stack, configured_stack
 
 pytestmark = pytest.mark.e2e
 
