@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_stack_e2e import Stack, _stop, place_order, wait_terminal
+from tests.e2e.test_stack_e2e import place_order, wait_terminal
+from tests.harness.local import Stack, stop_stack
 from yardarm.local.plan import port_plan
 from yardarm.model import Topology
 
@@ -60,7 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
     finally:
         running.cli("chaos", "heal", "all", check=False)
-        _stop(running)
+        stop_stack(running)
 
 
 def _readyz(url: str) -> tuple[int, dict[str, Any]]:

@@ -89,6 +89,16 @@ def test_a_canary_release_runs_beside_stable_and_is_labelled_as_such(stack: Stac
         (r["version"], r["track"], r["instance"]) == ("0.2.0", "canary", "orders-canary-0")
         for r in records
     )
+    # `yardarm logs orders` shows every track's instances; `orders-canary` only the canary.
+    shown = {
+        line.split(" | ", 1)[0]
+        for line in stack.cli("logs", "orders", "-n", "2").stdout.splitlines()
+    }
+    assert shown == {"orders-0", "orders-1", "orders-canary-0"}
+    shown = {
+        line.split(" | ", 1)[0] for line in stack.cli("logs", "orders-canary").stdout.splitlines()
+    }
+    assert shown == {"orders-canary-0"}
     spans = Path(stack.home / "telemetry" / "orders-canary-0.jsonl").read_text().splitlines()
     resources = [
         {a["key"]: a["value"].get("stringValue") for a in batch["resource"]["attributes"]}
