@@ -146,7 +146,8 @@ class LocalTarget:
             if self.topology.tls.enabled
             else None
         )
-        self._via = {
+        # (client instance, dependency) -> the link proxy's port, with dependency links on
+        self.via = {
             (link.src, link.dst): link.listen_port for link in dependency_links(self.topology)
         }
 
@@ -155,7 +156,7 @@ class LocalTarget:
 
     def _dial(self, client: Instance, server: str, port: int) -> int:
         """The port `client` connects to for `server`: its link proxy's, or `server`'s own."""
-        return self._via.get((client.name, server), port)
+        return self.via.get((client.name, server), port)
 
     def bind(self, instance: Instance) -> tuple[str, int]:
         return LOOPBACK, self.port(instance)
@@ -300,7 +301,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
     target = LocalTarget(planned, home, ports)
     target.write_version_flags()
     ca_file = None if target.certificates is None else str(target.certificates.ca_file)
-    via_chaos = bool(target._via)
+    via_chaos = bool(target.via)
     scheme = topology.tls.scheme
     specs = _infrastructure(topology, home, ca_file)
     for inst in planned.instances:
