@@ -37,6 +37,7 @@ from yardarm.chaos.client import ChaosClientError, fetch_state, send_fault
 from yardarm.chaos.config import ALL, Action
 from yardarm.credentials import StackCredentials
 from yardarm.local import control, infra
+from yardarm.local.desired import read_topology
 from yardarm.local.plan import port_plan
 from yardarm.local.supervisor import Timings
 from yardarm.model import Topology
@@ -184,7 +185,9 @@ class LocalStackTarget:
 
     @cached_property
     def _topology(self) -> Topology:
-        return Topology.model_validate_json((self.home / "topology.json").read_text())
+        topology = read_topology(self.home)
+        assert topology is not None, f"no stack has run from {self.home}"
+        return topology
 
     def _url(self, port: int) -> str:
         return f"{self._topology.tls.scheme}://{LOOPBACK}:{port}"

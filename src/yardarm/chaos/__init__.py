@@ -8,8 +8,9 @@ asked for (PEP 562): every CLI command imports `yardarm.chaos.commands` through 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from yardarm_kit.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from yardarm.chaos.config import ACTIONS, Action, ChaosConfig, FaultRequest, LinkConfig
@@ -39,11 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a re-exported name's submodule when the name is first asked for."""
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)

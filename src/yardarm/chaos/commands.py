@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from yardarm.chaos.bounds import MAX_DELAY_MS
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -24,9 +26,6 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
-# `yardarm.chaos.config.MAX_DELAY_MS`, the controller's bound, restated so that building
-# the CLI (for `--help` too) does not import pydantic; tests/cli keeps the two equal.
-MAX_DELAY_MS = 60_000
 
 HomeOption = Annotated[
     Path | None,

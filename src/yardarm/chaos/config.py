@@ -11,12 +11,13 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from yardarm.chaos.bounds import MAX_DELAY_MS
+
 Action = Literal["kill", "pause", "resume", "partition", "heal", "delay"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 PROCESS_ACTIONS: frozenset[Action] = frozenset({"kill", "pause", "resume"})
 LINK_ACTIONS: frozenset[Action] = frozenset({"partition", "heal", "delay"})
 ALL = "all"
-MAX_DELAY_MS = 60_000
 CONFIG_FILE = "chaos.json"
 
 

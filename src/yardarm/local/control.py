@@ -22,7 +22,13 @@ import psutil
 
 from yardarm.certificates import StackCertificates
 from yardarm.local import processes
-from yardarm.local.desired import read_desired, read_ports, write_desired
+from yardarm.local.desired import (
+    read_desired,
+    read_ports,
+    read_topology,
+    write_desired,
+    write_topology,
+)
 from yardarm.local.plan import port_plan
 from yardarm.local.render import InstanceSpec, urls
 from yardarm.local.state import (
@@ -134,9 +140,8 @@ def log_path(home: Path, instance: str) -> Path:
 
 def stack_ca_file(home: Path) -> Path | None:
     """The CA that signs the stack's certificates when it runs with TLS, else None."""
-    try:
-        topology = Topology.model_validate_json((home / "topology.json").read_text())
-    except (OSError, ValueError):
+    topology = read_topology(home)
+    if topology is None:
         return None
     return StackCertificates(home).ca_file if topology.tls.enabled else None
 
@@ -284,9 +289,7 @@ def start_stack(
     home = home.resolve()
     planned = deployment_of(topology, current_for(topology, read_desired(home)))
     _prepare_start(home, port_plan(topology, planned, read_ports(home)))
-    tmp = home / ".topology.json.tmp"
-    tmp.write_text(topology.model_dump_json(indent=2))
-    os.replace(tmp, home / "topology.json")
+    write_topology(home, topology)
     proc = _spawn_supervisor(home, [])
     return _info(home, _wait_running(home, proc, on_progress, timeout), urls(topology))
 
@@ -386,15 +389,6 @@ class TrackRow:
     running: int
 
 
-def _topology_of(home: Path) -> Topology:
-    try:
-        return Topology.model_validate_json((home / "topology.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ScaleFailedError(
-            f"no stack has run from {home}; start one with `yardarm up`"
-        ) from exc
-
-
 def scale_stack(
     home: Path,
     service: str,
@@ -414,7 +408,9 @@ def scale_stack(
     home = home.resolve()
     if not is_running(home):
         raise ScaleFailedError(f"no stack is running from {home}; start it with `yardarm up`")
-    topology = _topology_of(home)
+    topology = read_topology(home)
+    if topology is None:
+        raise ScaleFailedError(f"no stack has run from {home}; start one with `yardarm up`")
     with (home / "desired.lock").open("a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         desired = current_for(topology, read_desired(home))
@@ -440,9 +436,8 @@ def scale_stack(
 
 def track_rows(home: Path) -> list[TrackRow]:
     """Desired against actual, per service, track and version (empty without a stack)."""
-    try:
-        topology = Topology.model_validate_json((home / "topology.json").read_text())
-    except (OSError, ValueError):
+    topology = read_topology(home)
+    if topology is None:
         return []
     desired = current_for(topology, read_desired(home))
     statuses = read_status(home)

@@ -1,8 +1,9 @@
-"""The local target's record of the desired state and of the ports it handed out.
+"""The local target's records of what a stack should be, in its home.
 
-`<home>/desired.json` is what `yardarm scale` changes and the supervisor reconciles;
-`<home>/ports.json` maps each instance off its primary track to its port. Both survive
-`down`, so `up` brings back the stack as it was last scaled.
+`<home>/topology.json` is the topology `up` started it with; `<home>/desired.json` is
+what `yardarm scale` changes and the supervisor reconciles; `<home>/ports.json` maps each
+instance off its primary track to its port. All survive `down`, so `up` brings back the
+stack as it was last scaled.
 """
 
 from __future__ import annotations
@@ -13,7 +14,23 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from yardarm.model import DesiredState
+from yardarm.model import DesiredState, Topology
+
+
+def topology_path(home: Path) -> Path:
+    return home / "topology.json"
+
+
+def read_topology(home: Path) -> Topology | None:
+    """The topology the home's stack was started with; None when there is none."""
+    try:
+        return Topology.model_validate_json(topology_path(home).read_text())
+    except (OSError, ValidationError):
+        return None
+
+
+def write_topology(home: Path, topology: Topology) -> None:
+    _replace(topology_path(home), topology.model_dump_json(indent=2))
 
 
 def desired_path(home: Path) -> Path:

@@ -192,9 +192,15 @@ class LocalTarget:
     def data_dir(self, instance: Instance) -> str:
         return str(self.home / "data" / instance.name)
 
+    def _pins(self, instance: Instance) -> dict[str, str]:
+        """The flags the instance's version pins (flag key -> variant)."""
+        return self.topology.services.spec(instance.service).release(instance.version).flags
+
     def flags_file(self, instance: Instance) -> str:
-        pins = self.topology.services.spec(instance.service).release(instance.version).flags
-        return str(version_flags_file(self.home, instance) if pins else flags_file(self.home))
+        pinned_flags = self._pins(instance)
+        return str(
+            version_flags_file(self.home, instance) if pinned_flags else flags_file(self.home)
+        )
 
     def credential_file(self, principal: str) -> str:
         return str(self.credentials.token_file(principal))
@@ -214,7 +220,7 @@ class LocalTarget:
     def write_version_flags(self) -> None:
         """Render the flags of every version that pins some."""
         for instance in self.deployment.instances:
-            pins = self.topology.services.spec(instance.service).release(instance.version).flags
+            pins = self._pins(instance)
             if pins:
                 document = {"flags": pinned(self.topology.flags, pins)}
                 _replace(version_flags_file(self.home, instance), json.dumps(document, indent=2))
@@ -328,20 +334,18 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
     return specs
 
 
-def rendered(home: Path) -> tuple[list[InstanceSpec], int]:
+def rendered(topology: Topology, home: Path) -> tuple[list[InstanceSpec], int]:
     """The processes of the home's stack as it is desired now, and that desire's
     generation (what the supervisor reconciles to on SIGHUP)."""
-    topology = Topology.model_validate_json((home / "topology.json").read_text())
     specs = instances(topology, home)
     desired = read_desired(home.resolve())
     return specs, 0 if desired is None else desired.generation
 
 
-def endpoint_publisher(home: Path) -> EndpointPublisher:
+def endpoint_publisher(topology: Topology, home: Path) -> EndpointPublisher:
     """The control plane's writer of live endpoints for the home's stack."""
     from yardarm.endpoint_publisher import EndpointPublisher  # httpx: only the supervisor
 
-    topology = Topology.model_validate_json((home / "topology.json").read_text())
     scheme = topology.tls.scheme
     certificates = StackCertificates(home) if topology.tls.enabled else None
     verify: ssl.SSLContext | bool = (

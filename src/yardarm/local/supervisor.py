@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from yardarm.endpoint_publisher import Endpoint, EndpointPublisher, PublishError
 from yardarm.local import infra, readiness
-from yardarm.local.desired import read_desired
+from yardarm.local.desired import read_desired, read_topology, topology_path
 from yardarm.local.processes import kill_group, mark, sweep
 from yardarm.local.render import (
     InstanceSpec,
@@ -600,11 +600,12 @@ def run_supervisor(
     base_port: int | None = None,
     flags: dict[str, Any] | None = None,
     timings: Timings | None = None,
-    reconcile: bool = False,
+    topology: Topology | None = None,
 ) -> int:
     """Take the home's lock, render the flags, supervise until stopped; the exit code.
 
-    `reconcile`: the home holds a topology, and SIGHUP reconciles to its desired state.
+    `topology`: the stack's, when the plan was rendered from one; SIGHUP then reconciles
+    to the home's desired state.
     """
     home = home.resolve()
     # Until the loop handles it, a SIGHUP (a scale) must not end the supervisor; the
@@ -615,7 +616,7 @@ def run_supervisor(
         if flags is not None:
             write_flags(Topology(flags=flags), home)
         generation = 0
-        if reconcile:
+        if topology is not None:
             desired = read_desired(home)
             generation = 0 if desired is None else desired.generation
         supervisor = Supervisor(
@@ -623,8 +624,8 @@ def run_supervisor(
             specs,
             base_port=base_port,
             timings=timings,
-            render=functools.partial(rendered, home) if reconcile else None,
-            publisher=endpoint_publisher(home) if reconcile else None,
+            render=None if topology is None else functools.partial(rendered, topology, home),
+            publisher=None if topology is None else endpoint_publisher(topology, home),
             generation=generation,
         )
         return asyncio.run(supervisor.run())
@@ -632,8 +633,7 @@ def run_supervisor(
         lock.close()
 
 
-def _plan_from_home(home: Path) -> Plan:
-    topology = Topology.model_validate_json((home / "topology.json").read_text())
+def _plan_from(topology: Topology, home: Path) -> Plan:
     return Plan(
         instances=instances(topology, home),
         base_port=topology.base_port,
@@ -656,10 +656,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     home: Path = args.home.resolve()
+    topology = None if args.plan else read_topology(home)
     try:
-        plan = (
-            Plan.model_validate_json(args.plan.read_text()) if args.plan else _plan_from_home(home)
-        )
+        if args.plan:
+            plan = Plan.model_validate_json(args.plan.read_text())
+        elif topology is None:
+            raise ValueError(f"{topology_path(home)} is missing or not a topology")
+        else:
+            plan = _plan_from(topology, home)
     except (OSError, ValueError) as exc:
         log.error("cannot read the plan: %s", exc)
         return 2
@@ -675,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             base_port=plan.base_port,
             flags=plan.flags,
             timings=timings,
-            reconcile=args.plan is None,
+            topology=topology,
         )
     except SupervisorLockedError as exc:
         log.error("%s", exc)

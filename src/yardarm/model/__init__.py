@@ -5,11 +5,12 @@ It imports no service package and nothing of the control plane above it (a layer
 contract in pyproject.toml holds it to that), and stays cheap to import.
 """
 
-from yardarm.model.deployment import Deployment, Instance, deployment
+from yardarm.model.deployment import Deployment, Instance
 from yardarm.model.desired import (
     DesiredState,
     ScaleError,
     current_for,
+    deployment,
     deployment_of,
     desired_from,
     fingerprint,

@@ -50,10 +50,3 @@ class Deployment:
             if inst.name == name:
                 return inst
         raise KeyError(name)
-
-
-def deployment(topology: Topology) -> Deployment:
-    """The instances the topology starts with: each service's tracks, primary first."""
-    from yardarm.model.desired import deployment_of, desired_from
-
-    return deployment_of(topology, desired_from(topology))

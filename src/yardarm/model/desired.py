@@ -120,3 +120,8 @@ def deployment_of(topology: Topology, desired: DesiredState) -> Deployment:
                 for ordinal in range(placed.replicas)
             )
     return Deployment(topology, tuple(found))
+
+
+def deployment(topology: Topology) -> Deployment:
+    """The instances the topology starts with: each service's tracks, primary first."""
+    return deployment_of(topology, desired_from(topology))

@@ -7,8 +7,9 @@ OpenTelemetry and NATS, which the control plane's CLI would pay for on every com
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from yardarm_kit.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from yardarm_kit.deadline import TIMEOUT_HEADER
@@ -71,16 +72,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a re-exported name's submodule when the name is first asked for."""
-    source = _SOURCES.get(name)
-    if source is None:
-        # Also how `from yardarm_kit import tls` falls back to importing the submodule.
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)
