@@ -82,9 +82,21 @@ def up(
         typer.Option("--config", "-c", help="Topology overrides (default: ./yardarm.yaml)."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
+    no_prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--no-prometheus",
+            help="Do not run the stack's Prometheus (it runs when `prometheus` is on PATH).",
+        ),
+    ] = False,
     home: HomeOption = None,
 ) -> None:
-    """Start NATS, Postgres and the four services, wait until ready, seed the demo catalog."""
+    """Start NATS, Postgres and the four services, wait until ready, seed the demo catalog.
+
+    With a `prometheus` binary on PATH (Debian: `apt-get install prometheus`) the stack
+    also runs its own Prometheus, scraping every instance each second with the project's
+    recording and alert rules loaded.
+    """
     import httpx
     from rich.live import Live
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -96,6 +108,9 @@ def up(
 
     state_home = _home(home)
     topology = _load(config, base_port)
+    if no_prometheus:
+        off = topology.prometheus.model_copy(update={"enabled": False})
+        topology = topology.model_copy(update={"prometheus": off})
     if control.is_running(state_home):
         raise _fail(
             f"a stack is already running from {state_home}",
@@ -138,6 +153,11 @@ def up(
             ) from exc
     console.print(f"[bold green]yardarm is up[/] (state in {state_home}, {created} SKUs seeded)")
     _print_urls(service_urls)
+    if topology.prometheus.enabled and "prometheus" not in service_urls:
+        console.print(
+            "[dim]no `prometheus` on PATH, so no Prometheus runs: `yardarm top` scrapes the "
+            "instances itself (install Debian's `prometheus` for rules and alerts)[/]"
+        )
     if detach:
         console.print("stop it with [bold]uv run yardarm down[/]")
         return
@@ -238,6 +258,9 @@ def status(
         raise typer.Exit(code=1)
     console.print(_status_table(state_home))
     console.print(_tracks_table(state_home))
+    prometheus = control.prometheus_url(state_home)
+    if prometheus is not None:
+        console.print(f"prometheus  {prometheus}  (`yardarm top` shows live rates from it)")
 
 
 def _tracks_table(home: Path) -> Table:
@@ -310,12 +333,33 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
     ] = False,
+    trace_id: Annotated[
+        str | None,
+        typer.Option(
+            "--trace",
+            help="Every service's log lines of one trace (32 hex digits), in time order.",
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Print the JSON logs of one service (or all), newest last."""
     state_home = _home(home)
     log_dir = state_home / "logs"
     files = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
+    if trace_id is not None:
+        from yardarm import log_view
+
+        if not log_view.TRACE_ID.fullmatch(trace_id):
+            raise _fail(f"{trace_id!r} is not a trace id", "a trace id is 32 lowercase hex digits")
+        found = log_view.trace_lines(files, trace_id, service)
+        if not found:
+            raise _fail(
+                f"no log line of trace {trace_id} in {log_dir}",
+                "find trace ids with `yardarm trace ORDER_ID`, or in any JSON log line",
+            )
+        for entry in found:
+            typer.echo(f"{entry.source} | {entry.text}")
+        return
     if service:
         from yardarm.local import control
 
@@ -360,14 +404,88 @@ def logs(
 
 
 @app.command()
+def top(
+    window: Annotated[
+        str, typer.Option("--window", help="Rates over this window: 5s, 30s, 1m.")
+    ] = "5s",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One snapshot as JSON, then exit.")
+    ] = False,
+    scrape: Annotated[
+        bool,
+        typer.Option("--scrape", help="Scrape every instance even when Prometheus runs."),
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Live rate, errors and latency per service, version and track.
+
+    From the stack's Prometheus when it runs one, else by scraping every instance's
+    /metrics a window apart. Requests are HTTP requests (probes and scrapes left out);
+    messages are the consumers' deliveries.
+    """
+    from yardarm import red
+    from yardarm.load.options import parse_duration
+    from yardarm.local import control
+
+    state_home = _home(home)
+    try:
+        window_s = parse_duration(window)
+    except ValueError as exc:
+        raise _fail(str(exc), "a window is like 5s, 30s or 1m") from exc
+    if not control.is_running(state_home):
+        raise _fail(f"no stack is running from {state_home}", "start one with `yardarm up`")
+    prometheus = None if scrape else control.prometheus_url(state_home)
+    urls = control.metrics_urls(state_home)
+    verify = control.stack_ssl(state_home) or True
+
+    def snapshot() -> red.RedView:
+        if prometheus is not None:
+            return red.from_prometheus(prometheus, window_s)
+        return red.from_scrapes(urls, window_s, verify)
+
+    if as_json:
+        typer.echo(json.dumps(snapshot().as_dict(), indent=2))
+        return
+    from rich.live import Live
+
+    from yardarm.top_view import render
+
+    try:
+        with Live(console=console, refresh_per_second=2) as live:
+            if prometheus is not None:
+                while True:
+                    live.update(render(snapshot(), prometheus))
+                    time.sleep(1.0)
+            scraper = red.Scraper(urls, verify)
+            samples = [scraper.sample()]
+            while True:  # rates over the last `window` of samples, refreshed each second
+                time.sleep(1.0)
+                samples.append(scraper.sample())
+                while len(samples) > 2 and samples[-1].at - samples[1].at >= window_s:
+                    samples.pop(0)
+                live.update(render(red.rows_between(samples[0], samples[-1]), None))
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
 def trace(
     ref: Annotated[str, typer.Argument(help="A trace id (32 hex digits) or an order id.")],
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for spans still being flushed.")
     ] = 3.0,
+    jaeger: Annotated[
+        str | None,
+        typer.Option(
+            "--jaeger",
+            envvar="YARDARM_JAEGER_URL",
+            help="Read the trace from this Jaeger query API (e.g. http://localhost:16686) "
+            "instead of the local telemetry files.",
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Print one trace as a span tree, from the local telemetry files."""
+    """Print one trace as a span tree, from the local telemetry files or a Jaeger."""
     from yardarm import tracing_view
 
     state_home = _home(home)
@@ -378,6 +496,18 @@ def trace(
             f"no trace found for {ref!r} in {state_home / 'telemetry'}",
             "pass a trace id or an order id from this stack",
         )
+    if jaeger:
+        from yardarm import jaeger_query
+
+        try:
+            roots = jaeger_query.wait_for_trace(jaeger, trace_id, wait)
+        except jaeger_query.TraceNotFound as exc:
+            raise _fail(str(exc), jaeger_query.NOT_FOUND_HINT) from exc
+        except jaeger_query.JaegerError as exc:
+            raise _fail(str(exc), "check --jaeger (or YARDARM_JAEGER_URL)") from exc
+        console.print(tracing_view.render(trace_id, roots))
+        console.print(f"[dim]services: {', '.join(sorted(tracing_view.services_in(roots)))}[/]")
+        return
     roots = tracing_view.load_trace(state_home, trace_id)
     while not roots and time.monotonic() < deadline:
         time.sleep(0.25)
@@ -448,6 +578,33 @@ def api_docs(
         console.print("[green]the API docs match the code[/]")
         return
     for path in apidocs.write(root):
+        console.print(f"wrote {path.relative_to(root)}")
+
+
+@app.command("observability")
+def observability(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Only compare: exit 1 when a committed file is stale."),
+    ] = False,
+) -> None:
+    """Write the dashboards, Prometheus rules and tests, and the collector, Grafana,
+    Jaeger and Loki settings to observability/ (generated from code)."""
+    from yardarm.model import project_dir
+    from yardarm.observability import files
+
+    root = project_dir()
+    if check:
+        differ = files.stale(root)
+        if differ:
+            for path in differ:
+                err.print(f"[red]stale:[/] {path.relative_to(root)}")
+            raise _fail(
+                "observability/ differs from the code", "run `uv run yardarm observability`"
+            )
+        console.print("[green]observability/ matches the code[/]")
+        return
+    for path in files.write(root):
         console.print(f"wrote {path.relative_to(root)}")
 
 

@@ -2,7 +2,9 @@
 
 Every service appends `ExportTraceServiceRequest` objects, one per line, to
 `<home>/telemetry/<instance>.jsonl` (rotated files get a numeric suffix). This module
-is the reader behind `yardarm trace`; it needs no running collector.
+is the reader behind `yardarm trace`; it needs no running collector. The same OTLP/JSON
+parsing (`spans_of`) and tree building (`tree`) serve Jaeger's query API
+(`yardarm.jaeger_query`), whose answers are OTLP/JSON too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from rich.text import Text
 from rich.tree import Tree
 
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+# OTLP/JSON writers spell enums either way: our files by name, Jaeger by number.
+_KIND_NUMBERS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer",
+                 5: "consumer"}  # fmt: skip
 ORDER_ID_ATTRIBUTES = ("order.id", "yardarm.order.id", "messaging.message.conversation_id")
 
 
@@ -75,10 +80,17 @@ def iter_spans(files: Iterable[Path]) -> Iterator[Span]:
                     request = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                yield from _spans_of(request)
+                yield from spans_of(request)
 
 
-def _spans_of(request: dict[str, Any]) -> Iterator[Span]:
+def _kind(value: object) -> str:
+    if isinstance(value, int):
+        return _KIND_NUMBERS.get(value, str(value))
+    return str(value or "").removeprefix("SPAN_KIND_").lower()
+
+
+def spans_of(request: dict[str, Any]) -> Iterator[Span]:
+    """The spans of one OTLP/JSON traces document (`{"resourceSpans": [...]}`)."""
     for resource_spans in request.get("resourceSpans", []):
         resource = _attributes(resource_spans.get("resource", {}).get("attributes", []))
         service = str(resource.get("service.name", "?"))
@@ -91,7 +103,7 @@ def _spans_of(request: dict[str, Any]) -> Iterator[Span]:
                     span_id=raw["spanId"],
                     parent_id=raw.get("parentSpanId") or None,
                     name=raw.get("name", ""),
-                    kind=str(raw.get("kind", "")).removeprefix("SPAN_KIND_").lower(),
+                    kind=_kind(raw.get("kind")),
                     start_ns=int(raw.get("startTimeUnixNano", 0)),
                     end_ns=int(raw.get("endTimeUnixNano", 0)),
                     service=service,
@@ -113,7 +125,13 @@ def find_trace_id(home: Path, ref: str) -> str | None:
 
 def load_trace(home: Path, trace_id: str) -> list[Span]:
     """The root spans of one trace, children attached and sorted by start time."""
-    spans = {s.span_id: s for s in iter_spans(telemetry_files(home)) if s.trace_id == trace_id}
+    return tree(s for s in iter_spans(telemetry_files(home)) if s.trace_id == trace_id)
+
+
+def tree(trace_spans: Iterable[Span]) -> list[Span]:
+    """The root spans of one trace's spans, children attached and sorted by start time;
+    a span whose parent is missing (not flushed, or sampled away) is a root."""
+    spans = {s.span_id: s for s in trace_spans}
     roots: list[Span] = []
     for span in spans.values():
         parent = spans.get(span.parent_id) if span.parent_id else None

@@ -57,7 +57,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = _free_base_port(26000)
     running = Stack(home=tmp / "home", base_port=base)
     try:
-        running.cli("up", "--detach", "--base-port", str(base), "--config", str(config))
+        running.cli(
+            "up", "--detach", "--base-port", str(base), "--config", str(config), "--no-prometheus"
+        )
         yield running
     finally:
         running.cli("chaos", "heal", "all", check=False)

@@ -128,7 +128,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DlqStack]:
     config.write_text(yaml.safe_dump({"base_port": topology.base_port, "flags": _flags("all")}))
     running = DlqStack(root / "home", topology)
     try:
-        running.cli("up", "--detach", "--config", str(config))
+        running.cli("up", "--detach", "--config", str(config), "--no-prometheus")
         yield running
     finally:
         running.cli("down", check=False)

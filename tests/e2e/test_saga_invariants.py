@@ -194,7 +194,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {**os.environ, **SERVICE_ENV, "YARDARM_HOME": str(running.home), "COLUMNS": "200"}
     try:
         started = subprocess.run(
-            [sys.executable, "-m", "yardarm", "up", "--detach", "--config", str(config)],
+            [sys.executable, "-m", "yardarm", "up", "--detach", "--config", str(config),
+             "--no-prometheus"],
             env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert started.returncode == 0, f"yardarm up failed:\n{started.stdout}\n{started.stderr}"

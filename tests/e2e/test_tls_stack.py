@@ -40,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = root / "yardarm.yaml"
     config.write_text(yaml.safe_dump({"base_port": base_port, "tls": {"enabled": True}}))
     running = Stack(home=root / "home", base_port=base_port)
-    running.cli("up", "--detach", "--config", str(config))
+    running.cli("up", "--detach", "--config", str(config), "--no-prometheus")
     try:
         yield running
     finally:

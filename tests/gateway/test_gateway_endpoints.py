@@ -273,6 +273,10 @@ async def test_a_split_whose_track_lost_its_endpoints_routes_all_to_the_other_wi
             )
             outcomes.append((started, status, backend, track))
 
+    weight = "yardarm_gateway_route_weight"
+    before = await scrape(client, gw.url)
+    for track in ("stable", "canary"):  # what the split sends each track, in percent
+        assert metric_sum(before, weight, route="api-work", upstream_track=track) == 50.0
     workers = [asyncio.create_task(load(i)) for i in range(4)]
     deadline = time.monotonic() + 10
     while canary.in_flight == 0:  # a canary request in flight when it leaves
@@ -292,6 +296,10 @@ async def test_a_split_whose_track_lost_its_endpoints_routes_all_to_the_other_wi
     assert {o[2] for o in outcomes if o[0] < applied} == {"stable", "canary"}
     after = [o for o in outcomes if o[0] > applied]
     assert len(after) > 10 and {(o[2], o[3]) for o in after} == {("stable", "stable")}
+    shares = await scrape(client, gw.url)  # a track without endpoints takes no weight
+    assert metric_sum(shares, weight, route="api-work", upstream_track="stable") == 100.0
+    assert metric_sum(shares, weight, route="api-work", upstream_track="canary") == 0.0
+    assert any(k.startswith(weight) and 'upstream_track="canary"' in k for k in shares)
 
     override = {"x-yardarm-track": "canary", "x-yardarm-admin-token": TOKEN}
     async with client.get(f"{gw.url}/api/work/x", headers=override) as resp:
@@ -307,6 +315,13 @@ async def test_a_split_whose_track_lost_its_endpoints_routes_all_to_the_other_wi
         assert "no endpoint on it" in (await r.json())["detail"]
     async with client.put(split, json={"weights": {"stable": 100}}, headers=AUTH) as r:
         assert r.status == 200, await r.text()
+        version = (await r.json())["version"]
+    await wait_version(client, gw, version)
+    shares = await scrape(client, gw.url)  # a track the split no longer names vanishes
+    assert [k for k in shares if k.startswith(weight)] == [
+        k for k in shares if k.startswith(weight) and 'upstream_track="stable"' in k
+    ]
+    assert metric_sum(shares, weight, route="api-work", upstream_track="stable") == 100.0
 
 
 async def test_admin_changes_keep_the_documents_endpoints_as_written(
@@ -536,3 +551,25 @@ def test_a_weight_or_track_change_moves_the_endpoint_between_pools() -> None:
     assert up.pools["canary"].endpoints == (second,)
     picks = Counter(up.pick(up.pools[ALL_TRACKS], None, 2.0, []) for _ in range(400))
     assert picks == {first: 300, second: 100}
+
+
+def test_a_dropped_endpoint_takes_its_breaker_and_ejection_series_with_it() -> None:
+    """A URL that leaves and comes back starts with fresh state, so its old breaker gauge
+    must not stay behind saying `open` (an alert reads it)."""
+    from prometheus_client import generate_latest
+    from yardarm_gateway.outlier import OutlierEvent
+    from yardarm_gateway.telemetry import GatewayTelemetry
+    from yardarm_kit.metrics import Metrics
+    from yardarm_kit.settings import ServiceSettings
+
+    metrics = Metrics(ServiceSettings(service="gateway", instance="gateway-test", port=9))
+    telemetry = GatewayTelemetry(metrics)
+    gone, kept = Endpoint("http://127.0.0.1:1"), Endpoint("http://127.0.0.1:2")
+    for endpoint in (gone, kept):
+        telemetry.breaker_transition(f"svc/{endpoint.url}", "closed", "open", "failures")
+        telemetry.outlier_event("svc", OutlierEvent(endpoint, "eject", "consecutive_5xx", 1, None))
+    telemetry.endpoint_gone("svc", gone)
+    text = generate_latest(metrics.registry).decode()
+    for name in ("yardarm_gateway_breaker_state", "yardarm_gateway_endpoint_ejected"):
+        lines = [line for line in text.splitlines() if line.startswith(name + "{")]
+        assert [gone.url in line for line in lines] == [False], lines

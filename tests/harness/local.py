@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -72,14 +72,21 @@ def pick_base_port(start: int) -> int:
 
 @dataclass
 class Stack:
+    """A stack the tests drive through the CLI. It runs without its Prometheus unless
+    `prometheus` says so: a second scraper and rule evaluator on a 2-core machine costs
+    the checks under test CPU, and the observability tests start one on purpose."""
+
     home: Path
     base_port: int
     config: Path | None = None  # the yardarm.yaml it runs with
+    prometheus: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)  # for the CLI and so the stack
 
     def up(self) -> Stack:
         """`yardarm up --detach` on the stack's base port (and config)."""
         config = () if self.config is None else ("--config", str(self.config))
-        self.cli("up", "--detach", "--base-port", str(self.base_port), *config)
+        extra = () if self.prometheus else ("--no-prometheus",)
+        self.cli("up", "--detach", "--base-port", str(self.base_port), *config, *extra)
         return self
 
     @property
@@ -89,7 +96,7 @@ class Stack:
     def cli(
         self, *args: str, check: bool = True, timeout: float = 180
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "YARDARM_HOME": str(self.home), "COLUMNS": "200"}
+        env = {**os.environ, **self.env, "YARDARM_HOME": str(self.home), "COLUMNS": "200"}
         result = subprocess.run(
             [sys.executable, "-m", "yardarm", *args],
             env=env,
@@ -113,7 +120,7 @@ def start_stack(tmp: Path, base_port: int) -> Stack:
     """A default stack on `base_port`, started (`yardarm up --detach`)."""
     stack = Stack(home=tmp / f"stack-{base_port}", base_port=base_port)
     started = time.monotonic()
-    stack.cli("up", "--detach", "--base-port", str(base_port))
+    stack.cli("up", "--detach", "--base-port", str(base_port), "--no-prometheus")
     # The issue's bound is a minute on a fresh clone; allow a wide margin on a busy CI box.
     assert time.monotonic() - started < 180
     return stack

@@ -40,7 +40,14 @@ from yardarm.local.state import (
     read_state,
     state_path,
 )
-from yardarm.model import Topology, current_for, deployment_of, project_dir, scaled
+from yardarm.model import (
+    SERVICE_NAMES,
+    Topology,
+    current_for,
+    deployment_of,
+    project_dir,
+    scaled,
+)
 
 __all__ = [
     "InstanceStatus",
@@ -166,6 +173,33 @@ def gateway_url(home: Path) -> str | None:
         if status.service == "gateway" and status.port:
             return service_url(home, status.port)
     return None
+
+
+def prometheus_url(home: Path) -> str | None:
+    """The running stack's Prometheus, if it runs one (plain http on loopback)."""
+    if not is_running(home):
+        return None
+    for status in read_status(home):
+        if status.service == "prometheus" and status.port:
+            return f"http://127.0.0.1:{status.port}"
+    return None
+
+
+def metrics_urls(home: Path) -> list[str]:
+    """The base URL of every running service instance's `/metrics` (a gateway replica's
+    is its own admin port: the public port is shared)."""
+    topology = read_topology(home)
+    if topology is None or not is_running(home):
+        return []
+    urls = []
+    for status in read_status(home):
+        if status.service not in SERVICE_NAMES or status.port is None:
+            continue
+        port = status.port
+        if status.service == "gateway":
+            port = topology.gateway_admin_port(int(status.name.rsplit("-", 1)[1]))
+        urls.append(service_url(home, port))
+    return urls
 
 
 def _spawn_supervisor(home: Path, extra_args: list[str]) -> subprocess.Popen[bytes]:

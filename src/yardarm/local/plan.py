@@ -135,6 +135,8 @@ def port_plan(
         "postgres": topology.postgres_port,
         CHAOS_INSTANCE: topology.chaos_port,
     }
+    if topology.prometheus.enabled:
+        plan["prometheus"] = topology.prometheus_port
     plan |= {
         f"{inst.name}-raft": topology.raft_port(inst.ordinal) for inst in planned.of("datastore")
     }

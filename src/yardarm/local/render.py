@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from yardarm.certificates import StackCertificates, ensure_certificates
 from yardarm.chaos.config import ChaosConfig, config_path
 from yardarm.credentials import StackCredentials, ensure_credentials
-from yardarm.local import infra
+from yardarm.local import infra, prometheus
 from yardarm.local.desired import read_desired, read_ports, write_desired, write_ports
 from yardarm.local.plan import (
     CHAOS_INSTANCE,
@@ -87,7 +87,11 @@ def urls(topology: Topology) -> dict[str, str]:
         "nats": f"nats://{LOOPBACK}:{topology.nats_port}",
         "postgres": infra.postgres_dsn(topology.postgres_port),
         "chaos": f"{host}:{topology.chaos_port}",
-    }
+    } | (
+        {"prometheus": prometheus.url(topology)}
+        if topology.prometheus.enabled and prometheus.binary()
+        else {}
+    )
 
 
 def _replace(path: Path, text: str) -> Path:
@@ -288,6 +292,21 @@ def _infrastructure(topology: Topology, home: Path, ca_file: str | None) -> list
     ]
 
 
+def _prometheus(
+    topology: Topology, home: Path, ca_file: str | None, executable: str
+) -> InstanceSpec:
+    """The stack's Prometheus; it depends on nothing (a target that is down is data)."""
+    config = prometheus.write_config(topology, home, ca_file)
+    return InstanceSpec(
+        name=prometheus.INSTANCE,
+        service=prometheus.INSTANCE,
+        command=prometheus.command(topology, home, config, executable),
+        port=topology.prometheus_port,
+        readiness="http",
+        readiness_url=f"{prometheus.url(topology)}/-/ready",
+    )
+
+
 def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
     """Every process of the stack's desired state (`<home>/desired.json` when it derives
     from this topology, else the topology's own), in dependency order.
@@ -310,6 +329,10 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
     via_chaos = bool(target.via)
     scheme = topology.tls.scheme
     specs = _infrastructure(topology, home, ca_file)
+    if topology.prometheus.enabled and (executable := prometheus.binary()) is not None:
+        ports_of = {inst.name: target.port(inst) for inst in planned.instances}
+        prometheus.write_targets(planned, home, ports_of)
+        specs.append(_prometheus(topology, home, ca_file, executable))
     for inst in planned.instances:
         port = target.port(inst)
         probe_port = target.gateway_admin_port(inst) if inst.service == "gateway" else port

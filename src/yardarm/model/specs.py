@@ -218,6 +218,18 @@ class TlsSpec(BaseModel):
         return "https" if self.enabled else "http"
 
 
+class PrometheusSpec(BaseModel):
+    """The stack's own Prometheus, where a target runs one (locally: when a `prometheus`
+    binary is on PATH). It scrapes every instance every `scrape_interval_s` and loads the
+    project's recording and alert rules (observability/prometheus)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    scrape_interval_s: float = Field(default=1.0, ge=0.5, le=60)
+    retention: str = Field(default="2d", pattern=r"^[0-9]+[smhdwy]$")
+
+
 class Services(BaseModel):
     """The four services of the stack."""
 
@@ -256,6 +268,7 @@ class Topology(BaseModel):
     services: Services = Field(default_factory=Services)
     chaos: ChaosSpec = Field(default_factory=ChaosSpec)
     tls: TlsSpec = Field(default_factory=TlsSpec)
+    prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
     flags: dict[str, Any] = Field(default_factory=default_flags)
     flags_file: Path | None = None
 
@@ -318,6 +331,11 @@ class Topology(BaseModel):
     @property
     def postgres_port(self) -> int:
         return self.base_port + 42
+
+    @property
+    def prometheus_port(self) -> int:
+        """The stack's own Prometheus (its web UI and query API)."""
+        return self.base_port + 45
 
     @property
     def chaos_port(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -21,9 +21,10 @@ from yardarm_gateway.proxy import Proxy, RoutingState
 from yardarm_gateway.routeconfig import RoutingDoc, RoutingSync
 from yardarm_gateway.routing import RouteTable, check_routes
 from yardarm_gateway.settings import GatewaySettings
+from yardarm_gateway.split import shares
 from yardarm_gateway.telemetry import GatewayTelemetry
 from yardarm_gateway.upstream_client import UpstreamPool
-from yardarm_gateway.upstreams import Upstream
+from yardarm_gateway.upstreams import ALL_TRACKS, Upstream
 
 SWEEP_TICK_S = 0.5
 ADMIN_APP = web.AppKey("yardarm.gateway.admin_app", web.Application)
@@ -161,6 +162,25 @@ def create_gateway(settings: GatewaySettings) -> Service:
         own_paths=_own_paths(service.app),
     )
     service.app.router.add_route("*", "/{tail:.*}", proxy.handle)  # after the kit's own
+
+    def route_weights() -> Iterator[tuple[tuple[str, str, str], float]]:
+        state = proxy.state
+        for route in state.table.routes:
+            split = state.splits.get(route.name)
+            upstream = upstreams.get(route.upstream)
+            if split is None or upstream is None:
+                yield (route.name, route.upstream, ALL_TRACKS), 100.0
+                continue
+            for track, share in shares(split, upstream.has_endpoints).items():
+                yield (route.name, route.upstream, track), share
+
+    service.metrics.read_gauge(
+        "yardarm_gateway_route_weight",
+        "Percentage of a route's requests the weighted split sends to each track now (a "
+        'track without endpoints gets 0; upstream_track="*": a route with no split).',
+        ("route", "upstream", "upstream_track"),
+        route_weights,
+    )
     ejections = _Ejections(upstreams)
 
     def apply(doc: RoutingDoc, version: int) -> None:

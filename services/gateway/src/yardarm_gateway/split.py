@@ -169,3 +169,15 @@ class TrafficSplit:
             return None
         current[best] -= total
         return tracks[best]
+
+
+def shares(split: TrafficSplit, serving: Callable[[str], bool]) -> dict[str, float]:
+    """The percentage of a route's traffic each configured track gets right now: its
+    weight over the weights of the tracks that can serve (`serving(track)`, i.e. have
+    endpoints), and 0 for the others, as `pick` does it."""
+    live = {track: weight for track, weight in split.weights.items() if serving(track)}
+    total = sum(live.values())
+    return {
+        track: (100.0 * live.get(track, 0) / total if total else 0.0)
+        for track in sorted(split.weights)
+    }

@@ -187,6 +187,9 @@ class GatewayTelemetry:
         """A drained endpoint is dropped: its health gauge falls to 0 (the metrics library
         keeps the series), so a sum over endpoints counts only those still routed to."""
         self.health_change(upstream, endpoint, False)
+        # Its breaker and ejection state went with it: a re-added URL starts fresh.
+        self.breaker_state.remove(breaker=f"{upstream}/{endpoint.url}")
+        self.ejected.remove(upstream=upstream, endpoint=endpoint.url)
         log.info(
             "endpoint %s gone from %s (%d request(s) still in flight)", endpoint.url, upstream,
             endpoint.active,

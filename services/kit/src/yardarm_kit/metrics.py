@@ -6,10 +6,11 @@ joins; histograms attach the current trace id as an exemplar.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
@@ -34,6 +35,13 @@ class _Labeled:
         self._metric = metric
         self._base = base
         self._children: dict[tuple[tuple[str, str], ...], Any] = {}
+
+    def remove(self, **labels: str) -> None:
+        """Drop one series (a thing that no longer exists), if it was ever set."""
+        key = tuple(labels.items())
+        if self._children.pop(key, None) is not None:
+            merged = {**self._base, **labels}
+            self._metric.remove(*(merged[name] for name in self._metric._labelnames))
 
     def _child(self, labels: dict[str, str]) -> Any:
         key = tuple(labels.items())
@@ -72,6 +80,40 @@ class LabeledHistogram(_Labeled):
         child.observe(value, exemplar={"trace_id": trace_id} if trace_id else None)
 
 
+GaugeReading = Iterable[tuple[Sequence[str], float]]
+
+
+class _ReadGauge:
+    """A gauge whose samples are read from live state at scrape time, so a label set
+    that no longer exists (a removed route) vanishes instead of keeping its last value."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labelnames: Sequence[str],
+        base: dict[str, str],
+        read: Callable[[], GaugeReading],
+    ) -> None:
+        self._name = name
+        self._doc = doc
+        self._labelnames = (*BASE_LABELS, *labelnames)
+        self._base = tuple(base[label] for label in BASE_LABELS)
+        self._read = read
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self._name, self._doc, labels=self._labelnames)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for labels, value in self._read():
+            family.add_metric([*self._base, *labels], value)
+        yield family
+
+
 class Metrics:
     """The metric registry of one service process."""
 
@@ -101,6 +143,12 @@ class Metrics:
     def gauge(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> LabeledGauge:
         metric = Gauge(name, doc, (*BASE_LABELS, *labelnames), registry=self.registry)
         return LabeledGauge(metric, self._base)
+
+    def read_gauge(
+        self, name: str, doc: str, labelnames: Sequence[str], read: Callable[[], GaugeReading]
+    ) -> None:
+        """A gauge computed from `read()` (label values, value) at every scrape."""
+        self.registry.register(_ReadGauge(name, doc, labelnames, self._base, read))
 
     def histogram(
         self,

@@ -38,7 +38,7 @@ from yardarm_kit import deadline, tls
 from yardarm_kit.flags import Flags
 from yardarm_kit.http_server import AppRunner
 from yardarm_kit.httpclient import HttpClient
-from yardarm_kit.logs import setup_logging
+from yardarm_kit.logs import setup_log_export, setup_logging
 from yardarm_kit.metrics import Metrics
 from yardarm_kit.openapi import ApiSpec, Header, Reply
 from yardarm_kit.problem import Problem
@@ -187,6 +187,8 @@ class Service:
         self.settings = settings
         self.log = setup_logging(settings)
         self.tracer_provider = setup_tracing(settings)
+        # Log records over OTLP too when an endpoint is set, with the spans' resource.
+        self.logger_provider = setup_log_export(self.tracer_provider.resource)
         self.tracer = self.tracer_provider.get_tracer(
             f"yardarm.{settings.service}", settings.version
         )
@@ -525,6 +527,8 @@ class Service:
             self._session = None
         self.flags.close()
         self.tracer_provider.force_flush(timeout_millis=5000)
+        if self.logger_provider is not None:
+            self.logger_provider.force_flush(timeout_millis=5000)
 
     def request_stop(self) -> None:
         """Make `serve()` return (signal handlers call this)."""
@@ -557,3 +561,5 @@ class Service:
         with contextlib.suppress(KeyboardInterrupt):
             uvloop.run(main())
         self.tracer_provider.shutdown()
+        if self.logger_provider is not None:
+            self.logger_provider.shutdown()
