@@ -31,7 +31,6 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from yardarm.observability.rules import recording_rules
 from yardarm_kit.messaging import Envelope, publish
 
 from tests.harness.local import BackgroundLoad, Stack, configured_stack
@@ -39,6 +38,7 @@ from tests.observability.binaries import require_binary
 from yardarm.local.render import flags_file
 from yardarm.model import default_flags
 from yardarm.observability.dashboards import prometheus_queries
+from yardarm.observability.rules import recording_rules
 
 pytestmark = pytest.mark.e2e
 
