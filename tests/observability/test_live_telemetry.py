@@ -35,10 +35,13 @@ from yardarm_kit.messaging import Envelope, publish
 
 from tests.harness.local import BackgroundLoad, Stack, configured_stack
 from tests.observability.binaries import require_binary
+from yardarm.local import control
 from yardarm.local.render import flags_file
 from yardarm.model import default_flags
 from yardarm.observability.dashboards import prometheus_queries
 from yardarm.observability.rules import recording_rules
+from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
+from yardarm.rollout.window import TrackWindow
 
 pytestmark = pytest.mark.e2e
 
@@ -299,8 +302,8 @@ def test_the_datastore_without_a_leader_alert_fired_when_the_quorum_went(
     assert live.no_leader_fired
 
 
-def _top(live: LiveStack, *extra: str) -> dict[str, Any]:
-    out = live.stack.cli("top", "--json", "--window", "5s", *extra).stdout
+def _top(live: LiveStack, *extra: str, window: str = "5s") -> dict[str, Any]:
+    out = live.stack.cli("top", "--json", "--window", window, *extra).stdout
     view: dict[str, Any] = json.loads(out)
     return view
 
@@ -319,11 +322,54 @@ def test_top_shows_every_service_working_from_prometheus(live: LiveStack) -> Non
     assert _working(view) == {"gateway", "orders", "fulfillment", "datastore"}
     tracks = {(r["service"], r["track"]) for r in view["rows"]}
     assert {("orders", "canary"), ("orders", "baseline")} <= tracks
+    # Over a minute the canary (a tenth of the orders routes, so a few requests a
+    # second, less while the gateway ejects it) has surely failed some: half fail.
+    minute = _top(live, window="60s")
+    canary = [r for r in minute["rows"] if (r["service"], r["track"]) == ("orders", "canary")]
+    assert canary and canary[0]["error_ratio"] > 0
 
 
 def test_top_shows_every_service_working_from_direct_scrapes(live: LiveStack) -> None:
     view = _top(live, "--scrape")
     assert view["source"] == "scrape"
     assert _working(view) == {"gateway", "orders", "fulfillment", "datastore"}
-    canary = [r for r in view["rows"] if (r["service"], r["track"]) == ("orders", "canary")]
-    assert canary and canary[0]["error_ratio"] > 0  # the release that fails half its requests
+    rows = {(r["service"], r["version"], r["track"]): r for r in view["rows"]}
+    assert rows[("orders", "0.3.0-errors", "canary")]["instances"] == 1
+    assert rows[("orders", "0.1.0", "stable")]["instances"] == 2
+
+
+ROLLING = Subject(upstream="orders", routes=("api-orders", "api-stock"))
+
+
+def _check_rollout_windows(windows: dict[str, TrackWindow]) -> None:
+    canary, baseline = windows["canary"], windows["baseline"]
+    for track in (canary, baseline):
+        assert track.requests > 0, track
+        assert track.weight == 10.0, track
+        assert 0 < track.share < 50, track
+        assert track.latency_points and all(0 < p < 30 for p in track.latency_points), track
+    assert canary.errors > 0  # the release that fails half its requests
+
+
+def test_the_rollout_metrics_source_reads_canary_and_baseline_from_prometheus(
+    live: LiveStack,
+) -> None:
+    source = PrometheusSource(live.prometheus)
+    try:
+        end = time.time()
+        _check_rollout_windows(source.windows(ROLLING, end - 60, end, sub_window_s=5))
+    finally:
+        source.close()
+
+
+def test_the_rollout_metrics_source_reads_them_from_direct_scrapes(live: LiveStack) -> None:
+    urls = control.metrics_urls(live.stack.home)
+    history = ScrapeHistory(ROLLING, urls)
+    try:
+        start = time.time()
+        for _ in range(10):
+            history.scrape()
+            time.sleep(SCRAPE_S)
+        _check_rollout_windows(history.windows(start, time.time()))
+    finally:
+        history.close()

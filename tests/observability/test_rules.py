@@ -50,7 +50,7 @@ def test_committed_files_are_generated() -> None:
             for p in (OBSERVABILITY / "prometheus" / sub).glob("*")
         }
         assert on_disk == {p for p in FILES if p.startswith(f"prometheus/{sub}/")}, (
-            "run `yardarm observability render` to rewrite observability/"
+            "run `uv run yardarm observability` to rewrite observability/"
         )
     for path, text in FILES.items():
         assert (OBSERVABILITY / path).read_text() == text, f"{path} differs from its source"

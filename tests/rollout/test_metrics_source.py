@@ -1,0 +1,98 @@
+"""Windows from direct scrapes: counter increases per track (resets included), weights,
+the observed share, latency points per (instance, sub-window, quantile), and every way
+the gateway keeps a track's endpoints from traffic."""
+
+from __future__ import annotations
+
+import pytest
+
+from yardarm.rollout.metrics_source import Scrape, Subject, reduce_exposition, windows_between
+
+SUBJECT = Subject(upstream="orders", routes=("api-orders", "api-stock"))
+GW = 'service="gateway",version="0.1.0",track="stable",instance="gateway-0"'
+CANARY_URL = "http://127.0.0.1:1"
+
+
+def gateway(stable: int, canary: int, canary_5xx: int, *, unhealthy: bool = False,
+            breaker: float = 0.0) -> str:  # fmt: skip
+    rows = [
+        f'yardarm_gateway_route_requests_total{{{GW},route="api-orders",upstream="orders",'
+        f'upstream_track="stable",code="200"}} {stable}',
+        f'yardarm_gateway_route_requests_total{{{GW},route="api-orders",upstream="orders",'
+        f'upstream_track="canary",code="200"}} {canary - canary_5xx}',
+        f'yardarm_gateway_route_requests_total{{{GW},route="api-orders",upstream="orders",'
+        f'upstream_track="canary",code="500"}} {canary_5xx}',
+        # another route's traffic is not the rolling service's
+        f'yardarm_gateway_route_requests_total{{{GW},route="api-kv",upstream="datastore",'
+        f'upstream_track="*",code="200"}} 1000',
+        f'yardarm_gateway_route_weight{{{GW},route="api-orders",upstream="orders",'
+        f'upstream_track="canary"}} 10.0',
+        f'yardarm_gateway_route_weight{{{GW},route="api-orders",upstream="orders",'
+        f'upstream_track="stable"}} 90.0',
+        f'yardarm_gateway_endpoint_healthy{{{GW},upstream="orders",endpoint="{CANARY_URL}",'
+        f'upstream_track="canary"}} {0.0 if unhealthy else 1.0}',
+        f'yardarm_gateway_breaker_state{{{GW},breaker="orders/track:canary"}} {breaker}',
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def instance(count_fast: int, count_slow: int, instance: str = "orders-canary-0") -> str:
+    labels = (
+        f'service="orders",version="0.2.0",track="canary",instance="{instance}",'
+        'http_route="/orders",http_request_method="POST",http_response_status_code="202"'
+    )
+    total = count_fast + count_slow
+    rows = [
+        f'http_server_request_duration_seconds_bucket{{{labels},le="0.01"}} {count_fast}',
+        f'http_server_request_duration_seconds_bucket{{{labels},le="0.1"}} {total}',
+        f'http_server_request_duration_seconds_bucket{{{labels},le="+Inf"}} {total}',
+        f"http_server_request_duration_seconds_count{{{labels}}} {total}",
+    ]
+    return "# TYPE http_server_request_duration_seconds histogram\n" + "\n".join(rows) + "\n"
+
+
+def scrape(at: float, *texts: str) -> Scrape:
+    s = Scrape(at=at)
+    for text in texts:
+        reduce_exposition(text, SUBJECT, s)
+    return s
+
+
+def test_requests_errors_weights_share_and_latency_points() -> None:
+    scrapes = [
+        scrape(0, gateway(0, 0, 0), instance(0, 0)),
+        scrape(5, gateway(90, 10, 1), instance(10, 0)),
+        scrape(10, gateway(180, 20, 3), instance(10, 10)),
+    ]
+    windows = windows_between(SUBJECT, scrapes, 0, 10)
+    canary = windows["canary"]
+    assert (canary.requests, canary.errors, canary.weight) == (20, 3, 10.0)
+    assert canary.share == pytest.approx(10.0)
+    assert canary.unavailable == ()
+    # sub-window 1: all 10 under 10 ms; sub-window 2: all 10 between 10 and 100 ms
+    assert canary.latency_points == pytest.approx((0.005, 0.009, 0.055, 0.091))
+    assert windows["baseline"].requests == 0 and windows["baseline"].latency_points == ()
+
+
+def test_a_restarted_gateway_replica_counts_from_zero() -> None:
+    scrapes = [scrape(0, gateway(900, 100, 0)), scrape(5, gateway(45, 5, 5))]
+    canary = windows_between(SUBJECT, scrapes, 0, 5)["canary"]
+    assert (canary.requests, canary.errors) == (5, 5)
+
+
+def test_the_gateway_hiding_a_track_is_reported_for_that_track() -> None:
+    scrapes = [
+        scrape(0, gateway(0, 0, 0)),
+        scrape(5, gateway(100, 0, 0, unhealthy=True, breaker=2.0)),
+    ]
+    canary = windows_between(SUBJECT, scrapes, 0, 5)["canary"]
+    assert canary.unavailable == (
+        "circuit orders/track:canary is open",
+        f"{CANARY_URL} fails its health checks",
+    )
+    assert canary.share == 0.0
+
+
+def test_fewer_than_two_scrapes_in_the_window_say_nothing_happened() -> None:
+    windows = windows_between(SUBJECT, [scrape(0, gateway(5, 5, 0))], 0, 10)
+    assert windows["canary"].requests == 0 and windows["canary"].share == 0.0
