@@ -27,9 +27,9 @@ from yardarm_gateway.settings import EndpointSpec, UpstreamSpec
 from yardarm_gateway.upstreams import ALL_TRACKS, Upstream
 
 from tests.gateway.processes import metric_sum, scrape
-from yardarm.endpoint_publisher import Endpoint as Published
-from yardarm.endpoint_publisher import EndpointPublisher
 from yardarm.model import GATEWAY_ROUTES
+from yardarm.routing_writer import Endpoint as Published
+from yardarm.routing_writer import PublishError, RoutingWriter
 
 StartGateway = Callable[..., Awaitable[Any]]
 
@@ -166,7 +166,7 @@ async def test_published_endpoints_replace_the_bootstrap_set(
     assert (await get(client, f"{gw.url}/api/orders/1"))[1] == "old"
 
     # The control plane's writer, as `yardarm scale` drives it.
-    publisher = EndpointPublisher([datastore_url], [gw.admin_url], TOKEN, timeout_s=10)
+    publisher = RoutingWriter([datastore_url], [gw.admin_url], TOKEN, timeout_s=10)
     version = await publisher.publish("orders", [Published(new.url, "stable")])
     assert await publisher.wait_applied(version, APPLIED_WITHIN_S) == []
 
@@ -193,6 +193,38 @@ async def test_published_endpoints_replace_the_bootstrap_set(
         await asyncio.sleep(0.1)
     # Publishing the same set again writes nothing.
     assert await publisher.publish("orders", [Published(new.url, "stable")]) == version
+
+
+async def test_a_rollout_moves_every_route_of_a_service_in_one_write(
+    start_gateway: StartGateway,
+    replicas: Callable[[str], Awaitable[Replica]],
+    datastore_url: str,
+    client: aiohttp.ClientSession,
+) -> None:
+    stable, canary = await replicas("stable"), await replicas("canary")
+    upstreams = {
+        "orders": [stable.url, {"url": canary.url, "track": "canary"}],
+        "datastore": [stable.url],
+    }
+    gw = await start_gateway(
+        GATEWAY_ROUTES, upstreams, admin=True, admin_token=TOKEN, datastore_urls=[datastore_url]
+    )
+    writer = RoutingWriter([datastore_url], [gw.admin_url], TOKEN, timeout_s=10)
+    routes = ("api-orders", "api-stock")
+    version = await writer.set_splits(routes, {"stable": 75, "canary": 25})
+    assert await writer.wait_applied(version, APPLIED_WITHIN_S) == []
+    routing = await admin_get(client, gw, "/admin/routes")
+    splits = {r["name"]: r.get("split") for r in routing["routes"]}
+    assert routing["version"] == version  # both routes changed by the one write
+    assert splits["api-orders"] == splits["api-stock"] == {"stable": 75, "canary": 25}
+    assert splits["api-kv"] is None  # another service's route is untouched
+    tracks = Counter([(await get(client, f"{gw.url}/api/orders/1"))[2] for _ in range(40)])
+    assert tracks == {"stable": 30, "canary": 10}  # smooth weighted round robin is exact
+
+    assert await writer.set_splits(routes, {"stable": 75, "canary": 25}) == version
+    with pytest.raises(PublishError, match="no route api-nope"):
+        await writer.set_splits(("api-orders", "api-nope"), {"stable": 100})
+    assert (await admin_get(client, gw, "/admin/routes"))["version"] == version
 
 
 async def test_a_removed_endpoint_drains_its_requests_in_flight_and_takes_no_new_ones(

@@ -41,7 +41,7 @@ from yardarm.model import (
 )
 
 if TYPE_CHECKING:
-    from yardarm.endpoint_publisher import EndpointPublisher
+    from yardarm.routing_writer import RoutingWriter
 
 ReadinessKind = Literal["http", "tcp", "postgres"]
 LOOPBACK = "127.0.0.1"
@@ -365,16 +365,16 @@ def rendered(topology: Topology, home: Path) -> tuple[list[InstanceSpec], int]:
     return specs, 0 if desired is None else desired.generation
 
 
-def endpoint_publisher(topology: Topology, home: Path) -> EndpointPublisher:
-    """The control plane's writer of live endpoints for the home's stack."""
-    from yardarm.endpoint_publisher import EndpointPublisher  # httpx: only the supervisor
+def routing_writer(topology: Topology, home: Path) -> RoutingWriter:
+    """The control plane's writer of the home's stack's routing document."""
+    from yardarm.routing_writer import RoutingWriter  # httpx: only the supervisor
 
     scheme = topology.tls.scheme
     certificates = StackCertificates(home) if topology.tls.enabled else None
     verify: ssl.SSLContext | bool = (
         ssl.create_default_context(cafile=str(certificates.ca_file)) if certificates else True
     )
-    return EndpointPublisher(
+    return RoutingWriter(
         [
             f"{scheme}://{LOOPBACK}:{topology.datastore_port(i)}"
             for i in range(topology.services.datastore.replicas)

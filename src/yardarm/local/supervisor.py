@@ -29,15 +29,14 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from yardarm.endpoint_publisher import Endpoint, EndpointPublisher, PublishError
 from yardarm.local import infra, readiness
 from yardarm.local.desired import read_desired, read_topology, topology_path
 from yardarm.local.processes import kill_group, mark, sweep
 from yardarm.local.render import (
     InstanceSpec,
-    endpoint_publisher,
     instances,
     rendered,
+    routing_writer,
     write_flags,
 )
 from yardarm.local.state import (
@@ -48,6 +47,7 @@ from yardarm.local.state import (
     write_state,
 )
 from yardarm.model import Topology
+from yardarm.routing_writer import Endpoint, PublishError, RoutingWriter
 
 log = logging.getLogger("yardarm.supervisor")
 
@@ -187,7 +187,7 @@ class Supervisor:
         base_port: int | None = None,
         timings: Timings | None = None,
         render: Render | None = None,
-        publisher: EndpointPublisher | None = None,
+        publisher: RoutingWriter | None = None,
         generation: int = 0,
     ) -> None:
         self.home = home
@@ -625,7 +625,7 @@ def run_supervisor(
             base_port=base_port,
             timings=timings,
             render=None if topology is None else functools.partial(rendered, topology, home),
-            publisher=None if topology is None else endpoint_publisher(topology, home),
+            publisher=None if topology is None else routing_writer(topology, home),
             generation=generation,
         )
         return asyncio.run(supervisor.run())

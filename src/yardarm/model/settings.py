@@ -16,12 +16,14 @@ from typing import Any, Protocol
 from yardarm.model.deployment import Deployment, Instance
 
 LOG_LEVEL = "INFO"
+# Named, so the control plane (rollouts moving a service's routes together) finds them
+# by the names the gateway reports.
 GATEWAY_ROUTES = [
-    {"prefix": "/api/orders", "upstream": "orders"},
-    {"prefix": "/api/stock", "upstream": "orders"},
+    {"name": "api-orders", "prefix": "/api/orders", "upstream": "orders"},
+    {"name": "api-stock", "prefix": "/api/stock", "upstream": "orders"},
     # The datastore authorizes every request itself (a bearer credential whose roles
     # allow it), so the gateway passes `Authorization` on and guards nothing here.
-    {"prefix": "/api/kv", "upstream": "datastore"},
+    {"name": "api-kv", "prefix": "/api/kv", "upstream": "datastore"},
 ]
 
 

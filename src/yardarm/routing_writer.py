@@ -1,23 +1,25 @@
-"""Publish an upstream's endpoints in the gateway's routing document, and wait until
-every gateway replica routes by them.
+"""The control plane's writes to the gateway's routing document, and the wait until every
+gateway replica routes by them.
 
-This is the control plane's half of live endpoints (Envoy's EDS, a Kubernetes
-EndpointSlice): when instances start or leave, the document's `endpoints[upstream]` is
-rewritten (compare-and-set on the key's version, so an admin's concurrent route change is
-never lost) and each gateway replica, polling the document, applies it within its poll
-interval. A gateway stops sending new requests to an endpoint that leaves the list and
-lets the requests it has in flight finish, so the control plane stops the instance only
-after every replica reports the new version. Every target uses it: the local supervisor
-today, the Kubernetes and bare-metal controllers later.
+Two writers share it. Live endpoints (Envoy's EDS, a Kubernetes EndpointSlice): when
+instances start or leave, `endpoints[upstream]` is rewritten; a gateway stops sending new
+requests to an endpoint that leaves the list and lets those in flight finish, so the
+control plane stops the instance only after every replica reports the new version.
+Rollouts: the weights of several routes (all of a service's) change in one write, so
+the routes never disagree on a service's traffic split. Every write is a
+compare-and-set on the key's version, so an admin's concurrent route change is never
+lost. Every target uses it: the local supervisor today, the Kubernetes and bare-metal
+controllers later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ import httpx
 
 from yardarm.model import GATEWAY_ROUTES
 
-log = logging.getLogger("yardarm.endpoints")
+log = logging.getLogger("yardarm.routing")
 
 ROUTING_KEY = "config/gateway/routing"
 RETRY_S = 0.25
@@ -44,11 +46,16 @@ class Endpoint:
 
 
 class PublishError(RuntimeError):
-    """The document could not be written before the deadline; the message says why."""
+    """The document could not be written before the deadline, or the change does not
+    fit it (an unknown route); the message says why."""
 
 
-class EndpointPublisher:
-    """Writes `endpoints` into the routing document with the admin credential."""
+# Changes the document in place; returns False when it needs no write.
+Mutation = Callable[[dict[str, Any]], bool]
+
+
+class RoutingWriter:
+    """Writes the routing document with the admin credential."""
 
     def __init__(
         self,
@@ -88,32 +95,23 @@ class EndpointPublisher:
             await asyncio.sleep(RETRY_S)
         raise PublishError(f"the datastore did not take the routing document: {last}")
 
-    async def publish(
-        self, upstream: str, endpoints: Sequence[Endpoint], *, only_if_listed: bool = False
-    ) -> int:
-        """Set `endpoints[upstream]`; returns the document's version now in force.
-
-        `only_if_listed`: change nothing unless the document lists this upstream's
-        endpoints already (a stack that was scaled before, coming back up), so a stack
-        never scaled keeps the endpoints its gateways were started with.
-        """
+    async def update(self, mutate: Mutation, what: str) -> int:
+        """Apply `mutate` to the document as it stands and write it back if it changed
+        (compare-and-set, again on a concurrent change); the version now in force."""
         deadline = time.monotonic() + self._timeout_s
-        listed = [endpoint.document() for endpoint in endpoints]
         async with self._client() as client:
             for _ in range(MAX_CAS_ATTEMPTS):
                 got = await self._datastore(client, "GET", f"/kv/{ROUTING_KEY}", deadline)
                 if got.status_code == 404:
-                    doc: dict[str, Any] = {"routes": GATEWAY_ROUTES}
+                    doc: dict[str, Any] = {"routes": copy.deepcopy(GATEWAY_ROUTES)}
                     version = 0
                 elif got.status_code == 200:
                     entry = got.json()
                     doc, version = dict(entry["value"]), int(entry["version"])
                 else:
                     raise PublishError(f"reading {ROUTING_KEY}: {got.status_code} {got.text}")
-                current = doc.get("endpoints", {}).get(upstream)
-                if current == listed or (only_if_listed and current is None):
+                if not mutate(doc):
                     return version  # nothing to write
-                doc["endpoints"] = {**doc.get("endpoints", {}), upstream: listed}
                 put = await self._datastore(
                     client,
                     "PUT",
@@ -123,12 +121,51 @@ class EndpointPublisher:
                 )
                 if put.status_code in (200, 201):
                     written = int(put.json()["version"])
-                    log.info("published %d %s endpoint(s) in routing v%d", len(listed),
-                             upstream, written)  # fmt: skip
+                    log.info("routing v%d: %s", written, what)
                     return written
                 if put.status_code != 409:
                     raise PublishError(f"writing {ROUTING_KEY}: {put.status_code} {put.text}")
         raise PublishError(f"{ROUTING_KEY} kept changing during {MAX_CAS_ATTEMPTS} attempts")
+
+    async def publish(
+        self, upstream: str, endpoints: Sequence[Endpoint], *, only_if_listed: bool = False
+    ) -> int:
+        """Set `endpoints[upstream]`; returns the document's version now in force.
+
+        `only_if_listed`: change nothing unless the document lists this upstream's
+        endpoints already (a stack that was scaled before, coming back up), so a stack
+        never scaled keeps the endpoints its gateways were started with.
+        """
+        listed = [endpoint.document() for endpoint in endpoints]
+
+        def mutate(doc: dict[str, Any]) -> bool:
+            current = doc.get("endpoints", {}).get(upstream)
+            if current == listed or (only_if_listed and current is None):
+                return False
+            doc["endpoints"] = {**doc.get("endpoints", {}), upstream: listed}
+            return True
+
+        return await self.update(mutate, f"{len(listed)} {upstream} endpoint(s)")
+
+    async def set_splits(self, routes: Sequence[str], weights: Mapping[str, int]) -> int:
+        """Give every route in `routes` the same track weights, in one write (a weight
+        of 0 keeps a track named; a split of one track at 100 is the plain route)."""
+
+        def mutate(doc: dict[str, Any]) -> bool:
+            by_name = {route.get("name"): route for route in doc.get("routes", [])}
+            missing = [name for name in routes if name not in by_name]
+            if missing:
+                raise PublishError(f"the routing document has no route {', '.join(missing)}")
+            wanted = dict(weights)
+            changed = False
+            for name in routes:
+                if by_name[name].get("split") != wanted:
+                    by_name[name]["split"] = wanted
+                    changed = True
+            return changed
+
+        shown = ", ".join(f"{track} {weight}" for track, weight in sorted(weights.items()))
+        return await self.update(mutate, f"{', '.join(routes)} split {shown}")
 
     async def wait_applied(self, version: int, timeout_s: float) -> list[str]:
         """Wait until every gateway replica routes by `version` or a later one; the admin
