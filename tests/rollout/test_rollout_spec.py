@@ -1,0 +1,61 @@
+"""Bad rollout requests are refused before anything starts, each with what was wrong and
+what would be accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from yardarm.model import Topology
+from yardarm.rollout.spec import RolloutSpec, RolloutSpecError, parse_steps
+
+
+def test_steps_parse_with_pauses_between_weights() -> None:
+    assert parse_steps("10,25,pause,50,100") == (10, 25, "pause", 50, 100)
+    assert parse_steps(" 5%, 100 ") == (5, 100)
+    assert parse_steps("100") == (100,)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "separated by commas"),
+        ("10,,100", "separated by commas"),
+        ("10,half,100", "neither a percentage"),
+        ("pause,50,100", "cannot be first"),
+        ("10,pause,pause,100", "two pauses in a row"),
+        ("0,100", "not within 1-100"),
+        ("10,150", "not within 1-100"),
+        ("50,25,100", "must rise"),
+        ("10,10,100", "must rise"),
+        ("10,50", "last weight must be 100"),
+        ("pause", "at least one weight"),
+    ],
+)
+def test_invalid_steps_are_refused_with_the_reason(text: str, why: str) -> None:
+    with pytest.raises(RolloutSpecError, match=why):
+        parse_steps(text)
+
+
+def test_an_analysis_longer_than_a_step_is_refused() -> None:
+    with pytest.raises(ValueError, match="every step needs at least one analysis"):
+        RolloutSpec(service="orders", version="0.2.0", step_duration_s=5, analysis_interval_s=10)
+
+
+def test_unknown_services_and_versions_name_what_exists() -> None:
+    topology = Topology()
+    with pytest.raises(RolloutSpecError, match=r"unknown service 'billing' \(services: "):
+        RolloutSpec(service="billing", version="1.0").validate_against(topology, "0.1.0")
+    with pytest.raises(RolloutSpecError, match=r"declared: 0\.1\.0, 0\.2\.0, 0\.3\.0-errors"):
+        RolloutSpec(service="orders", version="9.9").validate_against(topology, "0.1.0")
+    with pytest.raises(RolloutSpecError, match=r"already runs 0\.1\.0"):
+        RolloutSpec(service="orders", version="0.1.0").validate_against(topology, "0.1.0")
+    RolloutSpec(service="orders", version="0.2.0").validate_against(topology, "0.1.0")
+
+
+def test_restart_rolled_services_take_no_weights_or_blue_green() -> None:
+    topology = Topology.model_validate({"services": {"gateway": {"versions": {"0.2.0": {}}}}})
+    with pytest.raises(RolloutSpecError, match="restarting its replicas one at a time"):
+        RolloutSpec(service="gateway", version="0.2.0", strategy="blue-green").validate_against(
+            topology, "0.1.0"
+        )
+    RolloutSpec(service="gateway", version="0.2.0").validate_against(topology, "0.1.0")
