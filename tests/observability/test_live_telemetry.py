@@ -40,6 +40,7 @@ from yardarm.local.render import flags_file
 from yardarm.model import default_flags
 from yardarm.observability.dashboards import prometheus_queries
 from yardarm.observability.rules import recording_rules
+from yardarm.rollout.judge import JudgeConfig, judge
 from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
 from yardarm.rollout.window import TrackWindow
 
@@ -357,7 +358,12 @@ def test_the_rollout_metrics_source_reads_canary_and_baseline_from_prometheus(
     source = PrometheusSource(live.prometheus)
     try:
         end = time.time()
-        _check_rollout_windows(source.windows(ROLLING, end - 60, end, sub_window_s=5))
+        windows = source.windows(ROLLING, end - 60, end, sub_window_s=5)
+        _check_rollout_windows(windows)
+        # The judge fails the release that fails half its requests (or that the gateway
+        # ejected for it) on what the source read.
+        verdict = judge(windows["canary"], windows["baseline"], JudgeConfig.for_service("orders"))
+        assert verdict.outcome == "fail", verdict.as_dict()
     finally:
         source.close()
 

@@ -68,6 +68,7 @@ def test_requests_errors_weights_share_and_latency_points() -> None:
     canary = windows["canary"]
     assert (canary.requests, canary.errors, canary.weight) == (20, 3, 10.0)
     assert canary.share == pytest.approx(10.0)
+    assert canary.route_requests == 200  # every track's requests on the routes
     assert canary.unavailable == ()
     # sub-window 1: all 10 under 10 ms; sub-window 2: all 10 between 10 and 100 ms
     assert canary.latency_points == pytest.approx((0.005, 0.009, 0.055, 0.091))

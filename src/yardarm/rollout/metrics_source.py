@@ -62,6 +62,7 @@ def _windows(
             latency_points=tuple(points.get(track, [])),
             weight=weights.get(track, 0.0),
             share=100.0 * requests.get(track, 0.0) / total if total > 0 else 0.0,
+            route_requests=round(total),
             unavailable=tuple(sorted(unavailable.get(track, []))),
         )
         for track in subject.tracks
