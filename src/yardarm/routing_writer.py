@@ -25,13 +25,12 @@ from typing import Any
 
 import httpx
 
+from yardarm.control_kv import ControlKv, KvError
 from yardarm.model import GATEWAY_ROUTES
 
 log = logging.getLogger("yardarm.routing")
 
 ROUTING_KEY = "config/gateway/routing"
-RETRY_S = 0.25
-MAX_CAS_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Endpoint:
         return {"url": self.url, "track": self.track}
 
 
-class PublishError(RuntimeError):
+class PublishError(KvError):
     """The document could not be written before the deadline, or the change does not
     fit it (an unknown route); the message says why."""
 
@@ -66,66 +65,23 @@ class RoutingWriter:
         verify: ssl.SSLContext | bool = True,
         timeout_s: float = 30.0,
     ) -> None:
-        self._datastores = list(datastore_urls)
+        self._kv = ControlKv(datastore_urls, token, verify=verify, timeout_s=timeout_s)
         self._gateways = list(gateway_admin_urls)
-        self._headers = {"Authorization": f"Bearer {token}"}
-        self._verify = verify
-        self._timeout_s = timeout_s
-
-    def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            headers=self._headers, verify=self._verify, timeout=5.0, trust_env=False
-        )
-
-    async def _datastore(
-        self, client: httpx.AsyncClient, method: str, path: str, deadline: float, **kw: Any
-    ) -> httpx.Response:
-        """One request to the first replica that answers something other than 503."""
-        last = "no replica answered"
-        while time.monotonic() < deadline:
-            for base in self._datastores:
-                try:
-                    response = await client.request(method, base + path, **kw)
-                except httpx.HTTPError as exc:
-                    last = f"{base}: {exc!r}"
-                    continue
-                if response.status_code != 503:
-                    return response
-                last = f"{base}: 503 {response.text[:200]}"
-            await asyncio.sleep(RETRY_S)
-        raise PublishError(f"the datastore did not take the routing document: {last}")
 
     async def update(self, mutate: Mutation, what: str) -> int:
-        """Apply `mutate` to the document as it stands and write it back if it changed
-        (compare-and-set, again on a concurrent change); the version now in force."""
-        deadline = time.monotonic() + self._timeout_s
-        async with self._client() as client:
-            for _ in range(MAX_CAS_ATTEMPTS):
-                got = await self._datastore(client, "GET", f"/kv/{ROUTING_KEY}", deadline)
-                if got.status_code == 404:
-                    doc: dict[str, Any] = {"routes": copy.deepcopy(GATEWAY_ROUTES)}
-                    version = 0
-                elif got.status_code == 200:
-                    entry = got.json()
-                    doc, version = dict(entry["value"]), int(entry["version"])
-                else:
-                    raise PublishError(f"reading {ROUTING_KEY}: {got.status_code} {got.text}")
-                if not mutate(doc):
-                    return version  # nothing to write
-                put = await self._datastore(
-                    client,
-                    "PUT",
-                    f"/kv/{ROUTING_KEY}",
-                    deadline,
-                    json={"value": doc, "if_version": version},
-                )
-                if put.status_code in (200, 201):
-                    written = int(put.json()["version"])
-                    log.info("routing v%d: %s", written, what)
-                    return written
-                if put.status_code != 409:
-                    raise PublishError(f"writing {ROUTING_KEY}: {put.status_code} {put.text}")
-        raise PublishError(f"{ROUTING_KEY} kept changing during {MAX_CAS_ATTEMPTS} attempts")
+        """Apply `mutate` to the document as it stands (the built-in routes when there is
+        none yet) and write it back if it changed; the version now in force."""
+
+        def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            current = doc if doc is not None else {"routes": copy.deepcopy(GATEWAY_ROUTES)}
+            return current if mutate(current) else None
+
+        try:
+            return await self._kv.update(ROUTING_KEY, change, what)
+        except PublishError:
+            raise
+        except KvError as exc:
+            raise PublishError(str(exc)) from exc
 
     async def publish(
         self, upstream: str, endpoints: Sequence[Endpoint], *, only_if_listed: bool = False
@@ -173,7 +129,7 @@ class RoutingWriter:
         nothing, so the caller goes on)."""
         deadline = time.monotonic() + timeout_s
         pending = set(self._gateways)
-        async with self._client() as client:
+        async with self._kv.client() as client:
             while pending and time.monotonic() < deadline:
                 for url in sorted(pending):
                     try:
