@@ -51,6 +51,9 @@ class Rollout(BaseModel):
     phase: Phase = "progressing"
     step: int = 0  # index into spec.steps
     weights: dict[str, int] = Field(default_factory=dict)
+    step_started_at: float | None = None  # when the step's weights took effect
+    last_analysis_at: float | None = None
+    verdicts: list[dict[str, Any]] = Field(default_factory=list)  # the step's, oldest first
     started_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     reason: str | None = None  # why it was aborted or failed
@@ -60,9 +63,10 @@ class Rollout(BaseModel):
     def running(self) -> bool:
         return self.phase in RUNNING
 
-    def record(self, kind: str, message: str, **data: Any) -> None:
-        """Add an event (the oldest go first once there are many)."""
-        now = time.time()
+    def record(self, kind: str, message: str, at: float | None = None, **data: Any) -> None:
+        """Add an event at `at` (default: now; the controller passes its clock's) (the
+        oldest go first once there are many)."""
+        now = time.time() if at is None else at
         self.events.append(Event(at=now, kind=kind, message=message, data=data))
         del self.events[:-EVENTS_KEEP]
         self.updated_at = now
