@@ -62,6 +62,9 @@ class SimulatedStack:
                 assert weight == 0 or track == "stable" or track in self.tracks, (track, weights)
         self.weights = dict(weights)
 
+    async def sample(self, service: str) -> None:
+        return None
+
     async def windows(self, service: str, start: float, end: float) -> dict[str, TrackWindow]:
         traffic = Traffic(
             route_rps=ROUTE_RPS, weight=self.weights["canary"], looks_s=(end - start,)

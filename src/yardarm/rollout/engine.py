@@ -56,6 +56,10 @@ class Effects(Protocol):
     async def windows(self, service: str, start: float, end: float) -> Mapping[str, TrackWindow]:
         """The canary's and the baseline's traffic over [start, end]."""
 
+    async def sample(self, service: str) -> None:
+        """Take a metrics sample now, if the source needs the controller to (scrapes
+        without Prometheus); called every sub-window."""
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -192,6 +196,13 @@ async def tick(
         elif decision.outcome == "fail":
             r.phase = "failed"
             r.reason = decision.reason
-            r.record("failed", f"rolled back: {decision.reason}", at=now)
+            failed = windows[CANARY].errors  # the users' requests the release failed
+            r.record(
+                "failed",
+                f"rolled back: {decision.reason}; {failed} request(s) failed on the canary "
+                "in this step",
+                at=now,
+                canary_errors=failed,
+            )
 
     return _guarded(rollout, judged)

@@ -1,0 +1,115 @@
+"""The rollout engine's effects on the local target: tracks through the supervisor's
+desired state (`yardarm scale`'s path, so a scale and a rollout never lose each other's
+change), traffic through the routing document, windows from the stack's Prometheus or
+from scrapes of every instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from yardarm.local import control
+from yardarm.local.desired import read_desired, read_topology
+from yardarm.local.render import routing_writer
+from yardarm.model import current_for
+from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
+from yardarm.rollout.window import TrackWindow
+
+# The gateway routes of each service that rolls by weights; a rollout moves them together.
+ROUTES = {"orders": ("api-orders", "api-stock")}
+APPLIED_WITHIN_S = 15.0  # every gateway replica polls the routing document every 0.25 s
+
+
+class LocalEffects:
+    """`yardarm.rollout.engine.Effects` for a stack the local supervisor runs."""
+
+    def __init__(self, home: Path, sub_window_s: float = 2.0, timeout_s: float = 180.0) -> None:
+        self.home = home.resolve()
+        topology = read_topology(self.home)
+        if topology is None:
+            raise control.ScaleFailedError(f"no stack has run from {self.home}")
+        self.topology = topology
+        self._writer = routing_writer(topology, self.home)
+        self._sub_window_s = sub_window_s
+        self._timeout_s = timeout_s
+        prometheus = control.prometheus_url(self.home)
+        self._prometheus = PrometheusSource(prometheus) if prometheus else None
+        self._histories: dict[str, ScrapeHistory] = {}
+
+    def close(self) -> None:
+        if self._prometheus is not None:
+            self._prometheus.close()
+        for history in self._histories.values():
+            history.close()
+
+    def now(self) -> float:
+        return time.time()
+
+    def _tracks(self, service: str) -> dict[str, tuple[str, int]]:
+        desired = current_for(self.topology, read_desired(self.home))
+        return {
+            track: (spec.version, spec.replicas)
+            for track, spec in desired.services.get(service, {}).items()
+        }
+
+    async def _scale(self, service: str, track: str, version: str, replicas: int) -> None:
+        await asyncio.to_thread(
+            control.scale_stack,
+            self.home,
+            service,
+            replicas,
+            track=track,
+            version=version,
+            timeout=self._timeout_s,
+        )
+
+    async def ensure_tracks(self, service: str, tracks: Mapping[str, tuple[str, int]]) -> None:
+        current = self._tracks(service)
+        for track, (version, replicas) in tracks.items():
+            if current.get(track) != (version, replicas):
+                await self._scale(service, track, version, replicas)
+
+    async def stop_tracks(self, service: str, tracks: tuple[str, ...]) -> None:
+        current = self._tracks(service)
+        for track in tracks:
+            if track in current and current[track][1] > 0:
+                await self._scale(service, track, current[track][0], 0)
+
+    async def promote(self, service: str, version: str) -> None:
+        primary = self.topology.services.spec(service).track
+        current_version, replicas = self._tracks(service)[primary]
+        if current_version != version:
+            await self._scale(service, primary, version, replicas)
+
+    async def set_weights(self, service: str, weights: Mapping[str, int]) -> None:
+        version = await self._writer.set_splits(ROUTES[service], dict(weights))
+        await self._writer.wait_applied(version, APPLIED_WITHIN_S)
+
+    def _subject(self, service: str) -> Subject:
+        return Subject(upstream=service, routes=ROUTES[service])
+
+    def history(self, service: str) -> ScrapeHistory:
+        """Without Prometheus: the scrapes a caller takes every sub-window."""
+        if service not in self._histories:
+            verify = control.stack_ssl(self.home) or True
+            self._histories[service] = ScrapeHistory(
+                self._subject(service), control.metrics_urls(self.home), verify
+            )
+        return self._histories[service]
+
+    async def sample(self, service: str) -> None:
+        if self._prometheus is None:
+            history = self.history(service)
+            history.urls = control.metrics_urls(self.home)  # instances come and go
+            await asyncio.to_thread(history.scrape)
+
+    async def windows(self, service: str, start: float, end: float) -> Mapping[str, TrackWindow]:
+        if self._prometheus is not None:
+            return await asyncio.to_thread(
+                self._prometheus.windows, self._subject(service), start, end, self._sub_window_s
+            )
+        await self.sample(service)
+        return self.history(service).windows(start, end)
