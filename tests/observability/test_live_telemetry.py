@@ -210,6 +210,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         stack.cli("scale", "orders", "1", "--track", "canary", "--version", "0.3.0-errors")
         stack.cli("scale", "orders", "1", "--track", "baseline", "--version", "0.1.0")
         _split(stack, {"stable": 80, "canary": 10, "baseline": 10})
+        # An operator takes one stable replica out of rotation for a while (the outlier
+        # detector may or may not eject the failing canary on its own within the run).
+        admin, auth = _admin(stack)
+        ejected = httpx.post(
+            f"{admin}/admin/upstreams/orders/ejections",
+            json={"endpoint": f"http://127.0.0.1:{stack.base_port + 21}", "duration_s": 20},
+            headers=auth,
+            timeout=10,
+        )
+        assert ejected.status_code in (200, 201), ejected.text
         # Consumers fail a share of deliveries for a while: redeliveries, failures.
         _set_consumer_errors(stack, "some")
         asyncio.run(_publish_unknown_command(f"nats://127.0.0.1:{topology_ports + 40}"))

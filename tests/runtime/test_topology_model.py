@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from yardarm.local.plan import port_plan
-from yardarm.local.render import instances, urls
+from yardarm.local.render import InstanceSpec, instances, urls
 from yardarm.model import Topology, TopologyError, default_flags, load_topology, validate_file
 
 
@@ -131,6 +131,7 @@ def test_instances_are_in_dependency_order_with_consistent_env(tmp_path: Path) -
         "orders-1",
         "fulfillment-0",
         "gateway-0",
+        "rollouts",  # the rollout controller, once the gateways route
     ]
     seen: set[str] = set()
     for spec in specs:
@@ -200,9 +201,13 @@ def test_gateway_replicas_share_the_public_port_with_their_own_admin_ports(
 
 def test_admin_token_is_private_and_stable(tmp_path: Path) -> None:
     """The gateway reads the admin token from a file: it is in no process's environment."""
-    first = instances(Topology(), tmp_path)[-1].env["YARDARM_GATEWAY_ADMIN_TOKEN_FILE"]
+
+    def gateway_env(specs: list[InstanceSpec]) -> dict[str, str]:
+        return next(s for s in specs if s.name == "gateway-0").env
+
+    first = gateway_env(instances(Topology(), tmp_path))["YARDARM_GATEWAY_ADMIN_TOKEN_FILE"]
     token = Path(first).read_text().strip()
-    again = instances(Topology(), tmp_path)[-1].env["YARDARM_GATEWAY_ADMIN_TOKEN_FILE"]
+    again = gateway_env(instances(Topology(), tmp_path))["YARDARM_GATEWAY_ADMIN_TOKEN_FILE"]
     assert first == again and Path(again).read_text().strip() == token and len(token) >= 24
     mode = stat.S_IMODE((tmp_path / "admin-token").stat().st_mode)
     assert mode == 0o600
@@ -281,8 +286,9 @@ def test_port_plan_never_overlaps_even_at_the_limits(base_port: int, tmp_path: P
     )
     plan = port_plan(widest)
     # gateway and its admin port, 3 x 9 replicas, NATS x2 + Postgres, chaos control,
-    # Prometheus, 9 Raft ports and a chaos link per ordered pair of datastores
-    assert len(plan) == 2 + 3 * 9 + 3 + 1 + 1 + 9 + 9 * 8
+    # Prometheus, the rollout controller, 9 Raft ports and a chaos link per ordered pair
+    # of datastores
+    assert len(plan) == 2 + 3 * 9 + 3 + 1 + 1 + 1 + 9 + 9 * 8
     assert len(set(plan.values())) == len(plan)
     assert all(1024 <= port <= 65535 for port in plan.values())
     specs = instances(widest, tmp_path)

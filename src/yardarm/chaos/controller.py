@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 from yardarm_kit import Metrics, Problem, Reply, Service, ServiceSettings, parse_json
-from yardarm_kit.access import AccessDocument, Authorizer, Principal, Role, digest, read_token
+from yardarm_kit.access import Authorizer, admin_only, read_token
 
 from yardarm.chaos import process_faults
 from yardarm.chaos.config import (
@@ -253,12 +253,7 @@ def _authorizer(config: ChaosConfig) -> Authorizer | None:
     """Only the stack's admin may inject faults (or read where they are)."""
     if config.admin_token_file is None:
         return None
-    token = read_token(config.admin_token_file)
-    document = AccessDocument(
-        roles={"admin": Role(admin=True)},
-        principals={"admin": Principal(token_sha256=digest(token), roles=["admin"])},
-    )
-    return Authorizer(document, "yardarm-chaos")
+    return admin_only(read_token(config.admin_token_file), "yardarm-chaos")
 
 
 def build_service(config: ChaosConfig) -> tuple[Service, ChaosController]:

@@ -185,6 +185,16 @@ def prometheus_url(home: Path) -> str | None:
     return None
 
 
+def rollout_controller_url(home: Path) -> str | None:
+    """The running stack's rollout controller (`yardarm rollout ...` talks to it)."""
+    if not is_running(home):
+        return None
+    for status in read_status(home):
+        if status.service == "rollouts" and status.port:
+            return service_url(home, status.port)
+    return None
+
+
 def metrics_urls(home: Path) -> list[str]:
     """The base URL of every running service instance's `/metrics` (a gateway replica's
     is its own admin port: the public port is shared)."""

@@ -134,6 +134,7 @@ def port_plan(
         "nats-monitor": topology.nats_monitor_port,
         "postgres": topology.postgres_port,
         CHAOS_INSTANCE: topology.chaos_port,
+        "rollouts": topology.rollouts_port,
     }
     if topology.prometheus.enabled:
         plan["prometheus"] = topology.prometheus_port

@@ -47,6 +47,7 @@ ReadinessKind = Literal["http", "tcp", "postgres"]
 LOOPBACK = "127.0.0.1"
 SERVICE_DATABASES = ["orders", "fulfillment"]
 TLS_SERVICES = ("datastore", "orders", "fulfillment", "gateway")
+ROLLOUTS_INSTANCE = "rollouts"
 
 
 class InstanceSpec(BaseModel):
@@ -146,7 +147,7 @@ class LocalTarget:
         self.ports = ports
         self.credentials = ensure_credentials(home)
         self.certificates = (
-            ensure_certificates(home, [*TLS_SERVICES, CHAOS_INSTANCE])
+            ensure_certificates(home, [*TLS_SERVICES, CHAOS_INSTANCE, ROLLOUTS_INSTANCE])
             if self.topology.tls.enabled
             else None
         )
@@ -354,6 +355,19 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 endpoint=f"{scheme}://{LOOPBACK}:{port}" if inst.service == "orders" else None,
             )
         )
+    specs.append(
+        InstanceSpec(
+            name=ROLLOUTS_INSTANCE,
+            service=ROLLOUTS_INSTANCE,
+            command=[sys.executable, "-m", "yardarm.local.rollout_controller", "--home", str(home)],
+            port=topology.rollouts_port,
+            readiness="http",
+            readiness_url=f"{scheme}://{LOOPBACK}:{topology.rollouts_port}/readyz",
+            readiness_ca_file=ca_file,
+            # It writes the routing document and waits for every gateway to apply it.
+            depends_on=[inst.name for inst in planned.of("gateway")],
+        )
+    )
     return specs
 
 

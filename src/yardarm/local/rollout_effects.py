@@ -78,6 +78,10 @@ class LocalEffects:
             if track in current and current[track][1] > 0:
                 await self._scale(service, track, current[track][0], 0)
 
+    def stable_version(self, service: str) -> str:
+        """What the service's primary track runs now."""
+        return self._tracks(service)[self.topology.services.spec(service).track][0]
+
     async def promote(self, service: str, version: str) -> None:
         primary = self.topology.services.spec(service).track
         current_version, replicas = self._tracks(service)[primary]

@@ -338,6 +338,11 @@ class Topology(BaseModel):
         return self.base_port + 45
 
     @property
+    def rollouts_port(self) -> int:
+        """The rollout controller's API."""
+        return self.base_port + 46
+
+    @property
     def chaos_port(self) -> int:
         """The chaos controller's API."""
         return self.base_port + 49

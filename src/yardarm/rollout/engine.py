@@ -196,6 +196,7 @@ async def tick(
         elif decision.outcome == "fail":
             r.phase = "failed"
             r.reason = decision.reason
+            r.weights = {STABLE: 100}
             failed = windows[CANARY].errors  # the users' requests the release failed
             r.record(
                 "failed",

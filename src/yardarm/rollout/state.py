@@ -47,7 +47,8 @@ class Rollout(BaseModel):
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     spec: RolloutSpec
-    stable_version: str
+    stable_version: str  # what the stable track runs (the new version once completed)
+    from_version: str = ""  # what it ran when the rollout started (`undo` goes back to it)
     phase: Phase = "progressing"
     step: int = 0  # index into spec.steps
     weights: dict[str, int] = Field(default_factory=dict)

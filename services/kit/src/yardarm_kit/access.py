@@ -184,3 +184,13 @@ class Authorizer:
         if not caller.admin:
             raise Problem(403, "Forbidden", f"{caller.name} is not an admin; this needs one")
         return caller
+
+
+def admin_only(token: str, realm: str) -> Authorizer:
+    """An authorizer that knows one caller, the stack's admin: for the control plane's
+    own services (the chaos and rollout controllers), which only the admin may use."""
+    document = AccessDocument(
+        roles={"admin": Role(admin=True)},
+        principals={"admin": Principal(token_sha256=digest(token), roles=["admin"])},
+    )
+    return Authorizer(document, realm)

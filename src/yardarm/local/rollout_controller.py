@@ -1,0 +1,124 @@
+"""`python -m yardarm.local.rollout_controller --home HOME`: the local stack's rollout
+controller, run by the supervisor like the chaos controller, until SIGTERM.
+
+It serves the rollout API (`yardarm.rollout.api`) on `base+46` behind the admin token,
+keeps rollouts in the stack's datastore, and changes the stack through the local target's
+effects (`yardarm.local.rollout_effects`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+INSTANCE = "rollouts"
+
+
+class ControllerSettings(BaseSettings):
+    """Tuning from the environment (`YARDARM_ROLLOUTS_*`); the defaults are the judge's
+    and the engine's own. Tests lower the minimum samples to run short steps."""
+
+    model_config = SettingsConfigDict(env_prefix="YARDARM_ROLLOUTS_", extra="ignore")
+
+    min_requests: int | None = Field(default=None, ge=1)
+    min_latency_points: int | None = Field(default=None, ge=1)
+    max_inconclusive: int = Field(default=3, ge=0, le=100)
+    replicas: int = Field(default=1, ge=1, le=9)
+    sub_window_s: float = Field(default=2.0, gt=0, le=60)
+
+    def judge_overrides(self) -> dict[str, Any]:
+        overrides = {
+            "min_requests": self.min_requests,
+            "min_latency_points": self.min_latency_points,
+        }
+        return {key: value for key, value in overrides.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m yardarm.local.rollout_controller",
+        description="Run a local stack's rollout controller.",
+    )
+    parser.add_argument("--home", type=Path, required=True, help="the stack's state directory")
+    args = parser.parse_args(argv)
+    home: Path = args.home.resolve()
+
+    # Imported here: aiohttp, the kit and the engine only once the arguments are good.
+    from aiohttp import web
+    from yardarm_kit import Service, ServiceSettings
+    from yardarm_kit.access import admin_only
+
+    from yardarm.certificates import StackCertificates
+    from yardarm.control_kv import ControlKv
+    from yardarm.credentials import StackCredentials
+    from yardarm.local.desired import read_topology
+    from yardarm.local.render import LOOPBACK
+    from yardarm.local.rollout_effects import LocalEffects
+    from yardarm.rollout.api import RolloutController, add_routes
+    from yardarm.rollout.engine import EngineConfig
+    from yardarm.rollout.state import RolloutStore
+
+    topology = read_topology(home)
+    if topology is None:
+        print(f"no stack has run from {home}", file=sys.stderr)
+        return 2
+    tuning = ControllerSettings()
+    certificates = StackCertificates(home) if topology.tls.enabled else None
+    own = certificates.service(INSTANCE) if certificates else None
+    settings = ServiceSettings(
+        service=INSTANCE,
+        instance=INSTANCE,
+        environment=topology.environment,
+        host=LOOPBACK,
+        port=topology.rollouts_port,
+        state_dir=home,
+        flags_file=None,
+        tls_cert_file=own.cert_file if own else None,
+        tls_key_file=own.key_file if own else None,
+        tls_ca_file=certificates.ca_file if certificates else None,
+    )
+    service = Service(settings)
+    token = StackCredentials(home).token("admin")
+    authorizer = admin_only(token, "yardarm-rollouts")
+    scheme = topology.tls.scheme
+    kv = ControlKv(
+        [f"{scheme}://{LOOPBACK}:{topology.datastore_port(i)}"
+         for i in range(topology.services.datastore.replicas)],
+        token,
+        verify=service.client_ssl() or True,
+    )  # fmt: skip
+    effects = LocalEffects(home, sub_window_s=tuning.sub_window_s)
+    controller = RolloutController(
+        RolloutStore(kv),
+        effects,
+        tuning.judge_overrides(),
+        EngineConfig(replicas=tuning.replicas, max_inconclusive=tuning.max_inconclusive),
+        tuning.sub_window_s,
+    )
+
+    def guard(request: web.Request) -> None:
+        authorizer.require_admin(request)
+
+    add_routes(service, controller, guard, secured=True)
+    service.on_startup(controller.resume)
+    service.on_shutdown(controller.stop)
+
+    async def close_effects() -> None:
+        effects.close()
+
+    service.on_shutdown(close_effects)
+    try:
+        service.run()
+    except OSError as exc:
+        service.log.error("cannot start: %s", exc, extra={"event": "start_failed"})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
