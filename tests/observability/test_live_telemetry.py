@@ -220,6 +220,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             timeout=10,
         )
         assert ejected.status_code in (200, 201), ejected.text
+        # And the canary's only endpoint for a moment: its pool balances in panic mode.
+        canary_port = json.loads((stack.home / "ports.json").read_text())["orders-canary-0"]
+        ejected = httpx.post(
+            f"{admin}/admin/upstreams/orders/ejections",
+            json={"endpoint": f"http://127.0.0.1:{canary_port}", "duration_s": 10},
+            headers=auth,
+            timeout=10,
+        )
+        assert ejected.status_code in (200, 201), ejected.text
         # Consumers fail a share of deliveries for a while: redeliveries, failures.
         _set_consumer_errors(stack, "some")
         asyncio.run(_publish_unknown_command(f"nats://127.0.0.1:{topology_ports + 40}"))
