@@ -337,7 +337,7 @@ def _working(view: dict[str, Any]) -> set[str]:
 
 
 def test_top_shows_every_service_working_from_prometheus(live: LiveStack) -> None:
-    view = _top(live)
+    view = _top(live, window="15s")  # a busy machine may scrape late: several samples
     assert view["source"] == "prometheus"
     assert _working(view) == {"gateway", "orders", "fulfillment", "datastore"}
     tracks = {(r["service"], r["track"]) for r in view["rows"]}
