@@ -165,34 +165,32 @@ def service_url(home: Path, port: int) -> str:
     return f"{scheme}://127.0.0.1:{port}"
 
 
-def gateway_url(home: Path) -> str | None:
-    """The running gateway's base URL, if a stack is running here."""
+def _running_port(home: Path, service: str) -> int | None:
+    """The port of a running stack's first instance of `service`, if any."""
     if not is_running(home):
         return None
     for status in read_status(home):
-        if status.service == "gateway" and status.port:
-            return service_url(home, status.port)
+        if status.service == service and status.port:
+            return status.port
     return None
+
+
+def gateway_url(home: Path) -> str | None:
+    """The running gateway's base URL, if a stack is running here."""
+    port = _running_port(home, "gateway")
+    return None if port is None else service_url(home, port)
 
 
 def prometheus_url(home: Path) -> str | None:
     """The running stack's Prometheus, if it runs one (plain http on loopback)."""
-    if not is_running(home):
-        return None
-    for status in read_status(home):
-        if status.service == "prometheus" and status.port:
-            return f"http://127.0.0.1:{status.port}"
-    return None
+    port = _running_port(home, "prometheus")
+    return None if port is None else f"http://127.0.0.1:{port}"
 
 
 def rollout_controller_url(home: Path) -> str | None:
     """The running stack's rollout controller (`yardarm rollout ...` talks to it)."""
-    if not is_running(home):
-        return None
-    for status in read_status(home):
-        if status.service == "rollouts" and status.port:
-            return service_url(home, status.port)
-    return None
+    port = _running_port(home, "rollouts")
+    return None if port is None else service_url(home, port)
 
 
 def metrics_urls(home: Path) -> list[str]:
