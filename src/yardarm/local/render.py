@@ -74,6 +74,9 @@ class InstanceSpec(BaseModel):
     # A gateway upstream's instance: the upstream and the URL every gateway replica dials.
     upstream: str | None = None
     endpoint: str | None = None
+    # Instances that must not be down together (a Raft group keeps its quorum): one of
+    # a group is stopped for a replacement only while every other one answers ready.
+    disruption_group: str | None = None
 
 
 def urls(topology: Topology) -> dict[str, str]:
@@ -353,6 +356,7 @@ def instances(topology: Topology, home: Path) -> list[InstanceSpec]:
                 track=inst.track,
                 upstream="orders" if inst.service == "orders" else None,
                 endpoint=f"{scheme}://{LOOPBACK}:{port}" if inst.service == "orders" else None,
+                disruption_group="datastore" if inst.service == "datastore" else None,
             )
         )
     specs.append(

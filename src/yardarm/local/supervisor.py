@@ -454,6 +454,10 @@ class Supervisor:
             if inst.spec.version == spec.version:
                 inst.spec = spec  # any other change applies at its next start
                 continue
+            unsafe = await self._group_ready(inst)
+            if unsafe is not None:  # left on its version; the next reconcile tries again
+                problems.append(unsafe)
+                continue
             problems += await self._retire([inst], stop=True)
             inst.spec = spec
             inst.ready.clear()
@@ -475,6 +479,29 @@ class Supervisor:
         self.save()
         log.info("generation %d reconciled", generation)
         return problems
+
+    async def _group_ready(self, inst: _Instance) -> str | None:
+        """Wait until every other member of `inst`'s disruption group answers ready (at
+        most the ready timeout), so stopping `inst` leaves the rest whole; the problem
+        when they do not."""
+        group = inst.spec.disruption_group
+        others = [
+            other for other in self.instances
+            if other is not inst and group is not None and other.spec.disruption_group == group
+        ]  # fmt: skip
+        deadline = time.monotonic() + self.timings.ready_timeout
+        while others:
+            ready = await asyncio.gather(*(readiness.probe(other.spec) for other in others))
+            if all(ready):
+                break
+            if time.monotonic() > deadline:
+                down = ", ".join(o.spec.name for o, ok in zip(others, ready, strict=True) if not ok)
+                return (
+                    f"{inst.spec.name} was not replaced: {down} of its group {group} is not "
+                    "ready, and stopping it too could cost the group its quorum"
+                )
+            await asyncio.sleep(PROBE_INTERVAL_S)
+        return None
 
     async def _await_ready(self, insts: list[_Instance]) -> list[str]:
         """Wait until each instance is ready or its start failed; the failures."""

@@ -1,7 +1,15 @@
 """Wires a Raft replica into a kit Service: recovery before listening, metrics, admin,
-and who may reach what (the access document, the peer secret, TLS)."""
+who may reach what (the access document, the peer secret, TLS), and a stop that hands
+leadership over before draining (a rolling restart costs the group no election).
+
+Readiness means caught up: a voter that has applied what its leader had committed a
+moment ago. A supervisor that replaces one replica at a time waits for that before it
+takes down the next, so the group never runs short of an up-to-date majority.
+"""
 
 from __future__ import annotations
+
+import time
 
 from yardarm_kit import Service, tls
 from yardarm_kit.access import AccessDocument, Authorizer, read_token
@@ -17,6 +25,49 @@ FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
                  0.5, 1.0, 2.5)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ROLES = tuple(role.value for role in Role)
+# A readiness probe's ReadIndex round: well within the kit's bound on a check (2 s).
+READY_ROUND_S = 1.0
+
+
+class DatastoreService(Service):
+    """The kit's Service, with a step before the drain: a leader hands leadership to its
+    most up-to-date follower (bounded by `transfer_timeout_s`, logged), so the group
+    does not wait out an election timeout once it stops. A follower just drains."""
+
+    def __init__(self, settings: DatastoreSettings) -> None:
+        super().__init__(settings)
+        self.transfer_timeout_s = settings.transfer_timeout_s
+        self.replica: Replica | None = None
+
+    async def drain(self) -> None:
+        if self.replica is not None and self.transfer_timeout_s > 0:
+            try:
+                await hand_off(self, self.replica, self.transfer_timeout_s)
+            except Exception:  # the drain goes on whatever happened
+                self.log.exception("the leadership hand-over failed")
+        await super().drain()
+
+
+async def hand_off(service: Service, replica: Replica, timeout_s: float) -> None:
+    """Hand leadership away if this replica leads, and say how it went."""
+    was = replica.status()
+    if was.get("role") != Role.LEADER.value:
+        return
+    started = time.perf_counter()
+    successor = await replica.hand_off(timeout_s)
+    elapsed = time.perf_counter() - started
+    if successor is None:
+        service.log.warning(
+            "stopping as the leader of term %d: no follower took over within %.3fs; the "
+            "group elects a leader once this replica is gone", was["term"], elapsed,
+            extra={"event": "leader_transfer", "outcome": "failed", "elapsed_s": elapsed},
+        )  # fmt: skip
+        return
+    service.log.info(
+        "stopping: handed leadership to replica %d in %.3fs", successor, elapsed,
+        extra={"event": "leader_transfer", "outcome": "transferred", "to": successor,
+               "elapsed_s": elapsed},
+    )  # fmt: skip
 
 
 def replica_config(settings: DatastoreSettings) -> ReplicaConfig:
@@ -47,7 +98,7 @@ def replica_config(settings: DatastoreSettings) -> ReplicaConfig:
 
 def create_service(settings: DatastoreSettings) -> Service:
     """The datastore process: recovers its Raft log, joins its group, serves the KV API."""
-    service = Service(settings)
+    service = DatastoreService(settings)
     m = service.metrics
     append = m.histogram(
         "yardarm_datastore_raft_append_seconds",
@@ -69,6 +120,12 @@ def create_service(settings: DatastoreSettings) -> Service:
     applied = m.gauge("yardarm_datastore_raft_applied_index", "Highest log index applied.")
     changes = m.counter(
         "yardarm_datastore_raft_leader_changes_total", "Times this replica saw a new leader."
+    )
+    elected = m.counter(
+        "yardarm_datastore_raft_elections_won_total",
+        "Times this replica became the leader, by cause: transfer (handed over by the "
+        "leader, as in a rolling restart) or election (no leader heard in time).",
+        ("cause",),
     )
     snapshots = m.counter("yardarm_datastore_raft_snapshots_total", "Snapshots taken.")
     snapshot_bytes = m.gauge(
@@ -103,8 +160,12 @@ def create_service(settings: DatastoreSettings) -> Service:
         snapshots.inc()
         snapshot_bytes.set(size)
 
-    hooks = Hooks(on_persist, on_soft_state, on_progress, on_snapshot)
+    def on_elected(cause: str) -> None:
+        elected.inc(cause=cause)
+
+    hooks = Hooks(on_persist, on_soft_state, on_progress, on_snapshot, on_elected)
     replica = Replica(replica_config(settings), hooks)
+    service.replica = replica
     authorizer = None
     if settings.access_file is not None:
         authorizer = Authorizer(AccessDocument.load(settings.access_file), REALM)
@@ -127,7 +188,7 @@ def create_service(settings: DatastoreSettings) -> Service:
         )  # fmt: skip
 
     async def ready() -> bool:
-        return replica.ready
+        return await replica.caught_up(READY_ROUND_S)
 
     service.on_startup(recover)
     service.on_shutdown(replica.close)

@@ -51,6 +51,10 @@ class Unavailable(RuntimeError):
     """This replica cannot answer now (no leader, no quorum, closed); retry shortly."""
 
 
+class LeaderChanged(Unavailable):
+    """The leader a read was sent to lost its leadership before confirming it."""
+
+
 class Redirect(Exception):
     """Another replica leads: send the request there."""
 
@@ -97,6 +101,9 @@ class Hooks:
     on_soft_state: Callable[[SoftState, bool], None] = lambda state, leader_changed: None
     on_progress: Callable[[int, int], None] = lambda commit, applied: None
     on_snapshot: Callable[[int, int], None] = lambda index, size: None
+    # This replica became the leader: "transfer" (its predecessor handed over) or
+    # "election" (no leader was heard within an election timeout).
+    on_elected: Callable[[str], None] = lambda cause: None
 
 
 @dataclass
@@ -132,6 +139,7 @@ class Replica:
         self._since_snapshot = 0
         self._compacting = False
         self._soft = SoftState(Role.FOLLOWER, 0, 0)
+        self._soft_changed = asyncio.Event()  # set (and replaced) on every change
         self._leader_changes = 0
         self._failed: BaseException | None = None
         self._synced_term_vote = (0, 0)
@@ -297,10 +305,19 @@ class Replica:
                 )  # fmt: skip
                 # Reads waiting on another leader (or on us, if we lost it) are lost.
                 self._fail_reads(
-                    Unavailable("the leader changed before the read was confirmed"),
+                    LeaderChanged("the leader changed before the read was confirmed"),
                     keep=rd.soft_state.leader,
                 )
+            if rd.soft_state.role is Role.LEADER and self._soft.role is not Role.LEADER:
+                cause = "transfer" if node.elected_by_transfer else "election"
+                log.info(
+                    "elected leader in term %d by %s", rd.soft_state.term, cause,
+                    extra={"event": "elected", "term": rd.soft_state.term, "cause": cause},
+                )  # fmt: skip
+                self.hooks.on_elected(cause)
             self._soft = rd.soft_state
+            self._soft_changed.set()
+            self._soft_changed = asyncio.Event()
             self.hooks.on_soft_state(rd.soft_state, changed)
         self.hooks.on_progress(node.commit, node.applied)
         self._maybe_snapshot()
@@ -460,9 +477,11 @@ class Replica:
         On the leader the entry's (term, index) tells whether it took effect. A follower
         hands the command to the leader over the Raft stream (as etcd's followers do)
         and recognizes it by a request id when its own state machine applies it, so the
-        answer comes from here without a second HTTP hop."""
-        node = self._check()
-        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        answer comes from here without a second HTTP hop. While leadership moves (a
+        transfer, an election) the write waits for it to settle (`_settled`)."""
+        loop = asyncio.get_running_loop()
+        node = await self._settled(loop.time() + self.config.commit_timeout_s)
+        future: asyncio.Future[Outcome | None] = loop.create_future()
         try:
             if node.role is Role.LEADER:
                 data = json.dumps(command, separators=(",", ":"), allow_nan=False).encode()
@@ -490,31 +509,61 @@ class Replica:
         assert outcome is not None
         return outcome
 
-    async def barrier(self) -> None:
-        """Wait until local state reflects every write committed before this call."""
-        node = self._check()
-        request = next(self._read_ids)
-        try:
-            node.read_index(request)  # a follower hands it to its leader
-        except NotLeader:
-            raise Unavailable(NO_LEADER) from None
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        """Wait until local state reflects every write committed before this call (at
+        most `timeout_s`, by default the commit timeout). A read whose leader loses its
+        leadership first is asked again of the next one (reads are safe to repeat)."""
+        bound = self.config.commit_timeout_s if timeout_s is None else timeout_s
         loop = asyncio.get_running_loop()
-        confirmed: asyncio.Future[int] = loop.create_future()
-        self._reads[request] = (node.leader, confirmed)
-        self._wake.set()
-        applied: asyncio.Future[None] = loop.create_future()
-        try:
-            async with asyncio.timeout(self.config.commit_timeout_s):
-                index = await confirmed
-                if index > node.applied:
-                    self._apply_waiters.append((index, applied))
-                    await applied
-        except TimeoutError:
-            self._reads.pop(request, None)
-            raise Unavailable(
-                f"no quorum confirmed this replica's leadership within "
-                f"{self.config.commit_timeout_s:g}s; retry shortly"
-            ) from None
+        deadline = loop.time() + bound
+        while True:
+            node = await self._settled(deadline)
+            request = next(self._read_ids)
+            try:
+                node.read_index(request)  # a follower hands it to its leader
+            except NotLeader:
+                raise Unavailable(NO_LEADER) from None
+            confirmed: asyncio.Future[int] = loop.create_future()
+            self._reads[request] = (node.leader, confirmed)
+            self._wake.set()
+            applied: asyncio.Future[None] = loop.create_future()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    index = await confirmed
+                    if index > node.applied:
+                        self._apply_waiters.append((index, applied))
+                        await applied
+                return
+            except LeaderChanged:
+                continue
+            except TimeoutError:
+                self._reads.pop(request, None)
+                raise Unavailable(
+                    f"no quorum confirmed this replica's leadership within {bound:g}s; "
+                    "retry shortly"
+                ) from None
+
+    async def _settled(self, deadline: float) -> RaftNode:
+        """The node once leadership is settled: a leader is known and it is not this
+        replica handing over. A transfer settles within a few round trips, so a request
+        waits for it rather than fail: this replica's own hand-over at most for the
+        core's transfer window (an election timeout), an unknown leader at most half an
+        election timeout, so a replica cut off from its group still answers promptly
+        (Unavailable); never past `deadline` (the loop's clock)."""
+        node = self._check()
+
+        def settled() -> bool:
+            return node.leader != 0 and not node.transferring
+
+        if not settled():
+            election_s = self.config.election_ticks * self.config.tick_s
+            bound = election_s if node.transferring else election_s / 2
+            remaining = deadline - asyncio.get_running_loop().time()
+            await self._until(settled, min(bound, remaining))
+            node = self._check()
+            if not settled():
+                raise Unavailable(NO_LEADER if node.leader == 0 else "leadership is moving")
+        return node
 
     async def get(self, key: str, *, linearizable: bool = True) -> Entry | None:
         if linearizable:
@@ -547,6 +596,62 @@ class Replica:
         except TimeoutError:
             raise Unavailable("the membership change did not commit in time") from None
         return index
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Whether this replica is a voter that has applied everything its leader had
+        committed a moment ago (a ReadIndex round confirmed by a quorum, within
+        `timeout_s`): what readiness means, so a replica restarted into the group is not
+        counted on before it has caught up."""
+        if not self.ready:
+            return False
+        try:
+            await self.barrier(timeout_s)
+        except Unavailable:
+            return False
+        return True
+
+    async def hand_off(self, timeout_s: float) -> int | None:
+        """If this replica leads, hand leadership to its most up-to-date healthy follower
+        and wait until another replica leads (at most `timeout_s`, trying again when an
+        attempt lapses); the new leader's id, or None: not the leader, no follower fit
+        to take over, or not done in time (the group then elects one itself once this
+        replica is gone)."""
+        node = self.node
+        if node is None or not self._open or self._failed is not None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        attempt = self.config.election_ticks * self.config.tick_s  # the core's own limit
+        while node.role is Role.LEADER and loop.time() < deadline:
+            target = node.transfer_target()
+            if target == 0:
+                return None
+            if not node.transferring:
+                node.transfer_leadership(target)
+                self._wake.set()
+            remaining = deadline - loop.time()
+            await self._until(lambda: node.role is not Role.LEADER, min(attempt, remaining))
+        if node.role is Role.LEADER:
+            return None
+        # Stepped down: wait to hear who leads now (the first append of the new term).
+        mine = self.config.node_id
+        await self._until(lambda: node.leader not in (0, mine), deadline - loop.time())
+        return node.leader if node.leader not in (0, mine) else None
+
+    async def _until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until `done()` (at most `timeout_s`), looking again whenever the soft
+        state changes and at every tick (a transfer lapses without changing it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._soft_changed.wait(), min(remaining, self.config.tick_s)
+                )
+        return True
 
     def transfer(self, to: int) -> None:
         node = self._check()

@@ -39,7 +39,9 @@ class DatastoreSettings(ServiceSettings):
     other replicas can reach). `data_dir` is the one place the replica writes (its log
     and snapshots): a volume in a container, whatever `state_dir` is. On SIGTERM the
     HTTP API drains (the kit's `drain_delay_s`) while the replica stays in its group;
-    the Raft listener closes after the HTTP listener, with the replica.
+    the Raft listener closes after the HTTP listener, with the replica. A leader first
+    hands leadership to its most up-to-date follower (`transfer_timeout_s` at most; 0
+    turns the hand-over off), so the group goes on without waiting out an election.
     """
 
     model_config = SettingsConfigDict(env_prefix="YARDARM_DATASTORE_", extra="ignore")
@@ -55,6 +57,8 @@ class DatastoreSettings(ServiceSettings):
     election_ticks: int = Field(default=20, ge=2, le=1000)
     snapshot_entries: int = Field(default=10_000, ge=10)
     commit_timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
+    # On SIGTERM a leader hands leadership over before it drains, for at most this long.
+    transfer_timeout_s: float = Field(default=3.0, ge=0.0, le=60.0)
     access_file: Path | None = None
     peer_token_file: Path | None = None
 

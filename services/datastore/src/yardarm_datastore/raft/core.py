@@ -146,6 +146,12 @@ class RaftNode:
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
         self._transferee = 0
+        self._campaign_forced = False  # the running campaign was asked for by a transfer
+        # Commands forwarded to this leader while it handed over, never appended: passed
+        # to the next leader it hears from (or appended, if the transfer lapses).
+        self._held: list[bytes] = []
+        self._held_at = 0
+        self.elected_by_transfer = False  # this leadership began with a transfer
         self._pending_conf = 0
         self._msgs: list[Message] = []
         self._early: list[Message] = []
@@ -156,6 +162,7 @@ class RaftNode:
         self._hb_seq = 0
         self._hb_sent_tick: dict[int, int] = {}
         self._hb_acks: dict[int, int] = {}
+        self._last_heard: dict[int, int] = {}  # leader: follower -> tick of its last answer
         self._now = 0
         self._timeout_now_tick = -(10**9)
         self._commit_to(min(hs.commit, self.log.last_index))
@@ -197,7 +204,10 @@ class RaftNode:
         self._election_elapsed += 1
         if self.role is Role.LEADER:
             self._tick_leader()
-        elif self._election_elapsed >= self._timeout and self._promotable():
+            return
+        if self._held and self._now - self._held_at > self.config.election_ticks:
+            self._held = []  # no leader heard from in time: the callers time out
+        if self._election_elapsed >= self._timeout and self._promotable():
             self._election_elapsed = 0
             self._start_election(pre_vote=self.config.pre_vote)
 
@@ -215,6 +225,7 @@ class RaftNode:
                 return
             if self._transferee:
                 self._transferee = 0  # the transfer took too long; take proposals again
+                self._append_held()
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -247,6 +258,7 @@ class RaftNode:
             self.vote = self.id
             self._votes = {self.id: True}
             msg_type, term = MsgType.VOTE, self.term
+        self._campaign_forced = transfer
         self._timeout = self._random_timeout()
         if self._tally() >= self.quorum:
             self._won(msg_type)
@@ -290,6 +302,7 @@ class RaftNode:
         self._reads_awaiting_commit = []
         self._hb_acks = {}
         self._hb_sent_tick = {}
+        self._last_heard = {}
 
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)
@@ -300,11 +313,18 @@ class RaftNode:
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader = self.id
+        self.elected_by_transfer = self._campaign_forced
         for node in self.voters:
             if node != self.id:
                 self._progress[node] = self._new_progress()
         self._pending_conf = self.log.last_index  # no membership change before this commits
         self._append_local([(EntryKind.NOOP, b"")])
+        self._append_held()
+
+    def _append_held(self) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            self._append_local([(EntryKind.NORMAL, data) for data in held])
 
     def _new_progress(self) -> Progress:
         pr = Progress(self.log.last_index + 1, self.config.max_inflight)
@@ -406,6 +426,10 @@ class RaftNode:
             self._become_follower(self.term, msg.src)
         self.leader = msg.src
         self._election_elapsed = 0
+        if self._held:  # what was forwarded here during a hand-over goes to the successor
+            held, self._held = self._held, []
+            entries = tuple(Entry(0, 0, EntryKind.NORMAL, data) for data in held)
+            self._send(Message(MsgType.PROPOSE, self.id, msg.src, self.term, entries=entries))
 
     def _on_append(self, msg: Message) -> None:
         self._heard_from_leader(msg)
@@ -484,8 +508,15 @@ class RaftNode:
         )
 
     def _on_propose(self, msg: Message) -> None:
-        if self.role is not Role.LEADER or self._transferee:
+        if self.role is not Role.LEADER:
             return  # dropped: the follower's caller times out and may retry
+        if self._transferee:
+            # Handing over: hold them for the successor. They were never appended here,
+            # so passing them on (or appending them if the transfer lapses) adds each once.
+            if not self._held:
+                self._held_at = self._now
+            self._held.extend(e.data for e in msg.entries)
+            return
         self._append_local([(EntryKind.NORMAL, e.data) for e in msg.entries])
 
     def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
@@ -571,6 +602,7 @@ class RaftNode:
         pr = self._progress.get(msg.src) if self.role is Role.LEADER else None
         if pr is not None:
             pr.recent_active = True
+            self._last_heard[msg.src] = self._now
         return pr
 
     def _on_append_resp(self, msg: Message) -> None:
@@ -752,9 +784,33 @@ class RaftNode:
 
     # -- leader transfer -----------------------------------------------------------------
 
+    @property
+    def transferring(self) -> bool:
+        """Whether this leader is handing leadership over: it refuses proposals of its
+        own and holds those forwarded to it for its successor."""
+        return self.role is Role.LEADER and self._transferee != 0
+
+    def transfer_target(self) -> int:
+        """The follower best placed to take over: among the voters heard from within half
+        an election timeout (alive and reachable) and replicated to normally (not
+        probed, not sent a snapshot), the one whose log matches furthest; 0 when no
+        follower qualifies. Leader only."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        since = self._now - self.config.election_ticks // 2
+        ranked = [
+            (pr.match, node)
+            for node, pr in self._progress.items()
+            if node in self.voters
+            and pr.state is ProgressState.REPLICATE
+            and self._last_heard.get(node, since - 1) >= since
+        ]
+        return max(ranked)[1] if ranked else 0
+
     def transfer_leadership(self, to: int) -> None:
         """Hand leadership to `to` (after bringing its log up to date); proposals are
-        refused meanwhile, and the attempt ends after an election timeout."""
+        refused meanwhile (forwarded ones held for the successor), and the attempt ends
+        after an election timeout."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         if to == self.id:
