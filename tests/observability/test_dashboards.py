@@ -19,7 +19,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from tests.observability.binaries import require_binary
 from yardarm.observability import dashboards, stack
-from yardarm.observability.metrics_catalog import reference_problems, selectors
+from yardarm.observability.metrics_catalog import label_names, reference_problems, selectors
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "observability" / dashboards.DIRECTORY
@@ -118,13 +118,22 @@ def test_queries_name_only_existing_series_and_labels(uid: str, title: str, expr
 def test_every_selector_is_narrowed_by_the_variables(uid: str, title: str, expr: str) -> None:
     """Each series is filtered on $environment and $track, on $service unless the
     dashboard is one service's, and on $version unless it is the gateway's view of an
-    upstream (the gateway's series carry the gateway's version, not the upstream's)."""
+    upstream (the gateway's series carry the gateway's version, not the upstream's) or
+    the rollout controller's view of a rolled service (likewise: `rollout_service`, and
+    `rollout_track` where the series has one)."""
     service = SERVICE_DASHBOARDS.get(uid)
     for selector in selectors(expr):
         where = f"{uid} / {title}: {selector.name}"
         assert "$environment" in selector.values("environment"), where
-        assert "$track" in selector.values("track") + selector.values("upstream_track"), where
-        upstream_view = "$service" in selector.values("upstream")
+        controller_view = "$service" in selector.values("rollout_service")
+        if controller_view:
+            assert selector.values("service") == [stack.ROLLOUT_CONTROLLER], where
+            if "rollout_track" in label_names(selector.name):
+                assert "$track" in selector.values("rollout_track"), where
+        else:
+            tracks = selector.values("track") + selector.values("upstream_track")
+            assert "$track" in tracks, where
+        upstream_view = "$service" in selector.values("upstream") or controller_view
         if service is None:
             assert upstream_view or "$service" in selector.values("service"), where
         else:
@@ -244,3 +253,23 @@ def test_the_rollouts_dashboard_compares_canary_with_baseline_and_shows_weights(
     for title in ("Error ratio: canary vs baseline", "p99 latency: canary vs baseline"):
         assert 'track=~"canary|baseline"' in exprs[title]
         assert re.search(r"by \((le, )?service, track\)", exprs[title]), title
+
+
+def test_the_rollouts_dashboard_shows_what_the_controller_did() -> None:
+    """Each rollout's phase, weights, events, verdicts and notifications, from the
+    controller's own series, per rolled service."""
+    exprs = {title: expr for uid, title, expr in QUERIES if uid == "yardarm-rollouts"}
+    shown = {
+        "Rollout phase per service": "yardarm_rollout_phase{",
+        "Rollout weights per track": "yardarm_rollout_weight{",
+        "Rollout events": "yardarm_rollout_events_total{",
+        "Analyses by outcome and rule": "yardarm_rollout_analyses_total{",
+        "Webhook notifications": "yardarm_rollout_webhook_deliveries_total{",
+    }
+    for title, series in shown.items():
+        assert series in exprs[title], title
+        assert re.search(r"by \(rollout_service\b", exprs[title]), title
+    assert "by (rollout_service, outcome, rule)" in exprs["Analyses by outcome and rule"]
+    phases = exprs["Rollout phase per service"]
+    for phase in ("progressing", "paused", "completed", "aborted", "failed"):
+        assert f'phase="{phase}"' in phases

@@ -8,6 +8,11 @@ consumer failures; NATS for a command no consumer understands. The services run 
 short saga timeouts and a small snapshot threshold (settings through the supervisor's
 environment) so that timeouts, re-sends and snapshots happen within the run.
 
+Before the faults, the stack's rollout controller rolls out the release that fails half
+its requests, and the judge rolls it back: the rollout panels show the controller's
+events, verdicts, phase and weights, and its notifications to a webhook that refuses
+every connection.
+
 What is asserted: every expression returns series (no misspelt metric or label, no
 panel empty after the events it shows), the traffic-driven ones have a non-zero value
 (nothing exists only because it was initialised), the datastore-without-leader alert
@@ -72,7 +77,13 @@ SERVICE_ENV = {
     "YARDARM_DATASTORE_SNAPSHOT_ENTRIES": "50",
     "YARDARM_FULFILLMENT_MAX_DELIVER": "3",
     "YARDARM_FULFILLMENT_BACKOFF_S": "[0.2, 0.5]",
+    # The rollout controller: short steps, and a webhook where nothing listens.
+    "YARDARM_ROLLOUTS_MIN_REQUESTS": "20",
+    "YARDARM_ROLLOUTS_MIN_LATENCY_POINTS": "4",
+    "YARDARM_ROLLOUTS_WEBHOOK_URL": "http://127.0.0.1:1/hooks/rollouts",
+    "YARDARM_ROLLOUTS_WEBHOOK_ATTEMPTS": "2",
 }
+ROLLOUT_BOUND_S = 150  # starting the tracks, a 10 s step and its extensions, stopping
 SCRAPE_S = 1.0  # the stack Prometheus' default scrape interval
 LOAD_S = 420  # longer than the whole module needs; killed at the end
 # Dashboard variables, as a user with "All" selected would send them.
@@ -107,6 +118,7 @@ class LiveStack:
     stack: Stack
     prometheus: str
     no_leader_fired: bool
+    rolled_back: dict[str, Any]
 
 
 def _prometheus(stack: Stack) -> str:
@@ -183,6 +195,24 @@ def _wait_alert(base: str, name: str, bound_s: float) -> bool:
     return False
 
 
+def _failed_rollout(stack: Stack) -> dict[str, Any]:
+    """A rollout of the release that fails half its requests, through the stack's rollout
+    controller, until the judge rolls it back."""
+    stack.cli(
+        *("rollout", "start", "orders", "--version", "0.3.0-errors", "--steps", "10,100"),
+        *("--step-duration", "10s", "--analysis-interval", "2s"),
+    )
+    deadline = time.monotonic() + ROLLOUT_BOUND_S
+    while time.monotonic() < deadline:
+        rollout: dict[str, Any] = json.loads(
+            stack.cli("rollout", "status", "orders", "--json").stdout
+        )
+        if rollout["phase"] not in ("progressing", "paused"):
+            return rollout
+        time.sleep(1.0)
+    raise AssertionError("the rollout of 0.3.0-errors did not end")
+
+
 def _wait_leader(base: str, bound_s: float) -> None:
     deadline = time.monotonic() + bound_s
     expr = 'max(yardarm_datastore_raft_role{role="leader"})'
@@ -205,6 +235,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     try:
         base = _prometheus(stack)
         topology_ports = stack.base_port
+        rolled_back = _failed_rollout(stack)
+        assert rolled_back["phase"] == "failed", rolled_back["events"]
         # A canary of the release that fails half its requests, and a baseline of stable
         # beside it, each taking a tenth of the orders routes.
         stack.cli("scale", "orders", "1", "--track", "canary", "--version", "0.3.0-errors")
@@ -257,7 +289,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         _wait_leader(base, bound_s=60)
         time.sleep(20)  # traffic flows again across every panel's window
         assert load.running(), "the load ended before the checks"
-        yield LiveStack(stack, base, fired)
+        yield LiveStack(stack, base, fired, rolled_back)
     finally:
         load.__exit__()
         stack.cli("down", check=False)
@@ -314,6 +346,43 @@ def test_the_rollout_panels_see_the_canary_and_its_baseline(live: LiveStack) -> 
         '{route="api-orders"}[1m]))',
     )
     assert {s["metric"]["upstream_track"] for s in served} >= {"stable", "canary", "baseline"}
+
+
+def test_the_rollout_controller_is_scraped_and_reports_the_rollout_it_rolled_back(
+    live: LiveStack,
+) -> None:
+    up = query(live.prometheus, 'up{job="rollouts"}')
+    assert [(u["metric"]["instance"], u["value"][1]) for u in up] == [("rollouts", "1")]
+    events = query(
+        live.prometheus, 'sum by (kind) (yardarm_rollout_events_total{rollout_service="orders"})'
+    )
+    counted = {e["metric"]["kind"]: float(e["value"][1]) for e in events}
+    stored = [event["kind"] for event in live.rolled_back["events"]]
+    assert counted == {kind: float(stored.count(kind)) for kind in set(stored)}
+    analyses = query(
+        live.prometheus,
+        'sum by (outcome, rule) (yardarm_rollout_analyses_total{rollout_service="orders"})',
+    )
+    judged = [
+        (event["data"]["verdict"]["outcome"], event["data"]["verdict"]["rule"])
+        for event in live.rolled_back["events"]
+        if event["kind"] == "verdict"
+    ]
+    assert ("fail", live.rolled_back["verdicts"][-1]["rule"]) in judged
+    assert {
+        (a["metric"]["outcome"], a["metric"]["rule"]): float(a["value"][1]) for a in analyses
+    } == {verdict: float(judged.count(verdict)) for verdict in set(judged)}
+    phase = query(live.prometheus, 'yardarm_rollout_phase{rollout_service="orders"} == 1')
+    assert [p["metric"]["phase"] for p in phase] == ["failed"]
+    weights = query(live.prometheus, 'yardarm_rollout_weight{rollout_service="orders"}')
+    assert {w["metric"]["rollout_track"]: w["value"][1] for w in weights} == {"stable": "100"}
+    # Nothing listens where the webhook points: both notifications (started, failed)
+    # failed, after a retry each, and the rollout went on regardless.
+    failed = query(
+        live.prometheus,
+        'yardarm_rollout_webhook_deliveries_total{rollout_service="orders", outcome="failed"}',
+    )
+    assert [f["value"][1] for f in failed] == ["2"]
 
 
 def test_the_datastore_without_a_leader_alert_fired_when_the_quorum_went(

@@ -1,6 +1,7 @@
 """The local stack's Prometheus as rendered: a config promtool accepts, one job per
-service keeping the services' own labels, every instance a target (a gateway replica on
-its admin port), rewritten when the desired state changes, and none with --no-prometheus."""
+service and one for the rollout controller, keeping their own labels, every instance a
+target (a gateway replica on its admin port), rewritten when the desired state changes,
+and none with --no-prometheus."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_the_rendered_config_and_rules_pass_promtool(topology: Topology, tmp_pat
     config = yaml.safe_load(config_file.read_text())
     assert config["global"]["scrape_interval"] == "1s"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"gateway", "orders", "fulfillment", "datastore"}
+    assert set(jobs) == {"gateway", "orders", "fulfillment", "datastore", "rollouts"}
     assert all(job["honor_labels"] for job in jobs.values())
 
 
@@ -57,6 +58,7 @@ def test_every_instance_is_a_target_and_a_scale_rewrites_the_list(
     require_binary("prometheus")
     instances(topology, tmp_path)
     assert _targets(tmp_path, "gateway") == {"gateway-0": f"127.0.0.1:{BASE + 1}"}
+    assert _targets(tmp_path, "rollouts") == {"rollouts": f"127.0.0.1:{BASE + 46}"}
     assert _targets(tmp_path, "datastore") == {
         f"datastore-{i}": f"127.0.0.1:{BASE + 10 + i}" for i in range(3)
     }

@@ -1,5 +1,6 @@
-"""The metric catalog says what the services really register, and its PromQL reader
-catches the mistakes it exists for (a misspelt series, a label a series lacks)."""
+"""The metric catalog says what the services and the rollout controller really register,
+and its PromQL reader catches the mistakes it exists for (a misspelt series, a label a
+series lacks)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import pytest
 from yardarm.observability import metrics_catalog
 from yardarm.observability.metrics_catalog import reference_problems, selectors
 
-# Builds every service as its process would (without serving) and prints each one's
-# registry: family name -> (type, labels beyond the base ones). In a subprocess, since
-# building a service installs its logging and tracer globally.
+# Builds every service as its process would (without serving), and the rollout
+# controller's service with its telemetry, and prints each one's registry: family name ->
+# (type, labels beyond the base ones). In a subprocess, since building a service installs
+# its logging and tracer globally.
 _DUMP = """
 import json, sys, tempfile
 from pathlib import Path
 from yardarm_kit.metrics import BASE_LABELS
+from yardarm_kit import Service, ServiceSettings
 from yardarm_datastore.app import create_service
 from yardarm_datastore.settings import DatastoreSettings
 from yardarm_fulfillment.app import create_fulfillment
@@ -27,6 +30,7 @@ from yardarm_gateway.app import create_gateway
 from yardarm_gateway.settings import GatewaySettings
 from yardarm_orders.app import create_orders
 from yardarm_orders.settings import OrdersSettings
+from yardarm.rollout.telemetry import RolloutTelemetry, WebhookConfig
 
 root = Path(tempfile.mkdtemp())
 common = dict(port=1, span_files=False)
@@ -44,6 +48,17 @@ apps = {
         state_dir=root / "d", data_dir=root / "d" / "data", **common,
     )),
 }
+
+
+def controller():
+    service = Service(ServiceSettings(service="rollouts", state_dir=root / "r", **common))
+    RolloutTelemetry(
+        service.metrics, service.tracer, webhook=WebhookConfig("http://127.0.0.1:1/hook")
+    )
+    return service
+
+
+apps["rollouts"] = controller
 found = {}
 for name, build in apps.items():
     registry = build().metrics.registry
@@ -82,7 +97,7 @@ def test_the_catalog_is_what_each_service_registers(
         for metric in metrics_catalog.METRICS:
             if service in metric.services:
                 assert metric.name in families, f"{service} does not register {metric.name}"
-    assert set(registered) == set(metrics_catalog.SERVICES)
+    assert set(registered) == {*metrics_catalog.SERVICES, *metrics_catalog.CONTROLLERS}
 
 
 def test_every_catalogued_series_carries_the_identity_and_scrape_labels() -> None:

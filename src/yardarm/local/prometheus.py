@@ -1,10 +1,11 @@
 """The local stack's own Prometheus: Debian's (or any) `prometheus` binary, run by the
 supervisor like NATS and Postgres, scraping every instance on loopback.
 
-Its configuration lives under `<home>/prometheus/`: `prometheus.yml` (one job per service,
-from `yardarm.observability.scrape`), the project's rule files, and one file_sd file per
-service that every render rewrites, so a `yardarm scale` changes what is scraped without
-restarting Prometheus. Without a binary the stack runs without it, and says so.
+Its configuration lives under `<home>/prometheus/`: `prometheus.yml` (one job per service
+and one for the rollout controller, from `yardarm.observability.scrape`), the project's
+rule files, and one file_sd file per job that every render rewrites, so a `yardarm scale`
+changes what is scraped without restarting Prometheus. Without a binary the stack runs
+without it, and says so.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from yardarm.model import SERVICE_NAMES, Deployment, Instance, Topology
+from yardarm.model import Deployment, Instance, Topology
 from yardarm.observability.scrape import (
+    JOBS,
     prometheus_config,
     scrape_job,
     scrape_targets,
@@ -54,7 +56,7 @@ def metrics_address(topology: Topology, instance: Instance, port: int) -> str:
 
 
 def write_targets(deployment: Deployment, home: Path, ports: dict[str, int]) -> None:
-    """Rewrite each service's file_sd file (atomically: Prometheus watches them)."""
+    """Rewrite each job's file_sd file (atomically: Prometheus watches them)."""
     topology = deployment.topology
 
     def address(inst: Instance) -> str:
@@ -62,7 +64,8 @@ def write_targets(deployment: Deployment, home: Path, ports: dict[str, int]) -> 
 
     targets_dir = directory(home) / "targets"
     targets_dir.mkdir(parents=True, exist_ok=True)
-    for service, targets in scrape_targets(deployment, address).items():
+    controller = f"{LOOPBACK}:{topology.rollouts_port}"
+    for service, targets in scrape_targets(deployment, address, controller).items():
         text = yaml.safe_dump(target_groups(targets, topology.environment), sort_keys=False)
         path = targets_dir / f"{service}.yml"
         tmp = path.with_name(f".{path.name}.tmp")
@@ -85,12 +88,12 @@ def write_config(topology: Topology, home: Path, ca_file: str | None) -> Path:
             rule_files.append(str(path))
     jobs = [
         scrape_job(
-            service,
+            job,
             scheme=topology.tls.scheme,
             ca_file=ca_file,
-            file_sd=str(root / "targets" / f"{service}.yml"),
+            file_sd=str(root / "targets" / f"{job}.yml"),
         )
-        for service in SERVICE_NAMES
+        for job in JOBS
     ]
     interval = _seconds(topology.prometheus.scrape_interval_s)
     config = prometheus_config(

@@ -1,4 +1,4 @@
-"""Every series the services expose, with its labels.
+"""Every series the services and the rollout controller expose, with its labels.
 
 The one list that dashboards, recording rules, alerts and their tests check PromQL
 against, so a misspelt metric or a label a series does not carry fails offline instead
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from yardarm.observability.stack import ENVIRONMENT_LABEL, SERVICES
+from yardarm.observability.stack import CONTROLLERS, ENVIRONMENT_LABEL, SERVICES
 
 # Set by the kit on every series (`yardarm_kit.metrics.BASE_LABELS`).
 BASE_LABELS: Final = ("service", "version", "track", "instance")
@@ -24,7 +24,7 @@ SCRAPE_LABELS: Final = (ENVIRONMENT_LABEL, "job")
 Kind = Literal["counter", "gauge", "histogram"]
 HISTOGRAM_SUFFIXES: Final = ("_bucket", "_count", "_sum")
 
-_ALL = SERVICES
+_ALL = (*SERVICES, *CONTROLLERS)  # every process built on the kit's `Service`
 _CONSUMERS = ("orders", "fulfillment")
 
 
@@ -32,7 +32,8 @@ _CONSUMERS = ("orders", "fulfillment")
 class Metric:
     """One metric family: its own labels (beyond the base and scrape labels), the
     services that expose it, and whether a healthy stack under load produces it
-    (`healthy=False`: it appears only once something goes wrong, e.g. a retry)."""
+    (`healthy=False`: it appears only once something goes wrong, e.g. a retry, or once
+    something is done to the stack, e.g. a rollout)."""
 
     name: str
     kind: Kind
@@ -352,6 +353,14 @@ METRICS: Final[tuple[Metric, ...]] = (
         "Times this replica saw a new leader.",
     ),
     _m(
+        "yardarm_datastore_raft_elections_won_total",
+        "counter",
+        ("cause",),
+        ("datastore",),
+        "Times this replica became the leader, by cause: transfer (handed over by the "
+        "leader, as in a rolling restart) or election (no leader heard in time).",
+    ),
+    _m(
         "yardarm_datastore_raft_commit_index",
         "gauge",
         (),
@@ -416,6 +425,69 @@ METRICS: Final[tuple[Metric, ...]] = (
         (),
         ("datastore",),
         "The store's revision (count of applied writes).",
+    ),
+    # The rollout controller: about the services it rolls (`rollout_service`) and their
+    # tracks (`rollout_track`); its own `service`, `version` and `track` name the
+    # controller. Every series appears once a rollout was stored.
+    _m(
+        "yardarm_rollout_events_total",
+        "counter",
+        ("rollout_service", "kind"),
+        CONTROLLERS,
+        "Rollout events this controller stored, by kind (started, step, verdict, paused, "
+        "promoted, failed, aborted, completed).",
+        healthy=False,
+    ),
+    _m(
+        "yardarm_rollout_analyses_total",
+        "counter",
+        ("rollout_service", "outcome", "rule"),
+        CONTROLLERS,
+        "Analyses of a canary against its baseline, by verdict and deciding rule.",
+        healthy=False,
+    ),
+    _m(
+        "yardarm_rollout_weight",
+        "gauge",
+        ("rollout_service", "rollout_track"),
+        CONTROLLERS,
+        "Percentage (0-100) of the service's traffic its current or last rollout gives each "
+        "track, as stored (all on stable once it ended).",
+        healthy=False,
+    ),
+    _m(
+        "yardarm_rollout_running",
+        "gauge",
+        ("rollout_service",),
+        CONTROLLERS,
+        "1 while a rollout of the service runs (progressing or paused), else 0.",
+        healthy=False,
+    ),
+    _m(
+        "yardarm_rollout_phase",
+        "gauge",
+        ("rollout_service", "phase"),
+        CONTROLLERS,
+        "1 for the phase of the service's current or last rollout, 0 for the others.",
+        healthy=False,
+    ),
+    _m(
+        "yardarm_rollout_webhook_deliveries_total",
+        "counter",
+        ("rollout_service", "outcome"),
+        CONTROLLERS,
+        "Webhook notifications by outcome: delivered, failed (after every attempt, or "
+        "refused with a 4xx) or dropped (the queue was full).",
+        healthy=False,
+    ),
+    _m(
+        "yardarm_rollout_webhook_retries_total",
+        "counter",
+        ("rollout_service", "reason"),
+        CONTROLLERS,
+        "Webhook attempts retried, by why the last one failed (timeout, connect_error, "
+        "server_error, rate_limited).",
+        healthy=False,
     ),
 )
 

@@ -8,6 +8,10 @@ names the same thing as the instance's own series.
 
 Targets whose instances come and go (`yardarm scale`, a rollout) list them in file_sd
 files the control plane rewrites; Prometheus rereads them without a restart.
+
+The rollout controller is scraped too, as its own job (`rollouts`): its series say what
+each rollout does (events, analyses, weights, phase), its own identity labels name the
+controller, and `rollout_service` the service being rolled.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from yardarm.model import SERVICE_NAMES, Deployment, Instance
-from yardarm.observability.stack import ENVIRONMENT_LABEL
+from yardarm.observability.stack import ENVIRONMENT_LABEL, ROLLOUT_CONTROLLER
 
 METRICS_PATH = "/metrics"
+# Every job: one per service, and the rollout controller's.
+JOBS = (*SERVICE_NAMES, ROLLOUT_CONTROLLER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +37,21 @@ class ScrapeTarget:
 
 
 def scrape_targets(
-    deployment: Deployment, address: Callable[[Instance], str]
+    deployment: Deployment,
+    address: Callable[[Instance], str],
+    rollout_controller: str | None = None,
 ) -> dict[str, list[ScrapeTarget]]:
     """Every service's instances (the services without one included, as an empty list,
-    so a scaled-to-zero job keeps its file) with the address of their metrics."""
-    return {
+    so a scaled-to-zero job keeps its file) with the address of their metrics, and the
+    rollout controller at `rollout_controller` (host:port) where the target runs one."""
+    targets = {
         service: [ScrapeTarget(inst.name, address(inst)) for inst in deployment.of(service)]
         for service in SERVICE_NAMES
     }
+    targets[ROLLOUT_CONTROLLER] = (
+        [] if rollout_controller is None else [ScrapeTarget(ROLLOUT_CONTROLLER, rollout_controller)]
+    )
+    return targets
 
 
 def target_groups(targets: Sequence[ScrapeTarget], environment: str) -> list[dict[str, Any]]:

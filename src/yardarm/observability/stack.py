@@ -54,6 +54,11 @@ LOKI_DATA_PATH: Final = "/loki"
 ENVIRONMENT_LABEL: Final = "environment"
 # Scrape jobs are named after the services.
 SERVICES: Final = ("gateway", "orders", "fulfillment", "datastore")
+# The control plane's processes that are scraped too, a job each, named as their
+# `service` label: the rollout controller (`yardarm_rollout_*`, about the services it
+# rolls, in `rollout_service`).
+ROLLOUT_CONTROLLER: Final = "rollouts"
+CONTROLLERS: Final = (ROLLOUT_CONTROLLER,)
 
 # Logs reach Loki over OTLP (Loki 3's native ingestion): the resource attribute
 # `service.name` becomes the stream label `service_name`; `severity_text`, `trace_id` and

@@ -1,7 +1,11 @@
-"""Rollouts: how traffic is split between tracks, what each track and version serves, and
-the canary against its baseline (same traffic share, fresh instances, old release).
+"""Rollouts: where each rollout stands and what it decided, how traffic is split between
+tracks, what each track and version serves, and the canary against its baseline (same
+traffic share, fresh instances, old release).
 
-Two views of the same traffic: the gateway's (per route and upstream track; its series
+The rollout controller's view comes first: its series are about the service it rolls
+(`$service` narrows `rollout_service`, `$track` the `rollout_track` where a series has
+one; they carry the controller's own version, so `$version` does not narrow them). Then
+two views of the same traffic: the gateway's (per route and upstream track; its series
 carry the gateway's own version, so `$version` does not narrow them, `$service` and
 `$track` narrow the upstream) and the services' own (per track, version and route).
 """
@@ -23,6 +27,8 @@ from yardarm.observability.dashboards.common import (
     latency,
     quantile,
     ratio,
+    states,
+    sum_increase,
     sum_rate,
 )
 
@@ -60,15 +66,130 @@ _ROUTED = _gateway("yardarm_gateway_route_requests_total")
 _ROUTED_ERRORS = _gateway("yardarm_gateway_route_requests_total", 'code=~"5.."')
 
 
+def _controller(series: str, *extra: str) -> str:
+    """A rollout controller series about the selected services."""
+    matchers = (
+        f'{stack.ENVIRONMENT_LABEL}=~"$environment"',
+        f'service="{stack.ROLLOUT_CONTROLLER}"',
+        'rollout_service=~"$service"',
+        *extra,
+    )
+    return f"{series}{{{', '.join(matchers)}}}"
+
+
+# The phase gauge is 1 for the current phase and 0 for the others: one number per service.
+_PHASES = (
+    ("progressing", "1", "blue"),
+    ("paused", "2", "yellow"),
+    ("completed", "3", "green"),
+    ("aborted", "4", "orange"),
+    ("failed", "5", "red"),
+)
+
+
+def _phase_code() -> str:
+    return " + ".join(
+        f"{code} * "
+        + agg("max", ("rollout_service",), _controller("yardarm_rollout_phase", f'phase="{phase}"'))
+        for phase, code, _ in _PHASES
+    )
+
+
+def _controller_row() -> Row:
+    return Row(
+        "Rollouts (controller)",
+        [
+            states(
+                "Rollout phase per service",
+                "Where does each service's current or last rollout stand: progressing, "
+                "paused (waiting for `yardarm rollout promote`), or ended (completed, "
+                "aborted, failed)? `yardarm rollout status` says why it ended.",
+                Query(_phase_code(), "{{rollout_service}}"),
+                tuple((code, phase, colour) for phase, code, colour in _PHASES),
+            ),
+            graph(
+                "Rollout weights per track",
+                "What share of each service's traffic does its rollout give each track now, "
+                "as the controller stored it? The gateway's weights (next row) should "
+                "follow within seconds.",
+                "percent",
+                [
+                    Query(
+                        agg(
+                            "max",
+                            ("rollout_service", "rollout_track"),
+                            _controller("yardarm_rollout_weight", 'rollout_track=~"$track"'),
+                        ),
+                        "{{rollout_service}} → {{rollout_track}}",
+                    )
+                ],
+                max_value=100,
+                steps=True,
+            ),
+            graph(
+                "Rollout events",
+                "What happened to each rollout, per window: started, step, verdict, paused, "
+                "promoted, and how it ended (completed, failed, aborted)?",
+                "short",
+                [
+                    Query(
+                        sum_increase(
+                            ("rollout_service", "kind"),
+                            _controller("yardarm_rollout_events_total"),
+                        ),
+                        "{{rollout_service}} {{kind}}",
+                    )
+                ],
+                width=8,
+            ),
+            graph(
+                "Analyses by outcome and rule",
+                "How did the judge decide each analysis, per window: pass, inconclusive "
+                "(too few samples: the step is extended) or fail, and by which rule "
+                "(error-rate, latency, unavailable, starved, a guardrail)?",
+                "short",
+                [
+                    Query(
+                        sum_increase(
+                            ("rollout_service", "outcome", "rule"),
+                            _controller("yardarm_rollout_analyses_total"),
+                        ),
+                        "{{rollout_service}} {{outcome}} ({{rule}})",
+                    )
+                ],
+                width=8,
+            ),
+            graph(
+                "Webhook notifications",
+                "Did the rollout notifications reach the webhook (delivered), or not "
+                "(failed after every retry, dropped from a full queue)? No data: no "
+                "webhook is configured.",
+                "short",
+                [
+                    Query(
+                        sum_increase(
+                            ("rollout_service", "outcome"),
+                            _controller("yardarm_rollout_webhook_deliveries_total"),
+                        ),
+                        "{{rollout_service}} {{outcome}}",
+                    )
+                ],
+                width=8,
+            ),
+        ],
+    )
+
+
 def build() -> dm.Dashboard:
     return dashboard(
         UID,
         "Yardarm: rollouts",
-        "Where a rollout stands: the weights the gateway applies per route and track, the "
-        "traffic each track really gets, and whether the canary is worse than its "
-        "baseline.",
+        "Where a rollout stands: each rollout's phase, weights, events and verdicts, the "
+        "weights the gateway applies per route and track, the traffic each track really "
+        "gets, and whether the canary is worse than its baseline.",
         service=None,
         rows=[
+            _controller_row(),
             Row(
                 "Traffic split (gateway)",
                 [
