@@ -64,14 +64,16 @@ class Controller:
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return httpx.request(method, self.url + path, headers=self.headers, timeout=30, **kw)
 
-    def start(self, version: str, steps: list[int] | None = None) -> dict[str, Any]:
+    def start(self, version: str, steps: list[int] | None = None, **more: Any) -> dict[str, Any]:
         body = {
             "service": "orders",
             "version": version,
-            "steps": steps or [50, 100],
             "step_duration_s": STEP_S,
             "analysis_interval_s": INTERVAL_S,
+            **more,
         }
+        if more.get("strategy") != "blue-green":
+            body["steps"] = steps or [50, 100]
         answer = self.call("POST", "/rollouts", json=body)
         assert answer.status_code == 201, answer.text
         started: dict[str, Any] = answer.json()
@@ -101,6 +103,15 @@ def _orders_versions(stack: Stack) -> set[str]:
     return {row["version"] for row in stack.status() if row["service"] == "orders"}
 
 
+def _wait_versions(stack: Stack, versions: set[str], bound_s: float = ROLLOUT_BOUND_S) -> None:
+    """Until orders runs exactly `versions` (an ended rollout's tracks stop after the
+    instances it was starting are up: seconds on a busy machine)."""
+    deadline = time.monotonic() + bound_s
+    while (running := _orders_versions(stack)) != versions:
+        assert time.monotonic() < deadline, f"orders runs {running}, not {versions}"
+        time.sleep(1.0)
+
+
 def _failed(summary: dict[str, Any]) -> int:
     """Requests of a `yardarm load --json` run that did not succeed (5xx or transport)."""
     return sum(k["server_errors"] + k["transport_errors"] for k in summary["kinds"].values())
@@ -123,8 +134,7 @@ def test_bad_requests_and_a_second_rollout_are_refused(stack: Stack) -> None:
     assert ended["reason"] == "testing abort"
     history = api.call("GET", "/rollouts/orders/history").json()["rollouts"]
     assert history[0]["id"] == ended["id"]
-    time.sleep(2 * INTERVAL_S)  # the loop converges the abort: stable alone again
-    assert _orders_versions(stack) == {"0.1.0"}
+    _wait_versions(stack, {"0.1.0"})  # the loop converges the abort: stable alone again
 
 
 def test_a_failing_release_is_rolled_back_at_its_first_step(stack: Stack) -> None:
@@ -137,8 +147,8 @@ def test_a_failing_release_is_rolled_back_at_its_first_step(stack: Stack) -> Non
     assert [e["data"]["step"] for e in steps] == [0]  # never past its first step (50%)
     failed = next(e for e in ended["events"] if e["kind"] == "failed")
     assert failed["at"] - steps[0]["at"] <= 30.0
-    assert "request(s) failed on the canary" in failed["message"]
-    assert _orders_versions(stack) == {"0.1.0"}
+    assert "user request(s) failed on 0.3.0-errors" in failed["message"]
+    _wait_versions(stack, {"0.1.0"})
 
 
 def test_a_healthy_release_reaches_100_percent_by_itself(stack: Stack) -> None:
@@ -149,19 +159,108 @@ def test_a_healthy_release_reaches_100_percent_by_itself(stack: Stack) -> None:
         assert load.running(), "the load ended before the rollout"
         summary = load.summary(timeout=300)
     assert ended["phase"] == "completed", [e["message"] for e in ended["events"]]
-    # Failed requests are counted, not bounded: a busy CI machine has failed 57 of about
-    # 2,250 around the promotion, a quiet one none (docs/rollouts.md); blue-green, a
-    # later step, is the zero-failure path.
+    # Failed requests are counted, not bounded: a busy machine may fail a few around the
+    # canary's first requests, a quiet one none (docs/rollouts.md); blue-green is the
+    # zero-failure path, and its test bounds them at zero.
     assert summary["requests"] > 0 and _failed(summary) < summary["requests"]
-    assert _orders_versions(stack) == {"0.2.0"}
+    print(f"healthy canary: {_failed(summary)} of {summary['requests']} requests failed")
+    _wait_versions(stack, {"0.2.0"})
     stack.cli("down")
     stack.up()
-    assert _orders_versions(stack) == {"0.2.0"}
+    _wait_versions(stack, {"0.2.0"})
     # `undo` after a completed rollout goes back at once.
     api = Controller(stack)
     assert api.call("POST", "/rollouts/orders/undo").status_code == 200
     assert api.wait_end()["phase"] == "completed"
-    assert _orders_versions(stack) == {"0.1.0"}
+    _wait_versions(stack, {"0.1.0"})
+
+
+def test_subtle_regressions_are_caught_by_the_judges_own_rules(stack: Stack) -> None:
+    """+5% errors is rolled back before half the traffic and within 30 s of its first
+    request, the users' failed requests reported; +100 ms is failed by the latency rule
+    itself, not by a guardrail."""
+    api = Controller(stack)
+    with BackgroundLoad(stack, "--rate", "80", "--duration", "600s", "--timeout", "3s") as load:
+        # The documented default step (30 s): at 20 req/s per track the error test has
+        # 99.7% power by then (docs/rollouts.md); a 10 s step would often pass first.
+        api.start("0.3.0-flaky", steps=[25, 50, 100], step_duration_s=30.0)
+        flaky = api.wait_end()
+        api.start("0.3.0-laggy", steps=[25, 50, 100])
+        laggy = api.wait_end()
+        load.interrupt()
+        load.summary(timeout=60)
+    assert flaky["phase"] == "failed", [e["message"] for e in flaky["events"]]
+    steps = [e for e in flaky["events"] if e["kind"] == "step"]
+    assert [e["data"]["step"] for e in steps] == [0]  # failed at 25%
+    failed = next(e for e in flaky["events"] if e["kind"] == "failed")
+    assert failed["at"] - steps[0]["at"] <= 30.0
+    assert f"{failed['data']['user_failures']} user request(s) failed" in failed["message"]
+    print(f"+5% errors: {failed['message']}")
+    assert laggy["phase"] == "failed", [e["message"] for e in laggy["events"]]
+    verdicts = [e["data"]["verdict"] for e in laggy["events"] if e["kind"] == "verdict"]
+    assert (verdicts[-1]["outcome"], verdicts[-1]["rule"]) == ("fail", "latency"), verdicts[-1]
+    print(f"+100 ms: {verdicts[-1]['reason']}")
+    _wait_versions(stack, {"0.1.0"})
+
+
+def test_three_rollouts_of_an_identical_version_all_complete(stack: Stack) -> None:
+    """No false rollbacks on a real stack: 0.2.0 is 0.1.0's code; each rollout is
+    undone before the next."""
+    api = Controller(stack)
+    ended = []
+    with BackgroundLoad(stack, "--rate", "30", "--duration", "900s", "--timeout", "3s") as load:
+        for _ in range(3):
+            api.start("0.2.0")
+            ended.append(api.wait_end())
+            assert api.call("POST", "/rollouts/orders/undo").status_code == 200
+            assert api.wait_end()["phase"] == "completed"
+        load.interrupt()
+        summary = load.summary(timeout=60)
+    assert [r["phase"] for r in ended] == ["completed"] * 3, [
+        [e["message"] for e in r["events"] if e["kind"] in ("verdict", "failed")] for r in ended
+    ]
+    print(f"identical version x3: {_failed(summary)} of {summary['requests']} requests failed")
+
+
+def _wait_step(api: Controller, step: int, bound_s: float = ROLLOUT_BOUND_S) -> None:
+    deadline = time.monotonic() + bound_s
+    while (rollout := api.call("GET", "/rollouts/orders").json())["step"] < step:
+        assert rollout["phase"] == "progressing", [e["message"] for e in rollout["events"]]
+        assert time.monotonic() < deadline, f"step {step} never began"
+        time.sleep(0.5)
+
+
+def test_blue_green_switches_and_rolls_back_with_no_failed_request(stack: Stack) -> None:
+    """Under steady load (retries off): a bad green is failed by the smoke comparison
+    before it takes a user request; a good one is switched to and back (abort) in one
+    write each, then switched to and promoted; not one user request fails."""
+    api = Controller(stack)
+    blue_green = {"strategy": "blue-green", "scale_down_delay_s": 300.0}
+    with BackgroundLoad(stack, "--rate", "30", "--duration", "600s", "--timeout", "3s") as load:
+        api.start("0.3.0-errors", **blue_green)
+        bad = api.wait_end()
+        assert bad["phase"] == "failed", [e["message"] for e in bad["events"]]
+        assert [e["data"]["step"] for e in bad["events"] if e["kind"] == "step"] == [0]
+        api.start("0.2.0", **blue_green)
+        _wait_step(api, 2)  # switched, post-promotion analysis passed: blue kept
+        assert api.call("POST", "/rollouts/orders/abort", json={"reason": "roll back"}).is_success
+        assert api.wait_end()["phase"] == "aborted"
+        api.start("0.2.0", **(blue_green | {"scale_down_delay_s": 2.0}))
+        good = api.wait_end()
+        load.interrupt()
+        summary = load.summary(timeout=60)
+    assert good["phase"] == "completed", [e["message"] for e in good["events"]]
+    failed = next(e for e in bad["events"] if e["kind"] == "failed")
+    assert failed["data"]["user_failures"] == 0
+    assert summary["requests"] > 0 and _failed(summary) == 0, (
+        summary["status_codes"],
+        summary["errors"],
+        summary["kinds"],
+    )
+    _wait_versions(stack, {"0.2.0"})
+    assert api.call("POST", "/rollouts/orders/undo").status_code == 200
+    assert api.wait_end()["phase"] == "completed"
+    _wait_versions(stack, {"0.1.0"})
 
 
 def test_a_controller_killed_mid_rollout_finishes_it_after_its_restart(stack: Stack) -> None:
@@ -182,4 +281,4 @@ def test_a_controller_killed_mid_rollout_finishes_it_after_its_restart(stack: St
     assert kinds.count("started") == 1 and kinds.count("step") == 1
     # The restarted controller judged the slow release itself and rolled it back.
     assert ended["phase"] == "failed", [e["message"] for e in ended["events"]]
-    assert _orders_versions(stack) == before
+    _wait_versions(stack, before)

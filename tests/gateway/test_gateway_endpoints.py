@@ -585,9 +585,10 @@ def test_a_weight_or_track_change_moves_the_endpoint_between_pools() -> None:
     assert picks == {first: 300, second: 100}
 
 
-def test_a_dropped_endpoint_takes_its_breaker_and_ejection_series_with_it() -> None:
+def test_a_dropped_endpoint_takes_its_breaker_ejection_and_health_series_with_it() -> None:
     """A URL that leaves and comes back starts with fresh state, so its old breaker gauge
-    must not stay behind saying `open` (an alert reads it)."""
+    must not stay behind saying `open` (an alert reads it), nor its health gauge saying
+    it fails its checks (a rollout's judge reads it)."""
     from prometheus_client import generate_latest
     from yardarm_gateway.outlier import OutlierEvent
     from yardarm_gateway.telemetry import GatewayTelemetry
@@ -598,10 +599,34 @@ def test_a_dropped_endpoint_takes_its_breaker_and_ejection_series_with_it() -> N
     telemetry = GatewayTelemetry(metrics)
     gone, kept = Endpoint("http://127.0.0.1:1"), Endpoint("http://127.0.0.1:2")
     for endpoint in (gone, kept):
+        telemetry.endpoint_added("svc", endpoint)
+        telemetry.health_change("svc", endpoint, False)
         telemetry.breaker_transition(f"svc/{endpoint.url}", "closed", "open", "failures")
         telemetry.outlier_event("svc", OutlierEvent(endpoint, "eject", "consecutive_5xx", 1, None))
     telemetry.endpoint_gone("svc", gone)
     text = generate_latest(metrics.registry).decode()
-    for name in ("yardarm_gateway_breaker_state", "yardarm_gateway_endpoint_ejected"):
+    names = ("breaker_state", "endpoint_ejected", "endpoint_healthy")
+    for name in (f"yardarm_gateway_{n}" for n in names):
         lines = [line for line in text.splitlines() if line.startswith(name + "{")]
         assert [gone.url in line for line in lines] == [False], lines
+
+
+def test_a_track_back_from_no_endpoints_starts_with_its_circuit_closed() -> None:
+    """The next canary (or green) is not refused because the last one tripped the
+    track's circuit; a track that keeps endpoints keeps its circuit's state."""
+    changes: list[tuple[str, str, str]] = []
+    spec = _spec([URLS[0], {"url": URLS[1], "track": "canary"}],
+                 track_breaker={"minimum_calls": 2, "window_size": 2})  # fmt: skip
+    up = Upstream("svc", spec, now=0.0, on_breaker=lambda n, a, b, r: changes.append((n, a, b)))
+    canary = up.pools["canary"].breaker
+    for now in (1.0, 2.0):
+        assert canary.try_acquire(now)
+        canary.record(now, 0.01, failed=True)
+    assert canary.state == "open"
+    up.set_endpoints(_specs((URLS[0], "stable"), (URLS[2], "canary")), 3.0)  # one left, one came
+    assert up.pools["canary"].breaker.state == "open"
+    up.set_endpoints(_specs((URLS[0], "stable")), 4.0)
+    assert up.pools["canary"].breaker.state == "open"  # no endpoints: nothing to guard
+    up.set_endpoints(_specs((URLS[0], "stable"), (URLS[3], "canary")), 5.0)
+    assert up.pools["canary"].breaker.state == "closed"
+    assert changes[-1] == ("svc/track:canary", "open", "closed")

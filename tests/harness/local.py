@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -153,6 +154,10 @@ class BackgroundLoad:
 
     def running(self) -> bool:
         return self._proc.poll() is None
+
+    def interrupt(self) -> None:
+        """End the run now (SIGINT: it stops sending, finishes and prints its summary)."""
+        self._proc.send_signal(signal.SIGINT)
 
     def summary(self, timeout: float) -> dict[str, Any]:
         """Wait for the run's end; its summary (the run must have exited 0)."""

@@ -248,6 +248,18 @@ def test_an_unavailable_canary_fails_even_without_requests() -> None:
     assert "ejected" in verdict.reason and "circuit" in verdict.reason
 
 
+def test_both_tracks_hidden_is_the_environment_not_the_release() -> None:
+    """A machine too busy for health checks hides the baseline too: inconclusive."""
+    busy = ("http://127.0.0.1:9101 fails its health checks",)
+    canary = window("canary", 300, unavailable=busy)
+    baseline = window(
+        "baseline", 300, unavailable=("http://127.0.0.1:9102 fails its health checks",)
+    )
+    verdict = judge(canary, baseline, ORDERS)
+    assert (verdict.outcome, verdict.rule) == ("inconclusive", "unavailable-both")
+    assert judge(canary, window("baseline", 300), ORDERS).rule == "unavailable"
+
+
 def test_unavailability_decides_before_every_other_failing_rule() -> None:
     canary = window("canary", 300, 300, unavailable=("circuit orders/track:canary is open",))
     verdict = judge(canary, window("baseline", 300, 0), ORDERS)

@@ -198,6 +198,36 @@ def test_a_completed_rollout_shows_the_new_version_on_stable() -> None:
     assert "next:" not in text and "reason:" not in text
 
 
+def test_a_blue_green_preview_shows_green_smoke_against_stable() -> None:
+    rollout = Rollout(
+        id="bg0000000001",
+        spec=RolloutSpec(service="orders", version="0.2.0", strategy="blue-green"),
+        stable_version="0.1.0",
+        from_version="0.1.0",
+        step_started_at=NOW - 12,
+        started_at=NOW - 20,
+        verdicts=[verdict(300, 2)],
+    )
+    text = shown(view.status_view(rollout, NOW))
+    assert "step 1 of 4: preview (pre-promotion analysis)" in text
+    assert "blue kept 30s" in text
+    # The judge's canary and baseline are green's and stable's smoke requests.
+    assert row(text, "green", "0.2.0", "0%", "300", "2 (0.67%)")
+    assert row(text, "stable", "0.1.0", "100%", "298", "1 (0.34%)")
+    assert "smoke traffic: the step so far" in text
+    assert "switched (post-promotion analysis) once the step's 3 analyses pass" in text
+
+
+def test_a_rolling_restart_has_no_weights() -> None:
+    rollout = Rollout(
+        spec=RolloutSpec(service="datastore", version="0.2.0"), stable_version="0.1.0"
+    )
+    text = shown(view.status_view(rollout, NOW))
+    assert "rolling restart" in text and "one replica at a time" in text
+    assert row(text, "stable", "0.2.0", "-")  # what the rollout asks of the track
+    assert "replaced by 0.2.0 one at a time" in text and "weights being applied" not in text
+
+
 def test_history_and_list_tables() -> None:
     history = shown(view.history_table("orders", [completed(), failed()], NOW))
     assert row(history, "good00000001", "0.1.0 -> 0.2.0", "completed")
@@ -419,7 +449,7 @@ async def test_start_status_abort_and_history(served: Served) -> None:
         },
     )
     assert (
-        "started rollout new000000001: orders 0.1.0 -> 0.2.0 by canary, steps "
+        "started rollout new000000001: orders 0.1.0 -> 0.2.0 by canary: steps "
         "10,25,pause,50,100 of 1m each, an analysis every 15s" in started.stdout
     )
 

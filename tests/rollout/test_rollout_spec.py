@@ -59,3 +59,21 @@ def test_restart_rolled_services_take_no_weights_or_blue_green() -> None:
             topology, "0.1.0"
         )
     RolloutSpec(service="gateway", version="0.2.0").validate_against(topology, "0.1.0")
+
+
+def test_blue_green_is_for_services_behind_the_gateway_and_takes_no_steps() -> None:
+    topology = Topology()
+    with pytest.raises(RolloutSpecError, match="blue-green takes no --steps"):
+        RolloutSpec(
+            service="orders", version="0.2.0", strategy="blue-green", steps=(50, 100)
+        ).validate_against(topology, "0.1.0")
+    with pytest.raises(RolloutSpecError, match="roll it with --strategy canary"):
+        RolloutSpec(service="fulfillment", version="0.1.0", strategy="blue-green").validate_against(
+            topology, "0.0.9"
+        )
+    blue_green = RolloutSpec(service="orders", version="0.2.0", strategy="blue-green")
+    blue_green.validate_against(topology, "0.1.0")
+    # preview, switched, scale-down delay, promotion; a canary's steps; one restart
+    assert blue_green.last_step == 3
+    assert RolloutSpec(service="orders", version="0.2.0", steps=(10, 100)).last_step == 1
+    assert RolloutSpec(service="datastore", version="0.2.0").last_step == 0

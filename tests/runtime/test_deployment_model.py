@@ -49,7 +49,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_orders_declares_demo_releases_without_any_file() -> None:
     orders = Topology().services.orders
-    assert orders.declared() == ["0.1.0", "0.2.0", "0.3.0-errors", "0.3.0-slow"]
+    assert orders.declared() == [
+        "0.1.0", "0.2.0", "0.3.0-errors", "0.3.0-flaky", "0.3.0-laggy", "0.3.0-slow",
+    ]  # fmt: skip
     assert orders.release("0.3.0-errors").flags == {"fault.error-rate": "high"}
     assert orders.release("0.3.0-slow").flags == {"fault.latency-ms": "large"}
     names = [inst.name for inst in deployment(Topology()).instances]
@@ -106,7 +108,8 @@ def test_a_release_that_pins_flags_reads_its_own_flag_file(tmp_path: Path) -> No
         (
             "services:\n  orders:\n    tracks:\n      canary: {replicas: 1, version: 9.9.9}\n",
             r"services\.orders\.tracks\.canary\.version: unknown version '9\.9\.9' \(declared: "
-            r"0\.1\.0, 0\.2\.0, 0\.3\.0-errors, 0\.3\.0-slow\) \(line 4\)",
+            r"0\.1\.0, 0\.2\.0, 0\.3\.0-errors, 0\.3\.0-flaky, 0\.3\.0-laggy, "
+            r"0\.3\.0-slow\) \(line 4\)",
         ),
         (
             "services:\n  orders:\n    tracks:\n      purple: {version: 0.2.0}\n",
@@ -131,7 +134,7 @@ def test_a_release_that_pins_flags_reads_its_own_flag_file(tmp_path: Path) -> No
             "services:\n  orders:\n    versions:\n      bad:\n"
             "        flags: {fault.error-rate: max}\n",
             r"services\.orders\.versions\.bad\.flags\.fault\.error-rate: flag "
-            r"'fault\.error-rate' has no variant 'max' \(variants: off, low, high, all\) "
+            r"'fault\.error-rate' has no variant 'max' \(variants: off, some, low, high, all\) "
             r"\(line 5\)",
         ),
         (
@@ -240,6 +243,8 @@ def test_scaling_changes_the_desired_state_and_refuses_what_cannot_scale() -> No
     for service, replicas, track, version, says in [
         ("datastore", 5, None, None, "Raft group"),
         ("gateway", 2, None, None, "share the public port"),
+        ("gateway", 1, "canary", "0.1.0", "share the public port"),
+        ("datastore", 3, None, "9.9", "no version '9.9'"),
         ("payments", 1, None, None, "no such service"),
         ("orders", 0, None, None, "between 1 and 9"),
         ("orders", 10, "canary", "0.2.0", "between 0 and 9"),
@@ -248,6 +253,20 @@ def test_scaling_changes_the_desired_state_and_refuses_what_cannot_scale() -> No
     ]:
         with pytest.raises(ScaleError, match=says):
             scaled(topology, canary, service, replicas, track, version)
+
+
+def test_the_gateway_and_the_datastore_change_version_at_the_count_they_run() -> None:
+    """A rolling restart: a new version of every replica, never a new replica count."""
+    release = {"versions": {"0.2.0": {"description": "next"}}}
+    topology = Topology.model_validate(
+        {"services": {"datastore": release, "gateway": {**release, "replicas": 2}}}
+    )
+    start = desired_from(topology)
+    rolled = scaled(topology, start, "datastore", 3, None, "0.2.0")
+    assert rolled.services["datastore"]["stable"] == TrackSpec(replicas=3, version="0.2.0")
+    rolled = scaled(topology, rolled, "gateway", 2, None, "0.2.0")
+    assert rolled.services["gateway"]["stable"] == TrackSpec(replicas=2, version="0.2.0")
+    assert [i.version for i in deployment_of(topology, rolled).of("gateway")] == ["0.2.0"] * 2
 
 
 def test_a_desired_state_is_kept_only_for_the_topology_it_came_from() -> None:

@@ -3,17 +3,21 @@ controller, run by the supervisor like the chaos controller, until SIGTERM.
 
 It serves the rollout API (`yardarm.rollout.api`) on `base+46` behind the admin token,
 keeps rollouts in the stack's datastore, and changes the stack through the local target's
-effects (`yardarm.local.rollout_effects`).
+effects (`yardarm.local.rollout_effects`). Its `/metrics` (the rollout series of
+`yardarm.rollout.telemetry`) is scraped by the stack's Prometheus; with
+`YARDARM_ROLLOUTS_WEBHOOK_URL` set it also posts rollout events to that Slack-compatible
+webhook.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 INSTANCE = "rollouts"
@@ -30,6 +34,19 @@ class ControllerSettings(BaseSettings):
     max_inconclusive: int = Field(default=3, ge=0, le=100)
     replicas: int = Field(default=1, ge=1, le=9)
     sub_window_s: float = Field(default=2.0, gt=0, le=60)
+    smoke_rate: float = Field(default=20.0, gt=0, le=500)  # blue-green, per track
+    # Where rollout events are posted (a Slack incoming webhook, or anything taking its
+    # JSON); unset or empty: nowhere.
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_attempts: int = Field(default=4, ge=1, le=10)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        from yardarm.rollout.telemetry import check_webhook_url
+
+        return None if value is None or not value.strip() else check_webhook_url(value)
 
     def judge_overrides(self) -> dict[str, Any]:
         overrides = {
@@ -47,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, required=True, help="the stack's state directory")
     args = parser.parse_args(argv)
     home: Path = args.home.resolve()
+    try:
+        tuning = ControllerSettings()
+    except ValidationError as exc:
+        for error in exc.errors():  # never the input: a webhook URL's path is a secret
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            print(f"YARDARM_ROLLOUTS_{name}: {error['msg']}", file=sys.stderr)
+        return 2
 
     # Imported here: aiohttp, the kit and the engine only once the arguments are good.
     from aiohttp import web
@@ -61,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     from yardarm.local.rollout_effects import LocalEffects
     from yardarm.rollout.api import RolloutController, add_routes
     from yardarm.rollout.engine import EngineConfig
-    from yardarm.rollout.state import RolloutStore
+    from yardarm.rollout.telemetry import ObservedStore, RolloutTelemetry, WebhookConfig
 
+    # One line per smoke request and per datastore call would drown the rollout's own.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     topology = read_topology(home)
     if topology is None:
         print(f"no stack has run from {home}", file=sys.stderr)
         return 2
-    tuning = ControllerSettings()
     certificates = StackCertificates(home) if topology.tls.enabled else None
     own = certificates.service(INSTANCE) if certificates else None
     settings = ServiceSettings(
@@ -92,9 +117,24 @@ def main(argv: list[str] | None = None) -> int:
         token,
         verify=service.client_ssl() or True,
     )  # fmt: skip
-    effects = LocalEffects(home, sub_window_s=tuning.sub_window_s)
+    effects = LocalEffects(home, sub_window_s=tuning.sub_window_s, smoke_rate=tuning.smoke_rate)
+    webhook = None
+    if tuning.webhook_url is not None:
+        webhook = WebhookConfig(
+            tuning.webhook_url,
+            timeout_s=tuning.webhook_timeout_s,
+            attempts=tuning.webhook_attempts,
+        )
+    telemetry = RolloutTelemetry(
+        service.metrics, service.tracer, environment=topology.environment, webhook=webhook
+    )
+    if telemetry.webhook is not None:
+        service.log.info(
+            "rollout events go to the webhook at %s", telemetry.webhook.host,
+            extra={"event": "rollout_webhook"},
+        )  # fmt: skip
     controller = RolloutController(
-        RolloutStore(kv),
+        ObservedStore(kv, telemetry),
         effects,
         tuning.judge_overrides(),
         EngineConfig(replicas=tuning.replicas, max_inconclusive=tuning.max_inconclusive),
@@ -108,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     service.on_startup(controller.resume)
     service.on_shutdown(controller.stop)
 
-    async def close_effects() -> None:
-        effects.close()
-
-    service.on_shutdown(close_effects)
+    service.on_shutdown(effects.close)
+    service.on_shutdown(telemetry.close)  # the last notifications get a moment to go out
     try:
         service.run()
     except OSError as exc:

@@ -11,22 +11,40 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from yardarm.catalog import DEMO_CATALOG
+from yardarm.credentials import StackCredentials
 from yardarm.local import control
 from yardarm.local.desired import read_desired, read_topology
 from yardarm.local.render import routing_writer
-from yardarm.model import current_for
+from yardarm.model import ScaleError, current_for
+from yardarm.rollout.engine import EffectFailed
 from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
+from yardarm.rollout.smoke import SmokeTraffic
 from yardarm.rollout.window import TrackWindow
 
 # The gateway routes of each service that rolls by weights; a rollout moves them together.
 ROUTES = {"orders": ("api-orders", "api-stock")}
+WATCHED = ("canary", "baseline", "green", "stable")  # the tracks a rollout may judge
+# Blue-green's smoke requests: read-only, through both of orders' routes (an unknown
+# order is a 404: the service answering as it should).
+SMOKE_PATHS = (
+    "/api/stock",
+    *(f"/api/stock/{item['sku']}" for item in DEMO_CATALOG),
+    "/api/orders/00000000-0000-4000-8000-000000000000",
+)
 APPLIED_WITHIN_S = 15.0  # every gateway replica polls the routing document every 0.25 s
 
 
 class LocalEffects:
     """`yardarm.rollout.engine.Effects` for a stack the local supervisor runs."""
 
-    def __init__(self, home: Path, sub_window_s: float = 2.0, timeout_s: float = 180.0) -> None:
+    def __init__(
+        self,
+        home: Path,
+        sub_window_s: float = 2.0,
+        timeout_s: float = 180.0,
+        smoke_rate: float = 20.0,
+    ) -> None:
         self.home = home.resolve()
         topology = read_topology(self.home)
         if topology is None:
@@ -38,12 +56,16 @@ class LocalEffects:
         prometheus = control.prometheus_url(self.home)
         self._prometheus = PrometheusSource(prometheus) if prometheus else None
         self._histories: dict[str, ScrapeHistory] = {}
+        self._smoke: dict[str, SmokeTraffic] = {}
+        self._smoke_rate = smoke_rate
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._prometheus is not None:
             self._prometheus.close()
         for history in self._histories.values():
             history.close()
+        for smoke in self._smoke.values():
+            await smoke.close()
 
     def now(self) -> float:
         return time.time()
@@ -56,15 +78,22 @@ class LocalEffects:
         }
 
     async def _scale(self, service: str, track: str, version: str, replicas: int) -> None:
-        await asyncio.to_thread(
-            control.scale_stack,
-            self.home,
-            service,
-            replicas,
-            track=track,
-            version=version,
-            timeout=self._timeout_s,
-        )
+        try:
+            state = await asyncio.to_thread(
+                control.scale_stack,
+                self.home,
+                service,
+                replicas,
+                track=track,
+                version=version,
+                timeout=self._timeout_s,
+            )
+        except (control.ScaleFailedError, ScaleError) as exc:
+            raise EffectFailed(f"{service} on {track} at {version}: {exc}") from exc
+        if state.reconcile_error:
+            raise EffectFailed(
+                f"{service} on {track} at {version}: {state.reconcile_error} (see `yardarm logs`)"
+            )
 
     async def ensure_tracks(self, service: str, tracks: Mapping[str, tuple[str, int]]) -> None:
         current = self._tracks(service)
@@ -77,6 +106,9 @@ class LocalEffects:
         for track in tracks:
             if track in current and current[track][1] > 0:
                 await self._scale(service, track, current[track][0], 0)
+
+    def replicas(self, service: str) -> int:
+        return self._tracks(service)[self.topology.services.spec(service).track][1]
 
     def stable_version(self, service: str) -> str:
         """What the service's primary track runs now."""
@@ -93,7 +125,7 @@ class LocalEffects:
         await self._writer.wait_applied(version, APPLIED_WITHIN_S)
 
     def _subject(self, service: str) -> Subject:
-        return Subject(upstream=service, routes=ROUTES[service])
+        return Subject(upstream=service, routes=ROUTES[service], tracks=WATCHED)
 
     def history(self, service: str) -> ScrapeHistory:
         """Without Prometheus: the scrapes a caller takes every sub-window."""
@@ -105,15 +137,46 @@ class LocalEffects:
         return self._histories[service]
 
     async def sample(self, service: str) -> None:
-        if self._prometheus is None:
+        if self._prometheus is None and service in ROUTES:
             history = self.history(service)
             history.urls = control.metrics_urls(self.home)  # instances come and go
             await asyncio.to_thread(history.scrape)
 
-    async def windows(self, service: str, start: float, end: float) -> Mapping[str, TrackWindow]:
+    async def windows(
+        self, service: str, start: float, end: float, tracks: tuple[str, ...]
+    ) -> Mapping[str, TrackWindow]:
         if self._prometheus is not None:
-            return await asyncio.to_thread(
+            found = await asyncio.to_thread(
                 self._prometheus.windows, self._subject(service), start, end, self._sub_window_s
             )
-        await self.sample(service)
-        return self.history(service).windows(start, end)
+        else:
+            await self.sample(service)
+            found = self.history(service).windows(start, end)
+        return {track: found[track] for track in tracks}
+
+    async def smoke(self, service: str, tracks: tuple[str, ...]) -> None:
+        if not tracks and service not in self._smoke:
+            return
+        if service not in self._smoke:
+            url = control.gateway_url(self.home)
+            if url is None:
+                raise control.ScaleFailedError(f"no gateway runs from {self.home}")
+            self._smoke[service] = SmokeTraffic(
+                url,
+                StackCredentials(self.home).token("admin"),
+                lambda: SMOKE_PATHS,
+                rate=self._smoke_rate,
+                verify=control.stack_ssl(self.home) or True,
+            )
+        await self._smoke[service].send_to(tracks)
+
+    def smoke_windows(
+        self, service: str, start: float, end: float, tracks: tuple[str, ...]
+    ) -> Mapping[str, TrackWindow]:
+        smoke = self._smoke.get(service)
+        return {
+            track: smoke.window(track, start, end, self._sub_window_s)
+            if smoke is not None
+            else TrackWindow(track=track, requests=0, errors=0)
+            for track in tracks
+        }

@@ -69,13 +69,18 @@ def scaled(
 
     Only the services that can run several instances without a membership change
     scale live (orders, fulfillment); 0 replicas on another track removes that track.
+    The gateway and the datastore change only their primary track's version, at the
+    replica count they run (a rolling restart: the supervisor replaces one replica at a
+    time in place).
     """
-    if service not in ROLLABLE:
+    if service not in ROLLABLE and not _restart_only(topology, desired, service, replicas, track):
         why = {
             "datastore": "its replicas form a Raft group: membership changes, one replica at "
-            "a time, go through `POST /raft/members`",
+            "a time, go through `POST /raft/members` (a new version at the same count rolls "
+            "through its replicas one at a time)",
             "gateway": "its replicas share the public port; set services.gateway.replicas in "
-            "yardarm.yaml and restart",
+            "yardarm.yaml and restart (a new version at the same count rolls through its "
+            "replicas one at a time)",
         }.get(service, f"there is no such service (services: {', '.join(SERVICE_NAMES)})")
         raise ScaleError(f"{service} does not scale live: {why}")
     spec = topology.services.spec(service)
@@ -104,6 +109,18 @@ def scaled(
         tracks[track] = TrackSpec(replicas=replicas, version=chosen)
     services = {**desired.services, service: tracks}
     return desired.model_copy(update={"services": services, "generation": desired.generation + 1})
+
+
+def _restart_only(
+    topology: Topology, desired: DesiredState, service: str, replicas: int, track: str | None
+) -> bool:
+    """Whether a change of the gateway or the datastore keeps its primary track's replica
+    count (only its version may change: a rolling restart)."""
+    if service not in SERVICE_NAMES:
+        return False
+    spec = topology.services.spec(service)
+    placed = desired.services.get(service, {}).get(spec.track)
+    return track in (None, spec.track) and placed is not None and placed.replicas == replicas
 
 
 def deployment_of(topology: Topology, desired: DesiredState) -> Deployment:

@@ -18,7 +18,7 @@ def default_flags() -> dict[str, Any]:
     return {
         "fault.error-rate": {
             "state": "ENABLED",
-            "variants": {"off": 0.0, "low": 0.1, "high": 0.5, "all": 1.0},
+            "variants": {"off": 0.0, "some": 0.05, "low": 0.1, "high": 0.5, "all": 1.0},
             "defaultVariant": "off",
         },
         "fault.latency-ms": {

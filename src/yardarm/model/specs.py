@@ -133,7 +133,7 @@ class RollableSpec(ServiceSpec):
 
 
 def demo_versions() -> dict[str, VersionSpec]:
-    """Releases of orders to roll out without writing a file: one healthy, two bad."""
+    """Releases of orders to roll out without writing a file: one healthy, four bad."""
     return {
         "0.2.0": VersionSpec(description="a healthy release"),
         "0.3.0-errors": VersionSpec(
@@ -143,6 +143,14 @@ def demo_versions() -> dict[str, VersionSpec]:
         "0.3.0-slow": VersionSpec(
             description="a bad release: every request takes a second longer",
             flags={"fault.latency-ms": "large"},
+        ),
+        "0.3.0-flaky": VersionSpec(
+            description="a subtly bad release: 5% of its requests fail",
+            flags={"fault.error-rate": "some"},
+        ),
+        "0.3.0-laggy": VersionSpec(
+            description="a subtly bad release: every request takes 100 ms longer",
+            flags={"fault.latency-ms": "small"},
         ),
     }
 

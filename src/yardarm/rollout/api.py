@@ -30,16 +30,19 @@ from yardarm.rollout.state import Rollout, RolloutConflict, RolloutStore
 
 log = logging.getLogger("yardarm.rollout")
 
-# What the engine rolls so far: orders, by weights, with the canary strategy.
-SUPPORTED = {"orders": ("canary",)}
+# What the engine rolls so far: orders by weights (canary or blue-green); the gateway and
+# the datastore by rolling restart (the default strategy's name stands for it).
+SUPPORTED = {
+    "orders": ("canary", "blue-green"),
+    "gateway": ("canary",),
+    "datastore": ("canary",),
+}
 
 
 class ControllerTarget(Effects, Protocol):
-    """A target's effects, and what runs on each service's stable track."""
+    """A target's effects, and the topology it runs."""
 
     topology: Topology
-
-    def stable_version(self, service: str) -> str: ...
 
 
 class StartRequest(BaseModel):
@@ -53,6 +56,7 @@ class StartRequest(BaseModel):
     steps: list[Step] | None = Field(default=None, min_length=1, max_length=20)
     step_duration_s: float | None = Field(default=None, ge=1.0, le=86_400.0)
     analysis_interval_s: float | None = Field(default=None, ge=1.0, le=3_600.0)
+    scale_down_delay_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
 
 
 class PromoteRequest(BaseModel):
@@ -150,7 +154,7 @@ class RolloutController:
             raise Problem(
                 422,
                 "not available yet",
-                f"this controller rolls {', '.join(SUPPORTED)} by canary so far; "
+                f"this controller rolls {', '.join(SUPPORTED)} so far; "
                 f"{spec.service} by {spec.strategy} is not available yet",
             )
         rollout = Rollout(spec=spec, stable_version=stable, from_version=stable)
@@ -168,7 +172,7 @@ class RolloutController:
         def edit(rollout: Rollout) -> None:
             if not rollout.running:
                 raise RolloutConflict(f"the last rollout of {service} is {rollout.phase}")
-            last = len(rollout.spec.steps) - 1
+            last = rollout.spec.last_step
             rollout.step = last if full else min(rollout.step + 1, last)
             rollout.phase = "progressing"
             rollout.step_started_at = None

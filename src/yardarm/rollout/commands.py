@@ -218,6 +218,7 @@ def start_request(
     steps: str | None,
     step_duration: str | None,
     analysis_interval: str | None,
+    scale_down_delay: str | None = None,
 ) -> dict[str, Any]:
     """The `POST /rollouts` body, checked here as the controller will check it (all but
     what needs the stack: the service's versions), so bad input sends nothing."""
@@ -240,7 +241,8 @@ def start_request(
         except RolloutSpecError as exc:
             _fail(str(exc), STEPS_HINT)
     durations = {"step_duration_s": ("--step-duration", step_duration),
-                 "analysis_interval_s": ("--analysis-interval", analysis_interval)}  # fmt: skip
+                 "analysis_interval_s": ("--analysis-interval", analysis_interval),
+                 "scale_down_delay_s": ("--scale-down-delay", scale_down_delay)}  # fmt: skip
     for field, (option, text) in durations.items():
         if text is None:
             continue
@@ -288,12 +290,21 @@ def start(
         str | None,
         typer.Option("--analysis-interval", help="Time between analyses (default 10s)."),
     ] = None,
+    scale_down_delay: Annotated[
+        str | None,
+        typer.Option(
+            "--scale-down-delay",
+            help="Blue-green: how long blue stays up after the switch (default 30s).",
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Start rolling SERVICE out to --version; the controller runs it to its end."""
     from yardarm.rollout.view import started_text
 
-    body = start_request(service, version, strategy, steps, step_duration, analysis_interval)
+    body = start_request(
+        service, version, strategy, steps, step_duration, analysis_interval, scale_down_delay
+    )
     rollout = _rollout(_run(home, "POST", "/rollouts", body, service=service))
     console.print(started_text(rollout))
     console.print(f"[dim]follow it: yardarm rollout status {escape(service)} --watch[/]")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from yardarm.rollout.engine import Effects, EngineConfig, tick
+from yardarm.rollout.engine import Effects, EngineConfig, running_as, tick
 from yardarm.rollout.judge import JudgeConfig
 from yardarm.rollout.state import Rollout, RolloutStore
 
@@ -28,12 +28,21 @@ async def drive(
         rollout = await store.current(service)
         if rollout is None:
             return None
-        edit = await tick(rollout, effects, judge_config, config)
+        seen = running_as(rollout)
+
+        async def reread() -> Rollout | None:
+            return await store.current(service)
+
+        edit = await tick(rollout, effects, judge_config, config, reread)
         if edit is not None:
             rollout = await store.change(service, edit, f"rollout {rollout.id}")
             if rollout.phase != "progressing":
                 # Paused, or ended: converge at once (a rollback happens as decided).
-                await tick(rollout, effects, judge_config, config)
+                await tick(rollout, effects, judge_config, config, reread)
+        elif running_as(latest := await store.current(service)) != seen:
+            continue  # changed while converging: tick again on what is stored, now
+        else:
+            rollout = latest or rollout
         if not rollout.running:
             log.info("rollout %s of %s %s", rollout.id, service, rollout.phase)
             return rollout

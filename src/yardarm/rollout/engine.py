@@ -1,5 +1,5 @@
-"""The canary strategy, level-triggered: from a stored rollout, what should run and take
-traffic now, and what the next analysis means for it.
+"""The rollout strategies, level-triggered: from a stored rollout, what should run and
+take traffic now, and what the next analysis means for it.
 
 A controller calls `tick` for every rollout every analysis interval. Each tick first
 makes the world match the rollout as stored (`world` -> `converge`: tracks up before
@@ -12,28 +12,52 @@ ticking again, and an `abort` or `promote` written by the CLI between ticks take
 at the next one. The change a tick returns is guarded: it applies only to the rollout
 the tick saw (same id, phase and step), so it never undoes a concurrent CLI change.
 
-Weights at a step of w percent: the canary w, a baseline of the stable version w (the
-judge compares the two, equally new and equally warm), stable the rest; from 50% on the
-baseline takes what stable would have had. The last step (100) promotes: the stable
-track moves to the new version, all traffic goes back to it, canary and baseline stop.
+Canary: at a step of w percent, the canary takes w, a baseline of the stable version w
+(the judge compares the two, equally new and equally warm), stable the rest; from 50%
+on the baseline takes what stable would have had.
+
+Blue-green: green runs the new version at stable's size with no weight; the same smoke
+traffic goes to green and to stable (blue) through the override header and the judge
+compares the two (pre-promotion); then all traffic switches to green in one write and
+the comparison goes on, green's live traffic held to the guardrails (post-promotion);
+blue stays up for the scale-down delay, so a rollback is one write back.
+
+Promotion (a canary's 100%, blue-green's end): the stable track must end up running the
+new version, recorded so `down`/`up` keeps it. It is replaced while it takes no traffic:
+the canary (or green) runs at stable's size and takes all of it (the handover), stable
+is replaced in place, then all traffic returns to stable in one write and the rollout's
+tracks stop. No instance that takes traffic is ever restarted.
+
+Rolling restart (the gateway, the datastore): the stable track runs the new version,
+replaced one replica at a time by the target (a rollback is the same, backwards).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from yardarm.rollout.analysis import step_outcome
-from yardarm.rollout.judge import JudgeConfig, Verdict, judge
-from yardarm.rollout.spec import PAUSE
+from yardarm.rollout.judge import JudgeConfig, Verdict, combine, judge, judge_guardrails
+from yardarm.rollout.spec import (
+    BLUE_GREEN_DELAY,
+    BLUE_GREEN_PREVIEW,
+    BLUE_GREEN_SWITCHED,
+    PAUSE,
+)
 from yardarm.rollout.state import Rollout
 from yardarm.rollout.window import TrackWindow
 
-CANARY, BASELINE, STABLE = "canary", "baseline", "stable"
-ROLLOUT_TRACKS = (CANARY, BASELINE)
+CANARY, BASELINE, STABLE, GREEN = "canary", "baseline", "stable", "green"
+ROLLOUT_TRACKS = (CANARY, BASELINE, GREEN)
 
 Edit = Callable[[Rollout], None]
+
+
+class EffectFailed(RuntimeError):
+    """A target could not do what the rollout asks (a new version's instances did not
+    start, the router refused the change); the message says what and where to look."""
 
 
 class Effects(Protocol):
@@ -47,14 +71,31 @@ class Effects(Protocol):
     async def stop_tracks(self, service: str, tracks: tuple[str, ...]) -> None:
         """Stop every instance of the named tracks (drained first)."""
 
+    def replicas(self, service: str) -> int:
+        """How many instances the service's stable track runs."""
+
+    def stable_version(self, service: str) -> str:
+        """The version the service's stable track is set to run."""
+
     async def promote(self, service: str, version: str) -> None:
-        """Make the stable track run `version`, recorded so `down`/`up` keeps it."""
+        """Make the stable track run `version`, recorded so `down`/`up` keeps it; its
+        instances are replaced one at a time."""
 
     async def set_weights(self, service: str, weights: Mapping[str, int]) -> None:
         """Split the service's traffic by track (every route of it in one change)."""
 
-    async def windows(self, service: str, start: float, end: float) -> Mapping[str, TrackWindow]:
-        """The canary's and the baseline's traffic over [start, end]."""
+    async def windows(
+        self, service: str, start: float, end: float, tracks: tuple[str, ...]
+    ) -> Mapping[str, TrackWindow]:
+        """Each named track's live traffic over [start, end]."""
+
+    async def smoke(self, service: str, tracks: tuple[str, ...]) -> None:
+        """Send smoke traffic to exactly these tracks from now on (none: stop)."""
+
+    def smoke_windows(
+        self, service: str, start: float, end: float, tracks: tuple[str, ...]
+    ) -> Mapping[str, TrackWindow]:
+        """What each track's smoke requests got over [start, end]."""
 
     async def sample(self, service: str) -> None:
         """Take a metrics sample now, if the source needs the controller to (scrapes
@@ -72,27 +113,48 @@ class World:
     """What runs and takes traffic for a rollout as it stands."""
 
     tracks: dict[str, tuple[str, int]]  # the rollout's tracks that run
-    weights: dict[str, int]
+    weights: dict[str, int] | None  # None: the service is not routed by weights
     stable_version: str
+    handover: str | None = None  # takes all traffic while stable is replaced
+    smoke: tuple[str, ...] = ()  # tracks that get smoke traffic (blue-green)
 
 
 def current_weight(rollout: Rollout) -> int:
-    """The weight in force at the rollout's step: a pause holds the one before it."""
+    """The weight in force at a canary's step: a pause holds the one before it."""
     for step in reversed(rollout.spec.steps[: rollout.step + 1]):
         if step != PAUSE:
             return int(step)
     return 0
 
 
-def world(rollout: Rollout, config: EngineConfig) -> World:
+def promoting(rollout: Rollout) -> bool:
+    """Whether the rollout stands at its promotion: the stable track moves now."""
+    return rollout.phase == "progressing" and (
+        rollout.step >= rollout.spec.last_step
+        if rollout.spec.strategy == "blue-green" or rollout.spec.rolls_by == "restart"
+        else current_weight(rollout) >= 100
+    )
+
+
+def world(rollout: Rollout, config: EngineConfig, stable_replicas: int = 1) -> World:
     """The world the stored rollout asks for."""
     spec = rollout.spec
-    if rollout.phase == "completed" or (
-        rollout.phase == "progressing" and current_weight(rollout) >= 100
-    ):
-        return World({}, {STABLE: 100}, spec.version)
+    weighted = spec.rolls_by == "weights"
+    back = {STABLE: 100} if weighted else None
     if rollout.phase in ("aborted", "failed"):
-        return World({}, {STABLE: 100}, rollout.stable_version)
+        return World({}, back, rollout.stable_version)
+    if rollout.phase == "completed":
+        return World({}, back, spec.version)
+    if promoting(rollout):
+        handover = (GREEN if spec.strategy == "blue-green" else CANARY) if weighted else None
+        return World({}, back, spec.version, handover=handover)
+    if spec.strategy == "blue-green":
+        green = {GREEN: (spec.version, stable_replicas)}
+        if rollout.step == BLUE_GREEN_PREVIEW:
+            return World(green, {STABLE: 100, GREEN: 0}, rollout.stable_version,
+                         smoke=(GREEN, STABLE))  # fmt: skip
+        smoke = (GREEN, STABLE) if rollout.step == BLUE_GREEN_SWITCHED else ()
+        return World(green, {STABLE: 0, GREEN: 100}, rollout.stable_version, smoke=smoke)
     weight = current_weight(rollout)
     baseline = min(weight, 100 - weight)
     tracks = {
@@ -103,28 +165,60 @@ def world(rollout: Rollout, config: EngineConfig) -> World:
     return World(tracks, weights, rollout.stable_version)
 
 
-async def converge(rollout: Rollout, target: World, effects: Effects) -> None:
+Reread = Callable[[], Awaitable["Rollout | None"]]
+
+
+class Superseded(Exception):
+    """The stored rollout changed while the world was converging to it (an `abort` or
+    `promote` landed during a slow start): the rest of that convergence is dropped."""
+
+
+async def converge(
+    rollout: Rollout, target: World, effects: Effects, reread: Reread | None = None
+) -> None:
     """Make the world so, in an order that refuses no request: tracks that will take
-    traffic start (and are ready) before any weight moves to them; weights move; only
-    then do tracks that take none stop."""
+    traffic start (and are ready) before any weight moves to them; the stable track is
+    replaced only while another track takes all its traffic; weights move; only then do
+    tracks that take none stop.
+
+    Starting instances takes seconds; after each start `reread` (the stored rollout)
+    says whether the rollout is still the one being converged to, so an abort that lands
+    meanwhile never sees traffic moved to the tracks it is taking away."""
     service = rollout.spec.service
+
+    async def still_current() -> None:
+        if reread is not None and running_as(await reread()) != running_as(rollout):
+            raise Superseded
+
     if target.tracks:
         await effects.ensure_tracks(service, target.tracks)
-    if target.stable_version != rollout.stable_version:
+        await still_current()
+    await effects.smoke(service, target.smoke)  # to tracks that run, and before they stop
+    if target.stable_version != effects.stable_version(service):
+        if target.handover is not None:
+            size = effects.replicas(service)
+            await effects.ensure_tracks(service, {target.handover: (target.stable_version, size)})
+            await still_current()
+            await effects.set_weights(service, {target.handover: 100})
         await effects.promote(service, target.stable_version)
-    await effects.set_weights(service, target.weights)
+    if target.weights is not None:
+        await effects.set_weights(service, target.weights)
     idle = tuple(track for track in ROLLOUT_TRACKS if track not in target.tracks)
-    if idle:
-        await effects.stop_tracks(service, idle)
+    await effects.stop_tracks(service, idle)
+
+
+def running_as(rollout: Rollout | None) -> tuple[str, str, int] | None:
+    """What a guarded change and a convergence are for: the rollout, its phase, its step."""
+    return None if rollout is None else (rollout.id, rollout.phase, rollout.step)
 
 
 def _guarded(seen: Rollout, edit: Edit) -> Edit:
     """`edit`, applied only to the rollout as the tick saw it."""
 
-    as_seen = (seen.id, seen.phase, seen.step)
+    as_seen = running_as(seen)
 
     def apply(stored: Rollout) -> None:
-        if (stored.id, stored.phase, stored.step) == as_seen:
+        if running_as(stored) == as_seen:
             edit(stored)
 
     return apply
@@ -134,18 +228,90 @@ def analyses_per_step(rollout: Rollout) -> int:
     return max(1, int(rollout.spec.step_duration_s // rollout.spec.analysis_interval_s))
 
 
+def _step_message(rollout: Rollout) -> str:
+    spec = rollout.spec
+    if spec.strategy != "blue-green":
+        return f"step {rollout.step + 1}: canary at {current_weight(rollout)}%"
+    return {
+        BLUE_GREEN_PREVIEW: f"green runs {spec.version} at full size with no traffic; the "
+        "same smoke traffic goes to green and blue (pre-promotion analysis)",
+        BLUE_GREEN_SWITCHED: "switched: all traffic on green (post-promotion analysis)",
+        BLUE_GREEN_DELAY: f"blue kept for {spec.scale_down_delay_s:g}s: a rollback is instant",
+    }.get(rollout.step, f"stage {rollout.step}")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    verdict: Verdict
+    user_failures: int  # users' requests that failed on the new version in the step
+
+
+async def analyse(
+    rollout: Rollout, effects: Effects, judge_config: JudgeConfig, start: float, end: float
+) -> Analysis:
+    """One analysis of the step's traffic over [start, end].
+
+    Canary: the canary against its baseline, both on live traffic. Blue-green: green's
+    smoke requests against stable's (the same requests, timed where they are sent), with
+    the gateway's view of green's availability, and everything green served (smoke
+    before the switch, users' traffic after it) against the guardrails, timed by green's
+    own servers.
+    """
+    service = rollout.spec.service
+    if rollout.spec.strategy != "blue-green":
+        live = await effects.windows(service, start, end, (CANARY, BASELINE))
+        verdict = judge(live[CANARY], live[BASELINE], judge_config)
+        return Analysis(verdict, live[CANARY].errors)
+    live = await effects.windows(service, start, end, (GREEN, STABLE))
+    smoke = effects.smoke_windows(service, start, end, (GREEN, STABLE))
+    green = replace(smoke[GREEN], unavailable=live[GREEN].unavailable)
+    stable = replace(smoke[STABLE], unavailable=live[STABLE].unavailable)
+    compared = judge(green, stable, judge_config, guardrails=False)
+    verdict = combine(compared, judge_guardrails(live[GREEN], judge_config))
+    switched = rollout.step == BLUE_GREEN_SWITCHED
+    return Analysis(verdict, live[GREEN].errors if switched else 0)
+
+
 async def tick(
-    rollout: Rollout, effects: Effects, judge_config: JudgeConfig, config: EngineConfig
+    rollout: Rollout,
+    effects: Effects,
+    judge_config: JudgeConfig,
+    config: EngineConfig,
+    reread: Reread | None = None,
 ) -> Edit | None:
-    """Converge the world to the stored rollout, then judge; the change to store."""
-    await converge(rollout, world(rollout, config), effects)
+    """Converge the world to the stored rollout, then judge; the change to store (None
+    also when the rollout changed meanwhile: the caller ticks again on what is stored)."""
+    spec = rollout.spec
+    target = world(rollout, config, effects.replicas(spec.service))
+    try:
+        await converge(rollout, target, effects, reread)
+    except Superseded:
+        return None
+    except EffectFailed as exc:
+        if not rollout.running:
+            raise  # already going back: the controller tries again
+        at, why = effects.now(), str(exc)
+
+        def failed_safe(r: Rollout) -> None:
+            r.phase = "failed"
+            r.reason = why
+            r.weights = {STABLE: 100} if r.spec.rolls_by == "weights" else {}
+            r.record("failed", f"rolled back: {why}", at=at)
+
+        return _guarded(rollout, failed_safe)
     now = effects.now()
-    if not rollout.running:
+    if not rollout.running or rollout.phase == "paused":
         return None
-    if rollout.phase == "paused":
-        return None
-    step = rollout.spec.steps[rollout.step]
-    if step == PAUSE:
+    if promoting(rollout):
+
+        def complete(r: Rollout) -> None:
+            r.phase = "completed"
+            r.stable_version = r.spec.version
+            r.weights = {STABLE: 100} if r.spec.rolls_by == "weights" else {}
+            r.record("completed", f"{r.spec.service} runs {r.spec.version} on stable", at=now)
+
+        return _guarded(rollout, complete)
+    if spec.strategy == "canary" and spec.steps[rollout.step] == PAUSE:
 
         def pause(r: Rollout) -> None:
             r.phase = "paused"
@@ -156,31 +322,29 @@ async def tick(
             )
 
         return _guarded(rollout, pause)
-    if int(step) >= 100:
-
-        def complete(r: Rollout) -> None:
-            r.phase = "completed"
-            r.stable_version = r.spec.version
-            r.weights = {STABLE: 100}
-            r.record("completed", f"{r.spec.service} runs {r.spec.version} on stable", at=now)
-
-        return _guarded(rollout, complete)
     started = rollout.step_started_at
     if started is None:
 
         def begin(r: Rollout) -> None:
             r.step_started_at = now
             r.last_analysis_at = now
-            r.weights = dict(world(r, config).weights)
-            r.record(
-                "step", f"step {r.step + 1}: canary at {current_weight(r)}%", at=now, step=r.step
-            )
+            r.weights = dict(world(r, config).weights or {})
+            r.record("step", _step_message(r), at=now, step=r.step)
 
         return _guarded(rollout, begin)
-    if now - (rollout.last_analysis_at or started) < rollout.spec.analysis_interval_s:
+    if spec.strategy == "blue-green" and rollout.step == BLUE_GREEN_DELAY:
+        if now - started < spec.scale_down_delay_s:
+            return None
+
+        def delayed(r: Rollout) -> None:
+            r.step += 1
+            r.step_started_at = None
+
+        return _guarded(rollout, delayed)
+    if now - (rollout.last_analysis_at or started) < spec.analysis_interval_s:
         return None
-    windows = await effects.windows(rollout.spec.service, started, now)
-    verdict = judge(windows[CANARY], windows[BASELINE], judge_config)
+    analysis = await analyse(rollout, effects, judge_config, started, now)
+    verdict = analysis.verdict
     verdicts = [*(Verdict.from_dict(v) for v in rollout.verdicts), verdict]
     decision = step_outcome(verdicts, config.max_inconclusive, analyses_per_step(rollout))
 
@@ -197,13 +361,13 @@ async def tick(
             r.phase = "failed"
             r.reason = decision.reason
             r.weights = {STABLE: 100}
-            failed = windows[CANARY].errors  # the users' requests the release failed
+            failed = analysis.user_failures
             r.record(
                 "failed",
-                f"rolled back: {decision.reason}; {failed} request(s) failed on the canary "
-                "in this step",
+                f"rolled back: {decision.reason}; {failed} user request(s) failed on "
+                f"{spec.version} in this step",
                 at=now,
-                canary_errors=failed,
+                user_failures=failed,
             )
 
     return _guarded(rollout, judged)

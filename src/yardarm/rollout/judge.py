@@ -184,17 +184,59 @@ class Verdict:
         return cls(cast(Outcome, data["outcome"]), str(data["rule"]), checks)
 
 
-def judge(canary: TrackWindow, baseline: TrackWindow, config: JudgeConfig) -> Verdict:
-    """Compare `canary` with `baseline` (same window, started together) under `config`."""
-    checks = (
-        _availability(canary),
+def judge(
+    canary: TrackWindow, baseline: TrackWindow, config: JudgeConfig, *, guardrails: bool = True
+) -> Verdict:
+    """Compare `canary` with `baseline` (same window, started together) under `config`.
+
+    `guardrails=False` leaves out the absolute ceilings: for windows measured where the
+    requests are sent (blue-green's smoke), whose latency includes the sender's own
+    delays; the ceilings then apply to the server's view (`judge_guardrails`)."""
+    checks: tuple[Check, ...] = (
+        _availability(canary, baseline),
         _share(canary, baseline, config),
         _traffic(canary, baseline, config),
         _errors(canary, baseline, config),
         _latency(canary, baseline, config),
-        _guardrail_errors(canary, config),
-        _guardrail_latency(canary, config),
     )
+    if guardrails:
+        checks += (_guardrail_errors(canary, config), _guardrail_latency(canary, config))
+    return _decide(checks)
+
+
+def judge_guardrails(window: TrackWindow, config: JudgeConfig) -> Verdict:
+    """`window` on its own, against the absolute rules only (availability, enough
+    requests, the SLO guardrails): for traffic that has no like-for-like reference, such
+    as green's live traffic after a blue-green switch."""
+    traffic: Check
+    if window.requests < config.min_requests:
+        traffic = Check(
+            "traffic",
+            "inconclusive",
+            "no-traffic" if window.requests == 0 else "minimum-requests",
+            f"too few {window.track} requests ({window.requests}; {config.min_requests} needed)",
+            {"requests": window.requests, "min_requests": config.min_requests},
+        )
+    else:
+        traffic = Check("traffic", "pass", "minimum-requests", "enough requests",
+                        {"requests": window.requests})  # fmt: skip
+    checks = (
+        _availability(window),
+        traffic,
+        _guardrail_errors(window, config),
+        _guardrail_latency(window, config),
+    )
+    return _decide(tuple(Check(f"live-{c.name}", c.outcome, c.rule, c.detail, c.numbers)
+                         for c in checks))  # fmt: skip
+
+
+def combine(*verdicts: Verdict) -> Verdict:
+    """Several analyses of one interval as one verdict: every check, decided as `judge`
+    decides (the first failing check, else the first inconclusive one)."""
+    return _decide(tuple(c for v in verdicts for c in v.checks))
+
+
+def _decide(checks: tuple[Check, ...]) -> Verdict:
     for wanted in ("fail", "inconclusive"):
         for check in checks:
             if check.outcome == wanted:
@@ -205,17 +247,31 @@ def judge(canary: TrackWindow, baseline: TrackWindow, config: JudgeConfig) -> Ve
 # -- the checks, in the order that decides ------------------------------------------
 
 
-def _availability(canary: TrackWindow) -> Check:
+def _availability(canary: TrackWindow, baseline: TrackWindow | None = None) -> Check:
     if canary.unavailable:
         hidden = "; ".join(canary.unavailable)
+        numbers: dict[str, Number] = {"unavailable": hidden}
+        if baseline is not None and baseline.unavailable:
+            # Both hidden: the machine or a shared dependency, not the release.
+            both = "; ".join(baseline.unavailable)
+            return Check(
+                "availability",
+                "inconclusive",
+                "unavailable-both",
+                f"the gateway keeps both tracks from traffic ({canary.track}: {hidden}; "
+                f"{baseline.track}: {both}): the environment, not the release",
+                numbers | {"baseline_unavailable": both},
+            )
         return Check(
             "availability",
             "fail",
             "unavailable",
-            f"the gateway keeps the canary from traffic: {hidden}",
-            {"unavailable": hidden},
+            f"the gateway keeps the {canary.track} from traffic: {hidden}",
+            numbers,
         )
-    return Check("availability", "pass", "unavailable", "every canary endpoint takes traffic")
+    return Check(
+        "availability", "pass", "unavailable", f"every {canary.track} endpoint takes traffic"
+    )
 
 
 def route_requests(canary: TrackWindow, baseline: TrackWindow) -> int:
@@ -400,11 +456,15 @@ def _guardrail_errors(canary: TrackWindow, config: JudgeConfig) -> Check:
     }
     if canary.requests == 0:
         return Check(
-            "guardrail-errors", "inconclusive", "minimum-requests", "no canary requests", numbers
+            "guardrail-errors",
+            "inconclusive",
+            "minimum-requests",
+            f"no {canary.track} requests",
+            numbers,
         )
     p = stats.binomial_p(canary.errors, canary.requests, ceiling, "greater")
     numbers["p_value"] = p
-    seen = f"canary error ratio {ratio:.2%} against a ceiling of {ceiling:.2%}, p={p:.2g}"
+    seen = f"{canary.track} error ratio {ratio:.2%} against a ceiling of {ceiling:.2%}, p={p:.2g}"
     if ratio > ceiling and p < config.alpha_errors:
         return Check("guardrail-errors", "fail", "guardrail-error-ratio", seen, numbers)
     if canary.requests < config.min_requests:
@@ -431,13 +491,13 @@ def _guardrail_latency(canary: TrackWindow, config: JudgeConfig) -> Check:
             "guardrail-latency",
             "inconclusive",
             "minimum-latency-points",
-            f"too few canary latency points ({len(x)}; {config.min_latency_points} needed)",
+            f"too few {canary.track} latency points ({len(x)}; {config.min_latency_points} needed)",
             numbers,
         )
     high_ms = stats.quantile(x, q) * 1000.0
     numbers["canary_high_ms"] = high_ms
     seen = (
-        f"canary latency points' q{q:g} {high_ms:.1f} ms against a ceiling of "
+        f"{canary.track} latency points' q{q:g} {high_ms:.1f} ms against a ceiling of "
         f"{config.guardrail_latency_s * 1000.0:g} ms"
     )
     outcome: Outcome = "fail" if high_ms > config.guardrail_latency_s * 1000.0 else "pass"

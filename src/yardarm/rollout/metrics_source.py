@@ -28,6 +28,9 @@ from yardarm.rollout.window import TrackWindow
 
 QUANTILES = (0.5, 0.9)
 BREAKER_OPEN = 2.0
+# How long the gateway must have kept a track's endpoint from traffic for the judge to
+# call the track unavailable (a few health-check intervals and sub-windows).
+UNAVAILABLE_FOR_S = 5.0
 REQUESTS = "yardarm_gateway_route_requests_total"
 SERVER = "http_server_request_duration_seconds"
 
@@ -147,7 +150,9 @@ class PrometheusSource:
                     values = item["values"]
                     assert isinstance(values, list)
                     points[track].extend(float(v[1]) for v in values if math.isfinite(float(v[1])))
-        return _windows(subject, requests, errors, weights, points, self._unavailable(subject, end))
+        since = max(start, end - UNAVAILABLE_FOR_S)
+        hidden = sustained(self._unavailable(subject, end), self._unavailable(subject, since))
+        return _windows(subject, requests, errors, weights, points, hidden)
 
     def _unavailable(self, subject: Subject, at: float) -> dict[str, list[str]]:
         upstream = f'upstream="{subject.upstream}"'
@@ -193,6 +198,19 @@ def unavailable(
         if state >= BREAKER_OPEN and guarded is not None:
             reasons[guarded].append(f"circuit {breaker} is open")
     return reasons
+
+
+def sustained(
+    now: Mapping[str, list[str]], before: Mapping[str, list[str]]
+) -> dict[str, list[str]]:
+    """The reasons that held both `UNAVAILABLE_FOR_S` ago and now: a health check that
+    timed out twice on a busy machine, then passed, hides a canary for a moment, not a
+    release that keeps failing (its breaker stays open, its ejection lasts)."""
+    return {
+        track: kept
+        for track, reasons in now.items()
+        if (kept := [r for r in reasons if r in before.get(track, [])])
+    }
 
 
 def _breaker_track(upstream: str, breaker: str, tracks: Mapping[str, str]) -> str | None:
@@ -297,7 +315,11 @@ def windows_between(
                 point = histogram_quantile(q, delta)
                 if point is not None:
                     points[key[0]].append(point)
-    reasons = unavailable(subject.upstream, last.healthy, last.ejected, last.breakers)
+    since = [s for s in inside if s.at <= end - UNAVAILABLE_FOR_S] or inside[:1]
+    reasons = sustained(
+        unavailable(subject.upstream, last.healthy, last.ejected, last.breakers),
+        unavailable(subject.upstream, since[-1].healthy, since[-1].ejected, since[-1].breakers),
+    )
     return _windows(
         subject,
         requests,

@@ -18,6 +18,9 @@ Strategy = Literal["canary", "blue-green"]
 Step = int | Literal["pause"]
 PAUSE: Literal["pause"] = "pause"
 DEFAULT_STEPS: tuple[Step, ...] = (10, 25, 50, 100)
+# A blue-green rollout's stages, its `step`: green previewed (smoke and analysis), the
+# switch (post-promotion analysis), blue kept for the scale-down delay, done.
+BLUE_GREEN_PREVIEW, BLUE_GREEN_SWITCHED, BLUE_GREEN_DELAY, BLUE_GREEN_DONE = 0, 1, 2, 3
 # How each service rolls (docs/rollouts.md): behind the gateway by weights; a queue
 # consumer by its share of instances; the gateway and the datastore by rolling restart.
 ROLLS_BY = {
@@ -86,6 +89,23 @@ class RolloutSpec(BaseModel):
     steps: tuple[Step, ...] = DEFAULT_STEPS
     step_duration_s: float = Field(default=30.0, ge=1.0, le=86_400.0)
     analysis_interval_s: float = Field(default=10.0, ge=1.0, le=3_600.0)
+    # Blue-green: how long blue stays up after the switch, so a rollback is instant.
+    scale_down_delay_s: float = Field(default=30.0, ge=0.0, le=86_400.0)
+
+    @property
+    def rolls_by(self) -> str:
+        """weights, instances or restart (`ROLLS_BY`)."""
+        return ROLLS_BY.get(self.service, "weights")
+
+    @property
+    def last_step(self) -> int:
+        """The index of the step that ends the rollout: a canary's 100%; blue-green's
+        stages (preview, switched, scale-down delay, done); a rolling restart's one."""
+        if self.rolls_by == "restart":
+            return 0
+        if self.strategy == "blue-green":
+            return BLUE_GREEN_DONE
+        return len(self.steps) - 1
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -115,10 +135,20 @@ class RolloutSpec(BaseModel):
             raise RolloutSpecError(
                 f"{self.service} already runs {self.version} on its stable track"
             )
-        if ROLLS_BY[self.service] == "restart" and (
+        if self.rolls_by == "restart" and (
             self.strategy != "canary" or self.steps != DEFAULT_STEPS
         ):
             raise RolloutSpecError(
                 f"{self.service} rolls by restarting its replicas one at a time: "
                 "no blue-green and no weight steps"
+            )
+        if self.strategy == "blue-green" and self.rolls_by != "weights":
+            raise RolloutSpecError(
+                f"{self.service} takes no traffic through the gateway's weights, so it "
+                "cannot switch blue to green: roll it with --strategy canary"
+            )
+        if self.strategy == "blue-green" and self.steps != DEFAULT_STEPS:
+            raise RolloutSpecError(
+                "blue-green takes no --steps: green is previewed at full size, then all "
+                "traffic switches to it at once (--step-duration sets each analysis stage)"
             )

@@ -21,13 +21,14 @@ from rich.text import Text
 from yardarm.rollout.engine import (
     BASELINE,
     CANARY,
+    GREEN,
     STABLE,
     EngineConfig,
     analyses_per_step,
     current_weight,
     world,
 )
-from yardarm.rollout.spec import PAUSE, Step
+from yardarm.rollout.spec import BLUE_GREEN_DELAY, PAUSE, RolloutSpec, Step
 from yardarm.rollout.state import Rollout
 
 EVENTS_SHOWN = 8
@@ -79,9 +80,22 @@ def steps_text(steps: Sequence[Step]) -> str:
     return ",".join(str(step) for step in steps)
 
 
+_BLUE_GREEN_STAGES = (
+    "preview (pre-promotion analysis)",
+    "switched (post-promotion analysis)",
+    "scale-down delay",
+    "promotion",
+)
+
+
 def _step_name(rollout: Rollout, index: int) -> str:
     """One step as a user reads it: `25%`, `pause at 25%`, `100% (promotion)`."""
-    step = rollout.spec.steps[index]
+    spec = rollout.spec
+    if spec.rolls_by == "restart":
+        return "rolling restart"
+    if spec.strategy == "blue-green":
+        return _BLUE_GREEN_STAGES[min(index, len(_BLUE_GREEN_STAGES) - 1)]
+    step = spec.steps[index]
     if step == PAUSE:
         held = current_weight(rollout.model_copy(update={"step": index}))
         return f"pause at {held}%"
@@ -92,9 +106,8 @@ def _step_name(rollout: Rollout, index: int) -> str:
 
 def step_text(rollout: Rollout) -> str:
     """`step 2 of 5: 25%`."""
-    return (
-        f"step {rollout.step + 1} of {len(rollout.spec.steps)}: {_step_name(rollout, rollout.step)}"
-    )
+    total = rollout.spec.last_step + 1
+    return f"step {rollout.step + 1} of {total}: {_step_name(rollout, rollout.step)}"
 
 
 def next_step(rollout: Rollout, now: float) -> str | None:
@@ -104,14 +117,20 @@ def next_step(rollout: Rollout, now: float) -> str | None:
     spec = rollout.spec
     service = escape(spec.service)
     after = rollout.step + 1
-    following = _step_name(rollout, after) if after < len(spec.steps) else None
+    following = _step_name(rollout, after) if after <= spec.last_step else None
     if rollout.phase == "paused":
         return f"waits for `yardarm rollout promote {service}`, then {following}"
-    step = spec.steps[rollout.step]
-    if step == PAUSE:
-        return f"pausing at {current_weight(rollout)}%: `yardarm rollout promote {service}` goes on"
-    if int(step) >= 100:
+    if spec.rolls_by == "restart":
+        return f"{service}'s replicas are replaced by {escape(spec.version)} one at a time"
+    if rollout.step >= spec.last_step:
         return f"promotion: the stable track moves to {escape(spec.version)}"
+    if spec.strategy == "blue-green" and rollout.step == BLUE_GREEN_DELAY:
+        if rollout.step_started_at is None:
+            return "the scale-down delay begins"
+        left = max(0.0, rollout.step_started_at + spec.scale_down_delay_s - now)
+        return f"promotion in about {duration(left)}: stable moves to {escape(spec.version)}"
+    if spec.strategy == "canary" and spec.steps[rollout.step] == PAUSE:
+        return f"pausing at {current_weight(rollout)}%: `yardarm rollout promote {service}` goes on"
     analyses = analyses_per_step(rollout)
     plan = (
         f"{following} once the step's {analyses} "
@@ -145,34 +164,41 @@ def tracks_table(rollout: Rollout) -> Table:
     """Each track's version and weight; for the judged tracks, their traffic in the step
     as of the last analysis (requests, errors, median latency point)."""
     target = world(rollout, EngineConfig())
+    weights = target.weights or {}
     numbers = _last_numbers(rollout)
     errors, latency = numbers.get("errors", {}), numbers.get("latency", {})
     running = {STABLE: target.stable_version} | {
         track: version for track, (version, _) in target.tracks.items()
     }
+    # The judge's numbers name the judged pair canary and baseline: blue-green judges
+    # green's smoke requests against stable's.
+    blue_green = rollout.spec.strategy == "blue-green"
+    judged_as = {GREEN: CANARY, STABLE: BASELINE} if blue_green else {}
     title = "tracks"
-    if rollout.running and rollout.step_started_at is None:
+    if rollout.running and rollout.step_started_at is None and target.weights is not None:
         title = "tracks (weights being applied)"
     table = Table("track", "version", "weight", "requests", "errors", "latency (median point)",
                   title=title, title_justify="left")  # fmt: skip
     judged = False
-    for track in (STABLE, CANARY, BASELINE):
-        if track not in running and not target.weights.get(track):
+    for track in (STABLE, CANARY, BASELINE, GREEN):
+        if track not in running and not weights.get(track):
             continue
-        requests = errors.get(f"{track}_requests")
+        key = judged_as.get(track, track if not blue_green else "-")
+        requests = errors.get(f"{key}_requests")
         judged = judged or requests is not None
-        failed = errors.get(f"{track}_errors")
-        ratio = errors.get(f"{track}_error_ratio")
+        failed = errors.get(f"{key}_errors")
+        ratio = errors.get(f"{key}_error_ratio")
         table.add_row(
             track,
             escape(running.get(track, "-")),
-            f"{target.weights.get(track, 0)}%",
+            f"{weights.get(track, 0)}%" if target.weights is not None else "-",
             "-" if requests is None else str(requests),
             "-" if failed is None else f"{failed} ({float(ratio or 0.0):.2%})",
-            _ms(latency.get(f"{track}_median_ms")),
+            _ms(latency.get(f"{key}_median_ms")),
         )
     if judged:
-        table.caption = "traffic: the step so far, at its last analysis"
+        what = "smoke traffic" if blue_green else "traffic"
+        table.caption = f"{what}: the step so far, at its last analysis"
     return table
 
 
@@ -315,11 +341,9 @@ def status_view(rollout: Rollout, now: float | None = None) -> Panel:
     now = time.time() if now is None else now
     spec = rollout.spec
     lines = [
-        f"[bold]{escape(spec.service)}[/] {escape(versions(rollout))}  {escape(spec.strategy)}"
-        f"  {phase(rollout)}",
-        f"{step_text(rollout)}  [dim](steps {escape(steps_text(spec.steps))} of "
-        f"{duration(spec.step_duration_s)}, an analysis every "
-        f"{duration(spec.analysis_interval_s)})[/]",
+        f"[bold]{escape(spec.service)}[/] {escape(versions(rollout))}  "
+        f"{escape(strategy_name(spec))}  {phase(rollout)}",
+        f"{step_text(rollout)}  [dim]({escape(plan_text(spec))})[/]",
     ]
     if rollout.running:
         lines.append(
@@ -366,9 +390,9 @@ def list_table(rollouts: Sequence[Rollout], now: float | None = None) -> Table:
             escape(rollout.spec.service),
             escape(rollout.id),
             escape(versions(rollout)),
-            escape(rollout.spec.strategy),
+            escape(strategy_name(rollout.spec)),
             phase(rollout),
-            f"{rollout.step + 1}/{len(rollout.spec.steps)}",
+            f"{rollout.step + 1}/{rollout.spec.last_step + 1}",
             _weight(rollout),
             f"{duration(now - rollout.updated_at)} ago",
             escape(rollout.reason or ""),
@@ -404,10 +428,26 @@ def started_text(rollout: Rollout) -> str:
     spec = rollout.spec
     return (
         f"started rollout [bold]{escape(rollout.id)}[/]: {escape(spec.service)} "
-        f"{escape(versions(rollout))} by {escape(spec.strategy)}, steps "
-        f"{escape(steps_text(spec.steps))} of {duration(spec.step_duration_s)} each, an "
-        f"analysis every {duration(spec.analysis_interval_s)}"
+        f"{escape(versions(rollout))} by {escape(strategy_name(spec))}: "
+        f"{escape(plan_text(spec))}"
     )
+
+
+def strategy_name(spec: RolloutSpec) -> str:
+    return "rolling restart" if spec.rolls_by == "restart" else spec.strategy
+
+
+def plan_text(spec: RolloutSpec) -> str:
+    """The rollout's plan in a line: its steps and timings."""
+    every = f"an analysis every {duration(spec.analysis_interval_s)}"
+    if spec.rolls_by == "restart":
+        return "one replica at a time"
+    if spec.strategy == "blue-green":
+        return (
+            f"preview and post-promotion analysis of {duration(spec.step_duration_s)} each, "
+            f"{every}, blue kept {duration(spec.scale_down_delay_s)}"
+        )
+    return f"steps {steps_text(spec.steps)} of {duration(spec.step_duration_s)} each, {every}"
 
 
 def outcome_text(rollout: Rollout) -> str:

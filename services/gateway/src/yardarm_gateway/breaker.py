@@ -288,6 +288,16 @@ class CircuitBreaker:
             )
         return None
 
+    def reset(self, reason: str) -> None:
+        """Closed, with no history: what the circuit guarded is gone (a track whose
+        endpoints all left), so nothing it learnt applies to what comes next."""
+        self._closed_window.reset()
+        self._trial_window.reset()
+        self._trial_acquired = 0
+        self._metrics = self._closed_window
+        if self._state != "closed":
+            self._transition("closed", reason)
+
     def _open(self, now: float, reason: str) -> None:
         self._opened_at = now
         self._transition("open", reason)

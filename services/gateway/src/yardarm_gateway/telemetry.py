@@ -184,9 +184,10 @@ class GatewayTelemetry:
         )  # fmt: skip
 
     def endpoint_gone(self, upstream: str, endpoint: Endpoint) -> None:
-        """A drained endpoint is dropped: its health gauge falls to 0 (the metrics library
-        keeps the series), so a sum over endpoints counts only those still routed to."""
-        self.health_change(upstream, endpoint, False)
+        """A drained endpoint is dropped, and its series with it: a health gauge kept at
+        0 would read as an endpoint failing its health checks (a rollout judge would see
+        a canary that left as a canary hidden by the gateway)."""
+        self.healthy.remove(upstream=upstream, endpoint=endpoint.url, upstream_track=endpoint.track)
         # Its breaker and ejection state went with it: a re-added URL starts fresh.
         self.breaker_state.remove(breaker=f"{upstream}/{endpoint.url}")
         self.ejected.remove(upstream=upstream, endpoint=endpoint.url)

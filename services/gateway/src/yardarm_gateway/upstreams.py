@@ -182,6 +182,10 @@ class Upstream:
         for pool in pools.values():
             if self._stale(pool):
                 members = self._members(pool.track)
+                if members and not pool.endpoints:
+                    # A track back from no endpoints is a new release of it (the next
+                    # canary or green): its circuit starts closed, not as the last left it.
+                    pool.breaker.reset("the track has endpoints again")
                 pool.endpoints = members
                 pool.weights = tuple(e.weight for e in members)
                 pool.balancer = make_balancer(self.spec.balancer, members, self._rng)
