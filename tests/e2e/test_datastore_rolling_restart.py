@@ -67,7 +67,7 @@ ELECTION_S = float(_TIMING["tick_s"].default) * int(_TIMING["election_ticks"].de
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = configured_stack(tmp_path_factory.mktemp("datastore-roll"), TOPOLOGY, 34000)
+    running = configured_stack(tmp_path_factory.mktemp("datastore-roll"), TOPOLOGY, 19000)
     try:
         yield running.up()
     finally:

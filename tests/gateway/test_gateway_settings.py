@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from yardarm_gateway.settings import GatewaySettings
+from yardarm_gateway.settings import SHARED_PORT_DRAIN_DELAY_S, GatewaySettings
 
 UPSTREAMS = {"orders": ["http://127.0.0.1:8100", "http://127.0.0.1:8101/"]}
 
@@ -188,3 +188,12 @@ def test_the_datastore_credential_is_read_from_its_file(
     assert settings().datastore_credential is None
     with pytest.raises(ValidationError, match="datastore_token_file"):
         settings(datastore_token_file=tmp_path / "missing.token")
+
+
+def test_a_replica_sharing_the_public_port_drains_for_a_second_unless_told() -> None:
+    # Nothing routes by a shared-port replica's readiness: its drain delay is what moves
+    # its keep-alive clients to its peers (answers with Connection: close).
+    assert settings(reuse_port=True).drain_delay_s == SHARED_PORT_DRAIN_DELAY_S == 1.0
+    assert settings(reuse_port=True, drain_delay_s=0).drain_delay_s == 0
+    assert settings(reuse_port=True, drain_delay_s=2.5).drain_delay_s == 2.5
+    assert settings().drain_delay_s == 0  # alone on its port: the kit's default

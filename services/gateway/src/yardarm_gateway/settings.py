@@ -19,6 +19,9 @@ from yardarm_kit.gateway_policy import RateLimitConfig, UpstreamPolicy
 from yardarm_gateway.routing import Route, check_routes
 
 TRACK_NAME = r"^[a-z][a-z0-9-]{0,31}$"
+# A shared-port replica's default drain delay: long enough for a client sending a
+# request a second on a keep-alive connection to get one answer with Connection: close.
+SHARED_PORT_DRAIN_DELAY_S = 1.0
 
 
 def _base_url(value: str) -> str:
@@ -90,6 +93,13 @@ class GatewaySettings(ServiceSettings):
 
     The admin listener (`admin_port`) binds the kit's `host`, as the public port does
     (`0.0.0.0` in a container), and drains with it on SIGTERM.
+
+    A replica sharing the public port with its peers (`reuse_port`) leaves the port as
+    soon as it drains (the kernel gives new connections to its peers), then serves the
+    connections it has for `drain_delay_s`, `SHARED_PORT_DRAIN_DELAY_S` unless set:
+    every answer closes its connection, so a keep-alive client moves to a peer at its
+    next request. A connection left idle all through the delay is closed at its end;
+    a request sent on it at that very instant would fail (HTTP/1.1 cannot announce it).
     """
 
     model_config = SettingsConfigDict(env_prefix="YARDARM_GATEWAY_")
@@ -159,6 +169,12 @@ class GatewaySettings(ServiceSettings):
     def datastore_credential(self) -> str | None:
         """The gateway's own datastore token (reads `config/gateway/`), if configured."""
         return self._datastore_credential
+
+    @model_validator(mode="after")
+    def _shared_port_drains(self) -> Self:
+        if self.reuse_port and "drain_delay_s" not in self.model_fields_set:
+            self.drain_delay_s = SHARED_PORT_DRAIN_DELAY_S
+        return self
 
     def tracks(self) -> dict[str, set[str]]:
         """The tracks each upstream's endpoints serve."""

@@ -9,6 +9,9 @@ Stopping (SIGTERM, SIGINT, `request_stop()`) drains as Kubernetes and Envoy expe
 readiness fails first while the listeners keep serving for `drain_delay_s`, then the
 listeners close (a new connection is refused), requests in flight get `drain_timeout_s`
 to finish, the shutdown hooks run, spans are flushed, and `run()` returns (exit 0).
+Closing refuses nothing a client already sent (`_leave_port`, `_settle`), and a
+listener sharing its port (SO_REUSEPORT) leaves it as the drain begins: replicas of one
+port are restarted one at a time without a failed request.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import random
 import re
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -53,6 +59,12 @@ OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json
 MAX_BODY_BYTES = 1024 * 1024
 READINESS_TIMEOUT_S = 2.0
 SHUTDOWN_GRACE_S = 10.0  # each shutdown hook's bound
+LISTEN_BACKLOG = 128
+SETTLE_POLL_S = 0.01  # how often stopping looks whether every connection has settled
+# How long stopping waits for the first request of a connection that has sent nothing
+# yet (one that landed as its listener closed sends it within a round trip or two; a
+# preconnecting browser may never send one).
+FIRST_REQUEST_S = 2.0
 # The status recorded for a request whose client went away before it was answered
 # (nginx's convention): not the server's failure, and no answer can reach anyone.
 CLIENT_CLOSED = 499
@@ -167,6 +179,90 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+@dataclass
+class _Listening:
+    """One open port of the process: aiohttp's runner and the listening server the kit
+    owns (so that closing can take over what the kernel queued on it)."""
+
+    runner: web.AppRunner
+    server: asyncio.Server
+    shared: bool  # SO_REUSEPORT: other processes listen on the port too
+    left: bool = False
+
+    def leave(self) -> list[socket.socket]:
+        """Close the listener once; the connections that were queued on it."""
+        if self.left:
+            return []
+        self.left = True
+        return _leave_port(self.server)
+
+
+def _leave_port(server: asyncio.Server) -> list[socket.socket]:
+    """Close `server`'s listening sockets; the connections the kernel had queued on them.
+
+    Closing a listener resets every connection queued on it that the process has not
+    accepted yet: with SO_REUSEPORT the kernel keeps sending a share of new connections
+    to each listener of the port until the moment it closes, so a replica leaving under
+    load would refuse some (unless `net.ipv4.tcp_migrate_req` is 1: then Linux moves
+    them to another listener of the port, which an unprivileged process cannot set). A
+    duplicate of each socket keeps it listening while the server's own closes; what is
+    queued is accepted from it, then it closes at once, so only a handshake completing
+    in the microseconds between the last accept and the close can be lost.
+    """
+    copies = [socket.socket(fileno=os.dup(sock.fileno())) for sock in server.sockets]
+    server.close()
+    taken: list[socket.socket] = []
+    for listener in copies:
+        with listener:
+            listener.setblocking(False)
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionAbortedError:  # reset by its client while queued
+                    continue
+                except OSError:  # out of file descriptors: what is left is lost
+                    break
+                taken.append(conn)
+    return taken
+
+
+def _settled(conn: web.RequestHandler, *, awaiting_first: bool) -> bool:
+    """Whether closing the connection now loses nothing sent on it: no request is in
+    progress (its body may still be arriving, which aiohttp drops once it closes), and
+    it has had one, unless its first is no longer `awaiting_first`."""
+    # aiohttp keeps no public per-connection state; these are its own (3.14) fields.
+    if conn._request_in_progress:
+        return False
+    return conn._request_count > 0 or not awaiting_first
+
+
+async def _settle(
+    runners: list[web.AppRunner], adopting: set[asyncio.Task[None]], deadline: float
+) -> None:
+    """Until every open connection has settled (each response closes its connection
+    while draining), or `deadline`; connections taken from a listener (a TLS one until
+    its handshake is done) and those yet to send a request are waited for at most
+    FIRST_REQUEST_S. Idle keep-alive connections are settled: a client may send on one
+    as it is closed (HTTP/1.1 has no way to say "no more" on an idle connection), which
+    the drain delay's `Connection: close` answers make rare."""
+    loop = asyncio.get_running_loop()
+    first_by = loop.time() + FIRST_REQUEST_S
+    while loop.time() < deadline:
+        awaiting_first = loop.time() < first_by
+        if not (adopting and awaiting_first) and all(
+            _settled(conn, awaiting_first=awaiting_first)
+            for runner in runners
+            if runner.server is not None
+            for conn in runner.server.connections
+        ):
+            break
+        await asyncio.sleep(SETTLE_POLL_S)
+    for task in list(adopting):
+        task.cancel()
+
+
 class Liveness(BaseModel):
     status: Literal["ok"]
     instance: str
@@ -203,7 +299,8 @@ class Service:
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._session: aiohttp.ClientSession | None = None
-        self._runners: list[web.AppRunner] = []
+        self._listening: list[_Listening] = []
+        self._adopting: set[asyncio.Task[None]] = set()  # connections taken from a listener
         self._listeners: list[tuple[web.Application, int]] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -474,33 +571,46 @@ class Service:
             **options,
         )
         await runner.setup()
-        self._runners.append(runner)
+        assert runner.server is not None
         host = self.settings.host
         warning = tls.plaintext_warning(
             host, port, tls=self.ssl_context is not None, mesh_tls=self.settings.mesh_tls
         )
         if warning is not None:
             self.log.warning(warning, extra={"event": "plaintext_listener"})
-        site = web.TCPSite(
-            runner,
+        # The listening server is the kit's own (not an aiohttp site), so that closing
+        # it can take over what the kernel queued on it (`_leave_port`).
+        server = await asyncio.get_running_loop().create_server(
+            runner.server,
             host,
             port,
+            ssl=self.ssl_context,
+            backlog=LISTEN_BACKLOG,
             reuse_address=True,
             reuse_port=reuse_port or None,
-            ssl_context=self.ssl_context,
         )
-        await site.start()
+        self._listening.append(_Listening(runner, server, shared=reuse_port))
         self.log.info("listening on %s:%d", host, port, extra={"event": "started"})
 
     async def drain(self) -> None:
         """Fail readiness, then keep serving for `drain_delay_s`, so that whatever
-        routes by readiness stops sending here before the listeners close."""
+        routes by readiness stops sending here before the listeners close.
+
+        A listener sharing its port with other processes (`reuse_port`) leaves the port
+        at once instead: the kernel then gives every new connection to the listeners
+        that remain, and the delay only serves the connections already open, each
+        answer closing its connection, so their clients reconnect to a peer.
+        """
         self.draining = True
         delay = self.settings.drain_delay_s
+        shared = [listening for listening in self._listening if listening.shared]
         self.log.info(
-            "draining: readiness fails; the listeners close in %.1fs", delay,
+            "draining: readiness fails; %s close in %.1fs",
+            "the shared port is left now, the other listeners" if shared else "the listeners",
+            delay,
             extra={"event": "draining"},
-        )  # fmt: skip
+        )
+        self._leave(shared)
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -508,13 +618,22 @@ class Service:
         """Fail readiness, close the listeners, let requests in flight finish (up to
         `drain_timeout_s`), run shutdown hooks, flush spans. `serve()` drains first.
 
+        Nothing a client already sent is refused: connections the kernel had queued on
+        a listener are taken over as it closes (`_leave_port`), and the connections
+        still open are answered (`Connection: close`) until each has had a request and
+        has none in progress (`_settle`) before the idle ones are closed.
+
         Idempotent: a second call does nothing.
         """
         if self._stopped:
             return
         self._stopped = True
         self.draining = True
-        runners, self._runners = self._runners, []
+        listening, self._listening = self._listening, []
+        self._leave(listening)
+        runners = [each.runner for each in listening]
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
+        await _settle(runners, self._adopting, deadline)
         await asyncio.gather(*(runner.cleanup() for runner in runners))
         for hook in self._shutdown:
             try:
@@ -529,6 +648,30 @@ class Service:
         self.tracer_provider.force_flush(timeout_millis=5000)
         if self.logger_provider is not None:
             self.logger_provider.force_flush(timeout_millis=5000)
+
+    def _leave(self, listening: list[_Listening]) -> None:
+        """Close these listeners (those still open), then serve the connections the
+        kernel had queued on them like any other (`_settle` waits for them)."""
+        # One step, no await between a listener's closing and the takeover.
+        taken = [(each.runner, sock) for each in listening for sock in each.leave()]
+        for runner, sock in taken:
+            task = asyncio.create_task(self._adopt(runner, sock))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, runner: web.AppRunner, sock: socket.socket) -> None:
+        assert runner.server is not None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                runner.server,
+                sock,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=(
+                    None if self.ssl_context is None else self.settings.drain_timeout_s
+                ),
+            )
+        except Exception:  # the client left, or its TLS handshake failed
+            sock.close()
 
     def request_stop(self) -> None:
         """Make `serve()` return (signal handlers call this)."""
