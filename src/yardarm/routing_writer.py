@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import enum
 import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 import httpx
 
@@ -51,6 +52,42 @@ class PublishError(KvError):
 
 # Changes the document in place; returns False when it needs no write.
 Mutation = Callable[[dict[str, Any]], bool]
+
+
+class Keep(enum.Enum):
+    """The type of `KEEP`."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+"""`set_splits(..., sticky=KEEP)` (the default): each route keeps the sticky it has."""
+
+
+def _sticky_document(sticky: Mapping[str, str]) -> dict[str, str]:
+    """`sticky` as the routing document holds it, checked as the gateway checks it, so a
+    bad one is refused here rather than written and then rejected by every replica."""
+    # Imported here: the gateway's package pulls in aiohttp, which the supervisor lacks.
+    from pydantic import ValidationError
+    from yardarm_gateway.split import StickyConfig
+
+    try:
+        config = StickyConfig.model_validate(dict(sticky))
+    except ValidationError as exc:
+        reasons = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            reason = error["msg"].removeprefix("Value error, ")
+            reasons.append(f"{where}: {reason}" if where else reason)
+        raise PublishError(f"sticky {dict(sticky)!r} refused: {'; '.join(reasons)}") from None
+    return config.model_dump(exclude_none=True)
+
+
+def _present(sticky: Any) -> Any:
+    """A stored sticky without its null fields (the gateway's admin API writes them)."""
+    if isinstance(sticky, dict):
+        return {key: value for key, value in sticky.items() if value is not None}
+    return sticky
 
 
 class RoutingWriter:
@@ -103,9 +140,23 @@ class RoutingWriter:
 
         return await self.update(mutate, f"{len(listed)} {upstream} endpoint(s)")
 
-    async def set_splits(self, routes: Sequence[str], weights: Mapping[str, int]) -> int:
+    async def set_splits(
+        self,
+        routes: Sequence[str],
+        weights: Mapping[str, int],
+        *,
+        sticky: Mapping[str, str] | Literal[Keep.KEEP] | None = KEEP,
+    ) -> int:
         """Give every route in `routes` the same track weights, in one write (a weight
-        of 0 keeps a track named; a split of one track at 100 is the plain route)."""
+        of 0 keeps a track named; a split of one track at 100 is the plain route).
+
+        `sticky` (`{"header": name}` or `{"cookie": name}`) is set on those routes in the
+        same write, None removes it, and `KEEP` leaves each route's own: the gateway
+        refuses a sticky without a split, so the two change together. A sticky that is
+        not exactly one header or cookie named by an HTTP token is a PublishError and
+        nothing is written.
+        """
+        wanted_sticky = sticky if sticky is None or sticky is KEEP else _sticky_document(sticky)
 
         def mutate(doc: dict[str, Any]) -> bool:
             by_name = {route.get("name"): route for route in doc.get("routes", [])}
@@ -115,13 +166,26 @@ class RoutingWriter:
             wanted = dict(weights)
             changed = False
             for name in routes:
-                if by_name[name].get("split") != wanted:
-                    by_name[name]["split"] = wanted
+                route = by_name[name]
+                if route.get("split") != wanted:
+                    route["split"] = wanted
+                    changed = True
+                if wanted_sticky is KEEP:
+                    continue
+                if wanted_sticky is None:
+                    changed |= route.pop("sticky", None) is not None
+                elif _present(route.get("sticky")) != wanted_sticky:
+                    route["sticky"] = dict(wanted_sticky)
                     changed = True
             return changed
 
         shown = ", ".join(f"{track} {weight}" for track, weight in sorted(weights.items()))
-        return await self.update(mutate, f"{', '.join(routes)} split {shown}")
+        what = f"{', '.join(routes)} split {shown}"
+        if wanted_sticky is None:
+            what += ", not sticky"
+        elif wanted_sticky is not KEEP:
+            what += ", sticky " + " ".join(next(iter(wanted_sticky.items())))
+        return await self.update(mutate, what)
 
     async def wait_applied(self, version: int, timeout_s: float) -> list[str]:
         """Wait until every gateway replica routes by `version` or a later one; the admin

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.harness.local import BackgroundLoad, Stack, configured_stack
+from tests.harness.rollout_api import RolloutApi
 from tests.observability.binaries import require_binary
 
 pytestmark = pytest.mark.e2e
@@ -53,50 +54,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.cli("down", check=False)
 
 
-class Controller:
-    """The stack's rollout API, as `yardarm rollout` calls it."""
+class Controller(RolloutApi):
+    """orders' rollouts, with this module's short steps."""
 
     def __init__(self, stack: Stack) -> None:
-        self.url = f"http://127.0.0.1:{stack.base_port + 46}"
-        token = (stack.home / "admin-token").read_text().strip()
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.url + path, headers=self.headers, timeout=30, **kw)
-
-    def start(self, version: str, steps: list[int] | None = None, **more: Any) -> dict[str, Any]:
-        body = {
-            "service": "orders",
-            "version": version,
-            "step_duration_s": STEP_S,
-            "analysis_interval_s": INTERVAL_S,
-            **more,
-        }
-        if more.get("strategy") != "blue-green":
-            body["steps"] = steps or [50, 100]
-        answer = self.call("POST", "/rollouts", json=body)
-        assert answer.status_code == 201, answer.text
-        started: dict[str, Any] = answer.json()
-        return started
-
-    def wait_end(self, bound_s: float = ROLLOUT_BOUND_S) -> dict[str, Any]:
-        deadline = time.monotonic() + bound_s
-        while time.monotonic() < deadline:
-            try:
-                answer = self.call("GET", "/rollouts/orders")
-            except httpx.TransportError:  # the controller is restarting
-                time.sleep(1.0)
-                continue
-            if answer.status_code == 200 and answer.json()["phase"] not in (
-                "progressing",
-                "paused",
-            ):
-                ended: dict[str, Any] = answer.json()
-                return ended
-            time.sleep(1.0)
-        raise AssertionError(
-            f"the rollout did not end: {self.call('GET', '/rollouts/orders').text}"
-        )
+        super().__init__(stack, "orders", STEP_S, INTERVAL_S, ROLLOUT_BOUND_S)
 
 
 def _orders_versions(stack: Stack) -> set[str]:
@@ -203,15 +165,53 @@ def test_subtle_regressions_are_caught_by_the_judges_own_rules(stack: Stack) -> 
     _wait_versions(stack, {"0.1.0"})
 
 
+def _sticky(stack: Stack) -> dict[str, str]:
+    """The header each orders route keeps its clients on one track by, as the gateway
+    applies it."""
+    token = (stack.home / "admin-token").read_text().strip()
+    view = httpx.get(
+        f"http://127.0.0.1:{stack.base_port + 1}/admin/routes",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
+    return {
+        route["name"]: route["sticky"]["header"]
+        for route in view["routes"]
+        if route["name"] in ("api-orders", "api-stock") and route.get("sticky")
+    }
+
+
+def _tracks_of(stack: Stack, user: int) -> set[str]:
+    """The tracks that served one user's stock reads (the gateway names each answer's)."""
+    seen = set()
+    for _ in range(5):
+        answer = httpx.get(f"{stack.gateway}/api/stock", headers={"x-user": f"user-{user}"},
+                           timeout=10)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        seen.add(answer.headers["x-yardarm-track"])
+    return seen
+
+
 def test_three_rollouts_of_an_identical_version_all_complete(stack: Stack) -> None:
     """No false rollbacks on a real stack: 0.2.0 is 0.1.0's code; each rollout is
-    undone before the next."""
+    undone before the next. The first keeps clients on their track by a header, which
+    the gateway applies while it runs and drops at its end."""
     api = Controller(stack)
     ended = []
     with BackgroundLoad(stack, "--rate", "30", "--duration", "900s", "--timeout", "3s") as load:
-        for _ in range(3):
-            api.start("0.2.0")
+        for attempt in range(3):
+            if attempt == 0:  # sticky by a header while it runs, and only then
+                api.start("0.2.0", sticky="header:x-user")
+                _wait_step(api, 0, started=True)
+                assert _sticky(stack) == {"api-orders": "x-user", "api-stock": "x-user"}
+                # Each user stays on one track; at 50% the users spread over both.
+                tracks = {user: _tracks_of(stack, user) for user in range(20)}
+                assert all(len(seen) == 1 for seen in tracks.values()), tracks
+                assert set().union(*tracks.values()) == {"canary", "baseline"}, tracks
+            else:
+                api.start("0.2.0")
             ended.append(api.wait_end())
+            assert _sticky(stack) == {}
             assert api.call("POST", "/rollouts/orders/undo").status_code == 200
             assert api.wait_end()["phase"] == "completed"
         load.interrupt()
@@ -222,9 +222,14 @@ def test_three_rollouts_of_an_identical_version_all_complete(stack: Stack) -> No
     print(f"identical version x3: {_failed(summary)} of {summary['requests']} requests failed")
 
 
-def _wait_step(api: Controller, step: int, bound_s: float = ROLLOUT_BOUND_S) -> None:
+def _wait_step(
+    api: Controller, step: int, bound_s: float = ROLLOUT_BOUND_S, *, started: bool = False
+) -> None:
+    """Until the rollout is at `step` or later (`started`: and that step's weights apply)."""
     deadline = time.monotonic() + bound_s
-    while (rollout := api.call("GET", "/rollouts/orders").json())["step"] < step:
+    while (rollout := api.current())["step"] < step or (
+        started and rollout["step"] == step and rollout["step_started_at"] is None
+    ):
         assert rollout["phase"] == "progressing", [e["message"] for e in rollout["events"]]
         assert time.monotonic() < deadline, f"step {step} never began"
         time.sleep(0.5)

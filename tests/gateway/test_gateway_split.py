@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
-from itertools import pairwise
+from itertools import pairwise, permutations
 
 import pytest
 from pydantic import ValidationError
@@ -155,6 +156,47 @@ def test_a_changed_total_still_moves_clients_one_way() -> None:
     moved = _moves({"stable": 90, "canary": 10}, {"stable": 90, "canary": 20})
     assert set(moved) == {("stable", "canary")}
     assert 0.06 <= moved[("stable", "canary")] / 20_000 <= 0.10
+
+
+def _canary_step(w: int) -> dict[str, int]:
+    """The weights at a canary step of w%, as the rollout engine sets them: a baseline
+    of the old version as large as the canary (while stable can spare it)."""
+    baseline = min(w, 100 - w)
+    return {"stable": 100 - w - baseline, "canary": w, "baseline": baseline}
+
+
+RAMP = (10, 25, 50, 75, 100)
+
+
+def _random_keys(count: int) -> list[bytes]:
+    rng = random.Random(14)
+    return [rng.randbytes(16) for _ in range(count)]
+
+
+def test_a_canary_ramp_never_sends_a_canary_client_back_to_the_old_version() -> None:
+    keys = _random_keys(5_000)
+    on_canary: set[bytes] = set()
+    for w in RAMP:
+        split = TrafficSplit(_canary_step(w))
+        picks = {key: split.pick(sticky_key=key) for key in keys}
+        went_back = [key for key in on_canary if picks[key] != "canary"]
+        assert not went_back, f"{len(went_back)} canary clients left the canary at {w}%"
+        on_canary = {key for key, track in picks.items() if track == "canary"}
+        assert abs(len(on_canary) / len(keys) - w / 100) <= 0.03, (w, len(on_canary))
+
+
+def test_same_weights_in_any_mapping_order_place_every_key_identically() -> None:
+    keys = _random_keys(5_000)
+    for weights in (
+        {"stable": 50, "canary": 25, "baseline": 25},
+        {"stable": 40, "canary": 20, "baseline": 15, "green": 25},
+        {"blue": 50, "green": 50},
+    ):
+        placements = {
+            tuple(TrafficSplit(dict(order)).pick(sticky_key=key) for key in keys)
+            for order in permutations(weights.items())
+        }
+        assert len(placements) == 1, weights
 
 
 def test_sticky_client_on_an_unavailable_track_falls_back_to_the_others() -> None:

@@ -37,6 +37,7 @@ class SimulatedStack:
     calls: list[tuple[str, object]] = field(default_factory=list)
     smoked: tuple[str, ...] = ()
     broken: tuple[str, ...] = ()  # versions whose instances do not start
+    sticky: str = ""  # the routes' sticky key ("" none)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -69,7 +70,12 @@ class SimulatedStack:
     def stable_version(self, service: str) -> str:
         return self.version
 
-    async def set_weights(self, service: str, weights: Mapping[str, int]) -> None:
+    async def set_weights(
+        self, service: str, weights: Mapping[str, int], sticky: str | None = None
+    ) -> None:
+        if sticky is not None and sticky != self.sticky:
+            self.calls.append(("sticky", sticky))
+            self.sticky = sticky
         if dict(weights) != self.weights:
             self.calls.append(("weights", dict(weights)))
             for track, weight in weights.items():
@@ -301,3 +307,87 @@ def test_an_abort_landing_while_tracks_start_moves_no_traffic_to_them() -> None:
     assert stack.tracks and stack.weights == {"stable": 100}  # started, never weighted
     run(stack, aborted, ticks=1)
     assert (stack.tracks, stack.weights) == ({}, {"stable": 100})
+
+
+def _consumer_windows(stack: SimulatedStack, start: float, end: float) -> dict[str, TrackWindow]:
+    """A consumer's deliveries: each instance pulls alike, so a track's share is its
+    share of the instances."""
+    counts = {"stable": STABLE_REPLICAS} | {t: n for t, (_, n) in stack.tracks.items()}
+    share = 100.0 * counts.get("canary", 0) / sum(counts.values())
+    traffic = Traffic(route_rps=ROUTE_RPS, weight=share, looks_s=(end - start,))
+    canary, baseline = step_windows(stack.rng, traffic, stack.canary, STABLE)[-1]
+    return {"canary": canary, "baseline": baseline}
+
+
+@dataclass
+class SimulatedConsumer(SimulatedStack):
+    """A queue consumer: no router, so the engine must never set weights."""
+
+    async def set_weights(
+        self, service: str, weights: Mapping[str, int], sticky: str | None = None
+    ) -> None:
+        raise AssertionError(f"a consumer has no split to set ({weights})")
+
+    async def windows(
+        self, service: str, start: float, end: float, tracks: tuple[str, ...]
+    ) -> dict[str, TrackWindow]:
+        return _consumer_windows(self, start, end)
+
+
+def test_a_consumer_rolls_by_its_share_of_instances_and_hands_over_at_100() -> None:
+    stack = SimulatedConsumer(Release())
+    done = run(stack, rollout(service="fulfillment"), ticks=60)
+    assert done.phase == "completed", [e.message for e in done.events]
+    assert (stack.version, stack.tracks) == ("0.2.0", {})
+    ensured = [c[1] for c in stack.calls if c[0] == "ensure"]
+    # ceil(w% of stable's 2 instances) canary instances, as many baseline ones; at 100%
+    # the canary runs at stable's size while stable is replaced, then every track stops.
+    assert ensured[0] == {"canary": ("0.2.0", 1), "baseline": ("0.1.0", 1)}
+    assert ensured[-1] == {"canary": ("0.2.0", STABLE_REPLICAS)}
+    assert [c[0] for c in stack.calls][-3:] == ["ensure", "promote", "stop"]
+    step = next(e for e in done.events if e.kind == "step")
+    assert "1 canary and 1 baseline instance(s) beside 2 stable, about 25%" in step.message
+    # The judge's weight for the canary is its share of the instances.
+    verdict = next(e.data["verdict"] for e in done.events if e.kind == "verdict")
+    share = next(c for c in verdict["checks"] if c["name"] == "share")
+    assert share["numbers"]["weight"] == 25.0
+
+
+def test_a_failing_consumer_release_is_rolled_back_to_stable_alone() -> None:
+    stack = SimulatedConsumer(Release(error_ratio=0.055))
+    done = run(stack, rollout(service="fulfillment"), ticks=60)
+    assert done.phase == "failed", [e.message for e in done.events]
+    assert "error-rate" in (done.reason or "") and done.weights == {}
+    assert (stack.version, stack.tracks) == ("0.1.0", {})
+    assert "promote" not in [c[0] for c in stack.calls]
+
+
+def test_a_consumer_canary_grows_with_the_weight_and_stable_s_size() -> None:
+    stored = rollout(service="fulfillment", steps=(10, 50, 75, 100))
+    sizes = []
+    for step in range(3):
+        stored.step = step
+        target = world(stored, EngineConfig(), stable_replicas=4)
+        assert target.weights is None and target.tracks["baseline"][1] == target.tracks["canary"][1]
+        sizes.append(target.tracks["canary"][1])
+    assert sizes == [1, 2, 3]
+    assert world(stored, EngineConfig(), 4).expected_shares(4) == {
+        "stable": 40.0, "canary": 30.0, "baseline": 30.0,
+    }  # fmt: skip
+
+
+def test_a_sticky_canary_keeps_its_key_while_it_runs_and_takes_it_away_at_the_end() -> None:
+    for canary, phase in ((Release(), "completed"), (Release(error_ratio=0.3), "failed")):
+        stack = SimulatedStack(canary)
+        done = run(stack, rollout(sticky="header:x-user"), ticks=60)
+        assert done.phase == phase, [e.message for e in done.events]
+        calls = [c for c in stack.calls if c[0] in ("sticky", "weights")]
+        # Set with the first split, never changed while weights move, off with the last.
+        assert calls[0] == ("sticky", "header:x-user") and calls[1][0] == "weights"
+        assert [c for c in calls if c[0] == "sticky"] == [
+            ("sticky", "header:x-user"), ("sticky", "")
+        ]  # fmt: skip
+        assert calls[-1] == ("weights", {"stable": 100}) and stack.sticky == ""
+    stack = SimulatedStack(Release())
+    run(stack, rollout(), ticks=60)  # no --sticky: the routes' own is never touched
+    assert "sticky" not in [c[0] for c in stack.calls]

@@ -1,6 +1,7 @@
 """Windows from direct scrapes: counter increases per track (resets included), weights,
 the observed share, latency points per (instance, sub-window, quantile), and every way
-the gateway keeps a track's endpoints from traffic."""
+the gateway keeps a track's endpoints from traffic; for a queue consumer, its own
+deliveries and batch durations."""
 
 from __future__ import annotations
 
@@ -108,3 +109,55 @@ def test_a_track_hidden_for_a_moment_is_not_unavailable() -> None:
 def test_fewer_than_two_scrapes_in_the_window_say_nothing_happened() -> None:
     windows = windows_between(SUBJECT, [scrape(0, gateway(5, 5, 0))], 0, 10)
     assert windows["canary"].requests == 0 and windows["canary"].share == 0.0
+
+
+CONSUMER = Subject(upstream="fulfillment", routes=(), tracks=("canary", "baseline"))
+
+
+def consumer(track: str, processed: int, failed: int, dead: int, fast: int, slow: int) -> str:
+    """One fulfillment instance's own series: deliveries by outcome (two consumers), and
+    its batch histogram."""
+    own = f'service="fulfillment",version="0.2.0",track="{track}",instance="fulfillment-{track}-0"'
+    rows = [
+        f'yardarm_consumer_messages_total{{{own},consumer="payments",outcome="processed"}} '
+        f"{processed}",
+        f'yardarm_consumer_messages_total{{{own},consumer="shipping",outcome="failed"}} {failed}',
+        f'yardarm_consumer_messages_total{{{own},consumer="shipping",outcome="dead_lettered"}} '
+        f"{dead}",
+        f'yardarm_consumer_batch_duration_seconds_bucket{{{own},consumer="payments",le="0.01"}} '
+        f"{fast}",
+        f'yardarm_consumer_batch_duration_seconds_bucket{{{own},consumer="payments",le="0.1"}} '
+        f"{fast + slow}",
+        f'yardarm_consumer_batch_duration_seconds_bucket{{{own},consumer="payments",le="+Inf"}} '
+        f"{fast + slow}",
+        f'yardarm_consumer_batch_duration_seconds_count{{{own},consumer="payments"}} {fast + slow}',
+        # orders' deliveries are another service's
+        'yardarm_consumer_messages_total{service="orders",version="0.1.0",track="canary",'
+        'instance="orders-canary-0",consumer="saga",outcome="failed"} 500',
+    ]
+    return (
+        "# TYPE yardarm_consumer_messages_total counter\n"
+        "# TYPE yardarm_consumer_batch_duration_seconds histogram\n" + "\n".join(rows) + "\n"
+    )
+
+
+def test_a_consumer_is_judged_on_its_deliveries_and_batch_durations() -> None:
+    def at(t: float, *texts: str) -> Scrape:
+        s = Scrape(at=t)
+        for text in texts:
+            reduce_exposition(text, CONSUMER, s)
+        return s
+
+    scrapes = [
+        at(0, consumer("canary", 0, 0, 0, 0, 0), consumer("stable", 0, 0, 0, 0, 0)),
+        at(5, consumer("canary", 40, 8, 2, 10, 0), consumer("stable", 100, 0, 0, 10, 0)),
+        at(10, consumer("canary", 80, 16, 4, 10, 10), consumer("stable", 200, 0, 0, 20, 0)),
+    ]
+    windows = windows_between(CONSUMER, scrapes, 0, 10)
+    canary = windows["canary"]
+    # Every delivery is a request; a failed or dead-lettered one is an error.
+    assert (canary.requests, canary.errors) == (100, 20)
+    assert canary.route_requests == 300 and canary.share == pytest.approx(100 / 3)
+    assert canary.weight == 0.0 and canary.unavailable == ()  # no router to read
+    assert canary.latency_points == pytest.approx((0.005, 0.009, 0.055, 0.091))
+    assert windows["baseline"].requests == 0

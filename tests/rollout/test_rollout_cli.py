@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from rich.console import Console, RenderableType
+from rich.text import Text
 from typer.testing import CliRunner, Result
 
 from yardarm.cli import app
@@ -228,6 +229,28 @@ def test_a_rolling_restart_has_no_weights() -> None:
     assert "replaced by 0.2.0 one at a time" in text and "weights being applied" not in text
 
 
+def test_a_consumer_rollout_shows_instances_and_their_expected_share() -> None:
+    rollout = running().model_copy(deep=True)
+    rollout.spec = RolloutSpec(service="fulfillment", version="0.2.0", steps=(10, 50, 100))
+    rollout.step, rollout.stable_replicas = 1, 2
+    text = shown(view.status_view(rollout, NOW))
+    assert "canary by instances" in text
+    # ceil(50% of 2) = 1 canary and 1 baseline instance beside stable's 2.
+    assert row(text, "stable", "0.1.0", "2 inst. (~50%)")
+    assert row(text, "canary", "0.2.0", "1 inst. (~25%)", "300", "2 (0.67%)")
+    assert row(text, "baseline", "0.1.0", "1 inst. (~25%)", "298")
+    assert "deliveries: the step so far" in text
+    started = shown(Text.from_markup(view.started_text(rollout)))
+    assert "a step's percentage of stable's instances, rounded up, run the canary" in started
+
+
+def test_a_restart_of_a_single_replica_warns_when_it_starts() -> None:
+    rollout = Rollout(spec=RolloutSpec(service="gateway", version="0.2.0"), stable_version="0.1.0")
+    rollout.record("warning", "gateway runs one replica: connections are refused for a moment")
+    text = shown(Text.from_markup(view.started_text(rollout)))
+    assert "warning: gateway runs one replica: connections are refused" in text
+
+
 def test_history_and_list_tables() -> None:
     history = shown(view.history_table("orders", [completed(), failed()], NOW))
     assert row(history, "good00000001", "0.1.0 -> 0.2.0", "completed")
@@ -274,6 +297,9 @@ def no_requests(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         (["--step-duration", "500ms"], "--step-duration 500ms: give a duration from 1s to 86400s"),
         (["--step-duration", "2e5"], "--step-duration 2e5: give a duration from 1s to 86400s"),
         (["--step-duration", "5s"], "an analysis interval of 10s is longer than a step (5s)"),
+        (["--sticky", "user"], "sticky 'user': give header:NAME or cookie:NAME"),
+        (["--sticky", "header:x user"], "sticky 'header:x user': give header:NAME or cookie:NAME"),
+        (["--sticky", "cookie:s", "--strategy", "blue-green"], "orders by blue-green has none"),
     ],
 )
 def test_bad_start_input_fails_before_any_request(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from yardarm.model import Topology
-from yardarm.rollout.spec import RolloutSpec, RolloutSpecError, parse_steps
+from yardarm.rollout.spec import RolloutSpec, RolloutSpecError, parse_steps, sticky_key
 
 
 def test_steps_parse_with_pauses_between_weights() -> None:
@@ -77,3 +77,19 @@ def test_blue_green_is_for_services_behind_the_gateway_and_takes_no_steps() -> N
     assert blue_green.last_step == 3
     assert RolloutSpec(service="orders", version="0.2.0", steps=(10, 100)).last_step == 1
     assert RolloutSpec(service="datastore", version="0.2.0").last_step == 0
+
+
+def test_sticky_is_a_header_or_cookie_for_a_canary_behind_the_gateway() -> None:
+    spec = RolloutSpec(service="orders", version="0.2.0", sticky="cookie:session")
+    assert sticky_key(spec.sticky or "") == {"cookie": "session"}
+    assert sticky_key("header:x-user") == {"header": "x-user"}
+    for bad in ("x-user", "query:x", "header:", "header:a b", "header:" + "x" * 129):
+        with pytest.raises(ValueError, match="give header:NAME or cookie:NAME"):
+            RolloutSpec(service="orders", version="0.2.0", sticky=bad)
+    for service, strategy, how in (
+        ("orders", "blue-green", "orders by blue-green"),
+        ("fulfillment", "canary", "fulfillment by instances"),
+        ("gateway", "canary", "gateway by restart"),
+    ):
+        with pytest.raises(ValueError, match=f"{how} has none"):
+            RolloutSpec(service=service, version="0.2.0", strategy=strategy, sticky="header:u")

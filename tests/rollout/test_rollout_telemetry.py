@@ -361,7 +361,9 @@ class NothingToDo:
     async def promote(self, service: str, version: str) -> None:
         self.stable = version
 
-    async def set_weights(self, service: str, weights: Mapping[str, int]) -> None:
+    async def set_weights(
+        self, service: str, weights: Mapping[str, int], sticky: str | None = None
+    ) -> None:
         return None
 
     async def windows(self, service: str, *args: Any) -> dict[str, TrackWindow]:

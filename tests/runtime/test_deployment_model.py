@@ -128,7 +128,8 @@ def test_a_release_that_pins_flags_reads_its_own_flag_file(tmp_path: Path) -> No
         (
             "services:\n  orders:\n    versions:\n      bad:\n        flags: {fault.nope: high}\n",
             r"services\.orders\.versions\.bad\.flags\.fault\.nope: unknown flag 'fault\.nope' "
-            r"\(defined: fault\.error-rate, fault\.latency-ms\) \(line 5\)",
+            r"\(defined: fault\.consumer-error-rate, fault\.error-rate, fault\.latency-ms\) "
+            r"\(line 5\)",
         ),
         (
             "services:\n  orders:\n    versions:\n      bad:\n"

@@ -20,9 +20,12 @@ from yardarm.model import ScaleError, current_for
 from yardarm.rollout.engine import EffectFailed
 from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
 from yardarm.rollout.smoke import SmokeTraffic
+from yardarm.rollout.spec import sticky_key
 from yardarm.rollout.window import TrackWindow
+from yardarm.routing_writer import KEEP
 
 # The gateway routes of each service that rolls by weights; a rollout moves them together.
+# A queue consumer (fulfillment) has none: it is judged on its own deliveries.
 ROUTES = {"orders": ("api-orders", "api-stock")}
 WATCHED = ("canary", "baseline", "green", "stable")  # the tracks a rollout may judge
 # Blue-green's smoke requests: read-only, through both of orders' routes (an unknown
@@ -107,25 +110,33 @@ class LocalEffects:
             if track in current and current[track][1] > 0:
                 await self._scale(service, track, current[track][0], 0)
 
+    def _primary(self, service: str) -> tuple[str, str, int]:
+        """The service's primary track: (name, version, replicas), as desired now."""
+        track = self.topology.services.spec(service).track
+        version, replicas = self._tracks(service)[track]
+        return track, version, replicas
+
     def replicas(self, service: str) -> int:
-        return self._tracks(service)[self.topology.services.spec(service).track][1]
+        return self._primary(service)[2]
 
     def stable_version(self, service: str) -> str:
         """What the service's primary track runs now."""
-        return self._tracks(service)[self.topology.services.spec(service).track][0]
+        return self._primary(service)[1]
 
     async def promote(self, service: str, version: str) -> None:
-        primary = self.topology.services.spec(service).track
-        current_version, replicas = self._tracks(service)[primary]
+        primary, current_version, replicas = self._primary(service)
         if current_version != version:
             await self._scale(service, primary, version, replicas)
 
-    async def set_weights(self, service: str, weights: Mapping[str, int]) -> None:
-        version = await self._writer.set_splits(ROUTES[service], dict(weights))
+    async def set_weights(
+        self, service: str, weights: Mapping[str, int], sticky: str | None = None
+    ) -> None:
+        key = KEEP if sticky is None else sticky_key(sticky) if sticky else None
+        version = await self._writer.set_splits(ROUTES[service], dict(weights), sticky=key)
         await self._writer.wait_applied(version, APPLIED_WITHIN_S)
 
     def _subject(self, service: str) -> Subject:
-        return Subject(upstream=service, routes=ROUTES[service], tracks=WATCHED)
+        return Subject(upstream=service, routes=ROUTES.get(service, ()), tracks=WATCHED)
 
     def history(self, service: str) -> ScrapeHistory:
         """Without Prometheus: the scrapes a caller takes every sub-window."""
@@ -137,7 +148,7 @@ class LocalEffects:
         return self._histories[service]
 
     async def sample(self, service: str) -> None:
-        if self._prometheus is None and service in ROUTES:
+        if self._prometheus is None:
             history = self.history(service)
             history.urls = control.metrics_urls(self.home)  # instances come and go
             await asyncio.to_thread(history.scrape)

@@ -14,9 +14,15 @@ from typing import Any
 
 
 def default_flags() -> dict[str, Any]:
-    """The generic fault flags, defined and off (flagd format)."""
+    """The generic fault flags, defined and off (flagd format): HTTP errors and latency
+    (the kit), a queue consumer's failed deliveries (fulfillment)."""
     return {
         "fault.error-rate": {
+            "state": "ENABLED",
+            "variants": {"off": 0.0, "some": 0.05, "low": 0.1, "high": 0.5, "all": 1.0},
+            "defaultVariant": "off",
+        },
+        "fault.consumer-error-rate": {
             "state": "ENABLED",
             "variants": {"off": 0.0, "some": 0.05, "low": 0.1, "high": 0.5, "all": 1.0},
             "defaultVariant": "off",

@@ -155,11 +155,33 @@ def demo_versions() -> dict[str, VersionSpec]:
     }
 
 
+def demo_consumer_versions() -> dict[str, VersionSpec]:
+    """Releases of fulfillment to roll out without writing a file: one healthy, two bad."""
+    return {
+        "0.2.0": VersionSpec(description="a healthy release"),
+        "0.3.0-errors": VersionSpec(
+            description="a bad release: half its deliveries fail after their writes "
+            "(rolled back and redelivered)",
+            flags={"fault.consumer-error-rate": "high"},
+        ),
+        "0.3.0-slow": VersionSpec(
+            description="a bad release: every delivery takes a second longer",
+            flags={"fault.latency-ms": "large"},
+        ),
+    }
+
+
 class OrdersSpec(RollableSpec):
     """Orders: two replicas, and the demo releases unless `versions` says otherwise."""
 
     replicas: int = Field(default=2, ge=1, le=MAX_REPLICAS)
     versions: dict[str, VersionSpec] = Field(default_factory=demo_versions)
+
+
+class FulfillmentSpec(RollableSpec):
+    """Fulfillment: one replica, and its demo releases unless `versions` says otherwise."""
+
+    versions: dict[str, VersionSpec] = Field(default_factory=demo_consumer_versions)
 
 
 class DatastoreSpec(ServiceSpec):
@@ -245,7 +267,7 @@ class Services(BaseModel):
 
     datastore: DatastoreSpec = Field(default_factory=DatastoreSpec)
     orders: OrdersSpec = Field(default_factory=OrdersSpec)
-    fulfillment: RollableSpec = Field(default_factory=RollableSpec)
+    fulfillment: FulfillmentSpec = Field(default_factory=FulfillmentSpec)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
 
     def spec(self, service: str) -> ServiceSpec:

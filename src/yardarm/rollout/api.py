@@ -30,12 +30,21 @@ from yardarm.rollout.state import Rollout, RolloutConflict, RolloutStore
 
 log = logging.getLogger("yardarm.rollout")
 
-# What the engine rolls so far: orders by weights (canary or blue-green); the gateway and
-# the datastore by rolling restart (the default strategy's name stands for it).
+# What the engine rolls: orders by weights (canary or blue-green); fulfillment by its
+# share of consumer instances; the gateway and the datastore by rolling restart (the
+# default strategy's name stands for the last two).
 SUPPORTED = {
     "orders": ("canary", "blue-green"),
+    "fulfillment": ("canary",),
     "gateway": ("canary",),
     "datastore": ("canary",),
+}
+# What a rolling restart of a service with one replica costs its users.
+ALONE = {
+    "gateway": "connections are refused for a moment while it restarts (run two replicas, "
+    "services.gateway.replicas: 2, for a restart that refuses none)",
+    "datastore": "it has no quorum while it restarts, so writes and linearizable reads wait "
+    "or fail (run three replicas to restart with no pause)",
 }
 
 
@@ -57,6 +66,7 @@ class StartRequest(BaseModel):
     step_duration_s: float | None = Field(default=None, ge=1.0, le=86_400.0)
     analysis_interval_s: float | None = Field(default=None, ge=1.0, le=3_600.0)
     scale_down_delay_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
+    sticky: str | None = Field(default=None, min_length=1, max_length=140)
 
 
 class PromoteRequest(BaseModel):
@@ -158,6 +168,9 @@ class RolloutController:
                 f"{spec.service} by {spec.strategy} is not available yet",
             )
         rollout = Rollout(spec=spec, stable_version=stable, from_version=stable)
+        alone = ALONE.get(spec.service)
+        if spec.rolls_by == "restart" and alone and self.target.replicas(spec.service) == 1:
+            rollout.record("warning", f"{spec.service} runs one replica: {alone}")
         await self._conflicts(self.store.start(rollout))
         self._drive(spec.service)
         return rollout
@@ -187,7 +200,7 @@ class RolloutController:
                 raise RolloutConflict(f"no rollout of {service} runs ({rollout.phase})")
             rollout.phase = "aborted"
             rollout.reason = reason
-            rollout.weights = {"stable": 100}
+            rollout.weights = {"stable": 100} if rollout.spec.rolls_by == "weights" else {}
             rollout.record("aborted", f"aborted: {reason}")
 
         return await self._changed(service, edit, "abort")  # type: ignore[no-any-return]

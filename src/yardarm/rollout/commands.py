@@ -219,6 +219,7 @@ def start_request(
     step_duration: str | None,
     analysis_interval: str | None,
     scale_down_delay: str | None = None,
+    sticky: str | None = None,
 ) -> dict[str, Any]:
     """The `POST /rollouts` body, checked here as the controller will check it (all but
     what needs the stack: the service's versions), so bad input sends nothing."""
@@ -230,6 +231,8 @@ def start_request(
     from yardarm.rollout.spec import RolloutSpec, RolloutSpecError, Strategy, parse_steps
 
     body: dict[str, Any] = {"service": service, "version": version}
+    if sticky is not None:
+        body["sticky"] = sticky
     if strategy is not None:
         known = get_args(Strategy)
         if strategy not in known:
@@ -297,14 +300,23 @@ def start(
             help="Blue-green: how long blue stays up after the switch (default 30s).",
         ),
     ] = None,
+    sticky: Annotated[
+        str | None,
+        typer.Option(
+            "--sticky",
+            help="Canary: keep each client on one track by header:NAME or cookie:NAME while "
+            "the rollout runs; a client on the canary stays on it as its weight grows.",
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Start rolling SERVICE out to --version; the controller runs it to its end."""
     from yardarm.rollout.view import started_text
 
     body = start_request(
-        service, version, strategy, steps, step_duration, analysis_interval, scale_down_delay
-    )
+        service, version, strategy, steps, step_duration, analysis_interval, scale_down_delay,
+        sticky,
+    )  # fmt: skip
     rollout = _rollout(_run(home, "POST", "/rollouts", body, service=service))
     console.print(started_text(rollout))
     console.print(f"[dim]follow it: yardarm rollout status {escape(service)} --watch[/]")

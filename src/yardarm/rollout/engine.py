@@ -16,6 +16,11 @@ Canary: at a step of w percent, the canary takes w, a baseline of the stable ver
 (the judge compares the two, equally new and equally warm), stable the rest; from 50%
 on the baseline takes what stable would have had.
 
+A queue consumer (fulfillment) has no router: at a step of w percent the canary runs
+ceil(w% of stable's instances) instances, the baseline as many, stable keeps its own,
+and each takes the share of deliveries its consumers pull (Argo Rollouts' canary without
+a traffic router: approximate, measured, and judged on what each track handled).
+
 Blue-green: green runs the new version at stable's size with no weight; the same smoke
 traffic goes to green and to stable (blue) through the override header and the judge
 compares the two (pre-promotion); then all traffic switches to green in one write and
@@ -34,6 +39,7 @@ replaced one replica at a time by the target (a rollback is the same, backwards)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -81,8 +87,12 @@ class Effects(Protocol):
         """Make the stable track run `version`, recorded so `down`/`up` keeps it; its
         instances are replaced one at a time."""
 
-    async def set_weights(self, service: str, weights: Mapping[str, int]) -> None:
-        """Split the service's traffic by track (every route of it in one change)."""
+    async def set_weights(
+        self, service: str, weights: Mapping[str, int], sticky: str | None = None
+    ) -> None:
+        """Split the service's traffic by track (every route of it in one change);
+        `sticky` (`header:NAME`, `cookie:NAME`) keeps each client on one track, "" takes
+        that away, None leaves the routes' own."""
 
     async def windows(
         self, service: str, start: float, end: float, tracks: tuple[str, ...]
@@ -117,6 +127,14 @@ class World:
     stable_version: str
     handover: str | None = None  # takes all traffic while stable is replaced
     smoke: tuple[str, ...] = ()  # tracks that get smoke traffic (blue-green)
+    sticky: str | None = None  # with the weights (`Effects.set_weights`)
+
+    def expected_shares(self, stable_replicas: int) -> dict[str, float]:
+        """Each track's share of a consumer's deliveries, in percent, if every instance
+        pulls alike (what a rollout by instances calls the tracks' weights)."""
+        counts = {STABLE: stable_replicas} | {t: n for t, (_, n) in self.tracks.items()}
+        total = sum(counts.values())
+        return {t: 100.0 * n / total for t, n in counts.items()} if total else {}
 
 
 def current_weight(rollout: Rollout) -> int:
@@ -136,18 +154,28 @@ def promoting(rollout: Rollout) -> bool:
     )
 
 
+def canary_instances(weight: int, stable_replicas: int) -> int:
+    """A consumer canary's instances at a step of `weight` percent: that share of
+    stable's instances, rounded up (at least one)."""
+    return max(1, math.ceil(stable_replicas * weight / 100))
+
+
 def world(rollout: Rollout, config: EngineConfig, stable_replicas: int = 1) -> World:
     """The world the stored rollout asks for."""
     spec = rollout.spec
     weighted = spec.rolls_by == "weights"
     back = {STABLE: 100} if weighted else None
+    # A rollout's sticky key lasts as long as the rollout: off with the last split.
+    unstick = None if spec.sticky is None else ""
     if rollout.phase in ("aborted", "failed"):
-        return World({}, back, rollout.stable_version)
+        return World({}, back, rollout.stable_version, sticky=unstick)
     if rollout.phase == "completed":
-        return World({}, back, spec.version)
+        return World({}, back, spec.version, sticky=unstick)
     if promoting(rollout):
-        handover = (GREEN if spec.strategy == "blue-green" else CANARY) if weighted else None
-        return World({}, back, spec.version, handover=handover)
+        handover = None
+        if spec.rolls_by != "restart":  # a rolling restart replaces stable in place
+            handover = GREEN if spec.strategy == "blue-green" else CANARY
+        return World({}, back, spec.version, handover=handover, sticky=unstick)
     if spec.strategy == "blue-green":
         green = {GREEN: (spec.version, stable_replicas)}
         if rollout.step == BLUE_GREEN_PREVIEW:
@@ -156,13 +184,17 @@ def world(rollout: Rollout, config: EngineConfig, stable_replicas: int = 1) -> W
         smoke = (GREEN, STABLE) if rollout.step == BLUE_GREEN_SWITCHED else ()
         return World(green, {STABLE: 0, GREEN: 100}, rollout.stable_version, smoke=smoke)
     weight = current_weight(rollout)
+    if spec.rolls_by == "instances":
+        n = canary_instances(weight, stable_replicas)
+        tracks = {CANARY: (spec.version, n), BASELINE: (rollout.stable_version, n)}
+        return World(tracks, None, rollout.stable_version)
     baseline = min(weight, 100 - weight)
     tracks = {
         CANARY: (spec.version, config.replicas),
         BASELINE: (rollout.stable_version, config.replicas),
     }
     weights = {STABLE: 100 - weight - baseline, CANARY: weight, BASELINE: baseline}
-    return World(tracks, weights, rollout.stable_version)
+    return World(tracks, weights, rollout.stable_version, sticky=spec.sticky)
 
 
 Reread = Callable[[], Awaitable["Rollout | None"]]
@@ -199,10 +231,11 @@ async def converge(
             size = effects.replicas(service)
             await effects.ensure_tracks(service, {target.handover: (target.stable_version, size)})
             await still_current()
-            await effects.set_weights(service, {target.handover: 100})
+            if target.weights is not None:
+                await effects.set_weights(service, {target.handover: 100})
         await effects.promote(service, target.stable_version)
     if target.weights is not None:
-        await effects.set_weights(service, target.weights)
+        await effects.set_weights(service, target.weights, target.sticky)
     idle = tuple(track for track in ROLLOUT_TRACKS if track not in target.tracks)
     await effects.stop_tracks(service, idle)
 
@@ -228,8 +261,16 @@ def analyses_per_step(rollout: Rollout) -> int:
     return max(1, int(rollout.spec.step_duration_s // rollout.spec.analysis_interval_s))
 
 
-def _step_message(rollout: Rollout) -> str:
+def _step_message(rollout: Rollout, target: World) -> str:
     spec = rollout.spec
+    if spec.rolls_by == "instances":
+        n = target.tracks[CANARY][1]
+        shares = target.expected_shares(rollout.stable_replicas)
+        return (
+            f"step {rollout.step + 1}: canary at {current_weight(rollout)}%: {n} canary and "
+            f"{n} baseline instance(s) beside {rollout.stable_replicas} stable, about "
+            f"{shares[CANARY]:.0f}% of deliveries each"
+        )
     if spec.strategy != "blue-green":
         return f"step {rollout.step + 1}: canary at {current_weight(rollout)}%"
     return {
@@ -247,7 +288,12 @@ class Analysis:
 
 
 async def analyse(
-    rollout: Rollout, effects: Effects, judge_config: JudgeConfig, start: float, end: float
+    rollout: Rollout,
+    effects: Effects,
+    judge_config: JudgeConfig,
+    start: float,
+    end: float,
+    target: World | None = None,
 ) -> Analysis:
     """One analysis of the step's traffic over [start, end].
 
@@ -259,9 +305,13 @@ async def analyse(
     """
     service = rollout.spec.service
     if rollout.spec.strategy != "blue-green":
-        live = await effects.windows(service, start, end, (CANARY, BASELINE))
-        verdict = judge(live[CANARY], live[BASELINE], judge_config)
-        return Analysis(verdict, live[CANARY].errors)
+        pair = dict(await effects.windows(service, start, end, (CANARY, BASELINE)))
+        if rollout.spec.rolls_by == "instances" and target is not None:
+            # No split to read: a track's weight is its share of the instances.
+            shares = target.expected_shares(effects.replicas(service))
+            pair = {t: replace(w, weight=shares.get(t, 0.0)) for t, w in pair.items()}
+        verdict = judge(pair[CANARY], pair[BASELINE], judge_config)
+        return Analysis(verdict, pair[CANARY].errors)
     live = await effects.windows(service, start, end, (GREEN, STABLE))
     smoke = effects.smoke_windows(service, start, end, (GREEN, STABLE))
     green = replace(smoke[GREEN], unavailable=live[GREEN].unavailable)
@@ -324,12 +374,15 @@ async def tick(
         return _guarded(rollout, pause)
     started = rollout.step_started_at
     if started is None:
+        stable_replicas = effects.replicas(spec.service)
 
         def begin(r: Rollout) -> None:
             r.step_started_at = now
             r.last_analysis_at = now
-            r.weights = dict(world(r, config).weights or {})
-            r.record("step", _step_message(r), at=now, step=r.step)
+            r.stable_replicas = stable_replicas
+            began = world(r, config, stable_replicas)
+            r.weights = dict(began.weights or {})
+            r.record("step", _step_message(r, began), at=now, step=r.step)
 
         return _guarded(rollout, begin)
     if spec.strategy == "blue-green" and rollout.step == BLUE_GREEN_DELAY:
@@ -343,7 +396,7 @@ async def tick(
         return _guarded(rollout, delayed)
     if now - (rollout.last_analysis_at or started) < spec.analysis_interval_s:
         return None
-    analysis = await analyse(rollout, effects, judge_config, started, now)
+    analysis = await analyse(rollout, effects, judge_config, started, now, target)
     verdict = analysis.verdict
     verdicts = [*(Verdict.from_dict(v) for v in rollout.verdicts), verdict]
     decision = step_outcome(verdicts, config.max_inconclusive, analyses_per_step(rollout))
@@ -360,7 +413,7 @@ async def tick(
         elif decision.outcome == "fail":
             r.phase = "failed"
             r.reason = decision.reason
-            r.weights = {STABLE: 100}
+            r.weights = {STABLE: 100} if r.spec.rolls_by == "weights" else {}
             failed = analysis.user_failures
             r.record(
                 "failed",

@@ -1,9 +1,13 @@
 """The judge's input from live metrics: one `TrackWindow` per track of a rolling service.
 
-Traffic, errors, weights and the gateway's view of each track's endpoints come from the
-gateway's series (what users of the routes got, whatever happened behind); latency
-points from the service's own server histograms, one point per (instance, sub-window,
-quantile), as Kayenta compares series points rather than raw requests.
+For a service behind the gateway, traffic, errors, weights and the gateway's view of
+each track's endpoints come from the gateway's series (what users of the routes got,
+whatever happened behind); latency points from the service's own server histograms, one
+point per (instance, sub-window, quantile), as Kayenta compares series points rather
+than raw requests. For a queue consumer (fulfillment), which no router splits, the
+service's own series say it all: its deliveries by outcome per track (a failed or
+dead-lettered delivery is its error), and latency points from its batch histogram (a
+batch's duration is how long each of its deliveries took to settle).
 
 Two sources give the same windows: Prometheus' HTTP API when the stack runs one, or
 scrapes of every gateway replica's and every instance's `/metrics` kept by the caller
@@ -33,15 +37,28 @@ BREAKER_OPEN = 2.0
 UNAVAILABLE_FOR_S = 5.0
 REQUESTS = "yardarm_gateway_route_requests_total"
 SERVER = "http_server_request_duration_seconds"
+DELIVERIES = "yardarm_consumer_messages_total"
+BATCHES = "yardarm_consumer_batch_duration_seconds"
+FAILED_DELIVERIES = ("failed", "dead_lettered")
 
 
 @dataclass(frozen=True)
 class Subject:
-    """What is rolling: a service behind the gateway, its routes, and the tracks judged."""
+    """What is rolling: a service behind the gateway and its routes, or a queue consumer
+    (no routes), and the tracks judged."""
 
-    upstream: str
-    routes: tuple[str, ...]
+    upstream: str  # the service
+    routes: tuple[str, ...]  # its gateway routes; none for a queue consumer
     tracks: tuple[str, ...] = ("canary", "baseline")
+
+    @property
+    def consumer(self) -> bool:
+        return not self.routes
+
+    @property
+    def latency(self) -> str:
+        """The histogram latency points come from."""
+        return BATCHES if self.consumer else SERVER
 
 
 def _route_matcher(subject: Subject) -> str:
@@ -111,30 +128,42 @@ class PrometheusSource:
     ) -> dict[str, TrackWindow]:
         """Each judged track over [start, end] (Unix seconds)."""
         span = f"{max(1, round(end - start))}s"
-        routes = f'route=~"{_route_matcher(subject)}"'
-        by_track = "sum by (upstream_track)"
-        requests = self._by(
-            f"{by_track} (increase({REQUESTS}{{{routes}}}[{span}]))", "upstream_track", end
-        )
-        errors = self._by(
-            f'{by_track} (increase({REQUESTS}{{{routes},code=~"5.."}}[{span}]))',
-            "upstream_track",
-            end,
-        )
-        weights = self._by(
-            "avg by (upstream_track) (max by (route, upstream_track) "
-            f"(yardarm_gateway_route_weight{{{routes}}}))",
-            "upstream_track",
-            end,
-        )
+        weights: dict[str, float] = {}
+        if subject.consumer:
+            # A consumer's deliveries by track; its weights come from its instance counts.
+            own = f'service="{subject.upstream}"'
+            failed = "|".join(FAILED_DELIVERIES)
+            requests = self._by(
+                f"sum by (track) (increase({DELIVERIES}{{{own}}}[{span}]))", "track", end
+            )
+            errors = self._by(
+                f'sum by (track) (increase({DELIVERIES}{{{own},outcome=~"{failed}"}}[{span}]))',
+                "track",
+                end,
+            )
+        else:
+            routes = f'route=~"{_route_matcher(subject)}"'
+            by_track = "sum by (upstream_track)"
+            requests = self._by(
+                f"{by_track} (increase({REQUESTS}{{{routes}}}[{span}]))", "upstream_track", end
+            )
+            errors = self._by(
+                f'{by_track} (increase({REQUESTS}{{{routes},code=~"5.."}}[{span}]))',
+                "upstream_track",
+                end,
+            )
+            weights = self._by(
+                "avg by (upstream_track) (max by (route, upstream_track) "
+                f"(yardarm_gateway_route_weight{{{routes}}}))",
+                "upstream_track",
+                end,
+            )
         points: dict[str, list[float]] = defaultdict(list)
         quiet = "|".join(QUIET_ROUTES)
         step = f"{max(1, round(sub_window_s))}s"
         for track in subject.tracks:
-            selector = (
-                f'{SERVER}_bucket{{service="{subject.upstream}",track="{track}",'
-                f'http_route!~"{quiet}"}}'
-            )
+            selector = f'{subject.latency}_bucket{{service="{subject.upstream}",track="{track}"'
+            selector += "}" if subject.consumer else f',http_route!~"{quiet}"}}'
             for q in QUANTILES:
                 expr = f"histogram_quantile({q}, sum by (instance, le) (rate({selector}[{step}])))"
                 series = self._get(
@@ -150,8 +179,10 @@ class PrometheusSource:
                     values = item["values"]
                     assert isinstance(values, list)
                     points[track].extend(float(v[1]) for v in values if math.isfinite(float(v[1])))
-        since = max(start, end - UNAVAILABLE_FOR_S)
-        hidden = sustained(self._unavailable(subject, end), self._unavailable(subject, since))
+        hidden: dict[str, list[str]] = {}
+        if not subject.consumer:  # a consumer has no router to hide it
+            since = max(start, end - UNAVAILABLE_FOR_S)
+            hidden = sustained(self._unavailable(subject, end), self._unavailable(subject, since))
         return _windows(subject, requests, errors, weights, points, hidden)
 
     def _unavailable(self, subject: Subject, at: float) -> dict[str, list[str]]:
@@ -247,7 +278,9 @@ def reduce_exposition(text: str, subject: Subject, scrape: Scrape) -> None:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
-            if s.name == REQUESTS and labels.get("route") in subject.routes:
+            if subject.consumer:
+                _reduce_consumer(s.name, labels, s.value, subject, scrape)
+            elif s.name == REQUESTS and labels.get("route") in subject.routes:
                 track = labels.get("upstream_track", "")
                 scrape.requests[track] += s.value
                 if labels.get("code", "").startswith("5"):
@@ -279,6 +312,21 @@ def reduce_exposition(text: str, subject: Subject, scrape: Scrape) -> None:
             ):
                 key = (labels["track"], labels.get("instance", ""))
                 scrape.buckets[key][float(labels["le"])] += s.value
+
+
+def _reduce_consumer(
+    name: str, labels: Mapping[str, str], value: float, subject: Subject, scrape: Scrape
+) -> None:
+    """One sample of a consumer's own series: deliveries by outcome, batch buckets."""
+    if labels.get("service") != subject.upstream:
+        return
+    track = labels.get("track", "")
+    if name == DELIVERIES:
+        scrape.requests[track] += value
+        if labels.get("outcome") in FAILED_DELIVERIES:
+            scrape.errors[track] += value
+    elif name == f"{BATCHES}_bucket" and track in subject.tracks:
+        scrape.buckets[(track, labels.get("instance", ""))][float(labels["le"])] += value
 
 
 def _delta(later: Mapping[str, float], earlier: Mapping[str, float]) -> dict[str, float]:

@@ -8,6 +8,7 @@ as it is and exit non-zero.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,8 +32,24 @@ ROLLS_BY = {
 }
 
 
+# `--sticky`: where a client's sticky key is read, `header:NAME` or `cookie:NAME`, NAME an
+# HTTP token (the gateway's rule).
+STICKY = re.compile(r"(header|cookie):([!#$%&'*+.^_`|~0-9A-Za-z-]{1,128})")
+
+
 class RolloutSpecError(ValueError):
     """A rollout that cannot start; the message says why and what would be accepted."""
+
+
+def sticky_key(text: str) -> dict[str, str]:
+    """`header:x-user` -> {"header": "x-user"}, as the gateway's routes take it."""
+    match = STICKY.fullmatch(text)
+    if match is None:
+        raise RolloutSpecError(
+            f"sticky {text!r}: give header:NAME or cookie:NAME, NAME an HTTP token "
+            "(letters, digits and !#$%&'*+.^_`|~-), e.g. header:x-user or cookie:session"
+        )
+    return {match.group(1): match.group(2)}
 
 
 def parse_steps(text: str) -> tuple[Step, ...]:
@@ -91,6 +108,10 @@ class RolloutSpec(BaseModel):
     analysis_interval_s: float = Field(default=10.0, ge=1.0, le=3_600.0)
     # Blue-green: how long blue stays up after the switch, so a rollback is instant.
     scale_down_delay_s: float = Field(default=30.0, ge=0.0, le=86_400.0)
+    # Canary by weights: keep each client on one track by this key while the rollout
+    # runs (`header:NAME` or `cookie:NAME`); a client on the canary stays on it as the
+    # weight grows.
+    sticky: str | None = Field(default=None, max_length=140)
 
     @property
     def rolls_by(self) -> str:
@@ -110,6 +131,14 @@ class RolloutSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         check_steps(self.steps)
+        if self.sticky is not None:
+            sticky_key(self.sticky)
+            if self.strategy != "canary" or self.rolls_by != "weights":
+                how = self.strategy if self.rolls_by == "weights" else self.rolls_by
+                raise RolloutSpecError(
+                    "--sticky keeps clients on one track of a weighted split: only a canary "
+                    f"of a service behind the gateway has one ({self.service} by {how} has none)"
+                )
         if self.analysis_interval_s > self.step_duration_s:
             raise RolloutSpecError(
                 f"an analysis interval of {self.analysis_interval_s:g}s is longer than a step "

@@ -52,6 +52,8 @@ class Rollout(BaseModel):
     phase: Phase = "progressing"
     step: int = 0  # index into spec.steps
     weights: dict[str, int] = Field(default_factory=dict)
+    # Stable's instances when the step began: a rollout by instances sizes its tracks by it.
+    stable_replicas: int = Field(default=1, ge=1)
     step_started_at: float | None = None  # when the step's weights took effect
     last_analysis_at: float | None = None
     verdicts: list[dict[str, Any]] = Field(default_factory=list)  # the step's, oldest first

@@ -163,8 +163,11 @@ def _ms(value: Any) -> str:
 def tracks_table(rollout: Rollout) -> Table:
     """Each track's version and weight; for the judged tracks, their traffic in the step
     as of the last analysis (requests, errors, median latency point)."""
-    target = world(rollout, EngineConfig())
+    target = world(rollout, EngineConfig(), rollout.stable_replicas)
     weights = target.weights or {}
+    by_instances = rollout.spec.rolls_by == "instances"
+    shares = target.expected_shares(rollout.stable_replicas) if by_instances else {}
+    counts = {STABLE: rollout.stable_replicas} | {t: n for t, (_, n) in target.tracks.items()}
     numbers = _last_numbers(rollout)
     errors, latency = numbers.get("errors", {}), numbers.get("latency", {})
     running = {STABLE: target.stable_version} | {
@@ -188,16 +191,20 @@ def tracks_table(rollout: Rollout) -> Table:
         judged = judged or requests is not None
         failed = errors.get(f"{key}_errors")
         ratio = errors.get(f"{key}_error_ratio")
+        if by_instances:  # no split: its instances, and the share they would pull
+            weight = f"{counts.get(track, 0)} inst. (~{shares.get(track, 0.0):.0f}%)"
+        else:
+            weight = f"{weights.get(track, 0)}%" if target.weights is not None else "-"
         table.add_row(
             track,
             escape(running.get(track, "-")),
-            f"{weights.get(track, 0)}%" if target.weights is not None else "-",
+            weight,
             "-" if requests is None else str(requests),
             "-" if failed is None else f"{failed} ({float(ratio or 0.0):.2%})",
             _ms(latency.get(f"{key}_median_ms")),
         )
     if judged:
-        what = "smoke traffic" if blue_green else "traffic"
+        what = "smoke traffic" if blue_green else "deliveries" if by_instances else "traffic"
         table.caption = f"{what}: the step so far, at its last analysis"
     return table
 
@@ -426,14 +433,19 @@ def history_table(service: str, rollouts: Sequence[Rollout], now: float | None =
 def started_text(rollout: Rollout) -> str:
     """What `start` prints once the controller accepted the rollout."""
     spec = rollout.spec
+    warnings = "".join(
+        f"\n[yellow]warning:[/] {escape(e.message)}" for e in rollout.events if e.kind == "warning"
+    )
     return (
         f"started rollout [bold]{escape(rollout.id)}[/]: {escape(spec.service)} "
         f"{escape(versions(rollout))} by {escape(strategy_name(spec))}: "
-        f"{escape(plan_text(spec))}"
+        f"{escape(plan_text(spec))}{warnings}"
     )
 
 
 def strategy_name(spec: RolloutSpec) -> str:
+    if spec.rolls_by == "instances":
+        return "canary by instances"
     return "rolling restart" if spec.rolls_by == "restart" else spec.strategy
 
 
@@ -447,7 +459,12 @@ def plan_text(spec: RolloutSpec) -> str:
             f"preview and post-promotion analysis of {duration(spec.step_duration_s)} each, "
             f"{every}, blue kept {duration(spec.scale_down_delay_s)}"
         )
-    return f"steps {steps_text(spec.steps)} of {duration(spec.step_duration_s)} each, {every}"
+    plan = f"steps {steps_text(spec.steps)} of {duration(spec.step_duration_s)} each, {every}"
+    if spec.rolls_by == "instances":
+        plan += " (a step's percentage of stable's instances, rounded up, run the canary)"
+    if spec.sticky:
+        plan += f", clients kept on their track by {spec.sticky}"
+    return plan
 
 
 def outcome_text(rollout: Rollout) -> str:

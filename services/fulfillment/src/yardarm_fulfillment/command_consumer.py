@@ -26,6 +26,7 @@ from yardarm_fulfillment import outbox
 from yardarm_fulfillment.commands import CommandTable, MalformedCommand, Reply, UnknownCommand
 
 ERROR_RATE_FLAG = "fault.consumer-error-rate"
+LATENCY_FLAG = "fault.latency-ms"  # a slow release: every delivery of every participant
 TRANSIENT_RATE_FLAG = "fault.transient-error-rate"
 # Replies applied but never committed (a failed batch commit) are forgotten past this many.
 MAX_UNCOMMITTED_REPLIES = 10_000
@@ -72,8 +73,10 @@ class CommandConsumer:
         self._uncommitted: dict[int, tuple[Delivery, Reply]] = {}
 
     def latency_s(self) -> float:
-        """Injected provider latency (`<name>.latency-ms`)."""
-        return max(0, self._flags.int(self._latency_flag, 0)) / 1000.0
+        """Injected provider latency: the participant's own (`<name>.latency-ms`) or the
+        release's (`fault.latency-ms`, as the kit adds to HTTP requests), the larger."""
+        own = self._flags.int(self._latency_flag, 0)
+        return max(0, own, self._flags.int(LATENCY_FLAG, 0)) / 1000.0
 
     async def prepare(self, delivery: Delivery) -> None:
         """The provider call: injected latency, then an injected transient failure."""

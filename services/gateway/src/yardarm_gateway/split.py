@@ -12,8 +12,12 @@ Two ways to choose, for two needs:
   changes interval: going from 90/10 to 80/20 moves 10% of clients, all stable->canary,
   so a ramp-up never bounces clients back and forth between versions.
 
-Tracks are kept in name order whatever the order of the mapping, so two splits with
-the same weights place every key identically.
+On the sticky range the new version's tracks come first, `canary` then `green`, then
+every other track in name order (whatever the order of the mapping, so two splits with
+the same weights place every key identically). The canary owns [0, w): as its weight
+grows its interval only grows, so a client on the canary never goes back to the old
+version during a ramp (name order would put `baseline` first and push some canary
+clients onto it at the next step). The round robin keeps name order.
 """
 
 from __future__ import annotations
@@ -77,6 +81,17 @@ class StickyConfig(BaseModel):
         return self
 
 
+# The tracks that run a rollout's new version, first on the sticky range in this order.
+NEW_VERSION_TRACKS = ("canary", "green")
+
+
+def _sticky_rank(track: str) -> tuple[int, str]:
+    """Where a track's interval goes on the sticky range: new-version tracks first."""
+    if track in NEW_VERSION_TRACKS:
+        return NEW_VERSION_TRACKS.index(track), ""
+    return len(NEW_VERSION_TRACKS), track
+
+
 def _point(key: bytes, total: int) -> int:
     """The key's place on [0, total): a 64-bit hash scaled down, so the same key keeps
     the same fraction of the range whatever the total weight."""
@@ -90,7 +105,15 @@ class TrafficSplit:
     `pick` costs O(number of tracks) and allocates nothing on the round-robin path.
     """
 
-    __slots__ = ("_bounds", "_current", "_total", "_tracks", "_weights", "_weights_view")
+    __slots__ = (
+        "_bounds",
+        "_current",
+        "_sticky_tracks",
+        "_total",
+        "_tracks",
+        "_weights",
+        "_weights_view",
+    )
 
     def __init__(self, weights: Mapping[str, int]) -> None:
         if not weights:
@@ -110,12 +133,14 @@ class TrafficSplit:
         self._weights_view: Mapping[str, int] = MappingProxyType(dict(weights))
         self._tracks = tuple(track for track, _ in positive)
         self._weights = tuple(weight for _, weight in positive)
+        placed = sorted(positive, key=lambda item: _sticky_rank(item[0]))
         bounds: list[int] = []
         upper = 0
-        for weight in self._weights:
+        for _, weight in placed:
             upper += weight
             bounds.append(upper)
-        # Track i owns the sticky points [bounds[i-1], bounds[i]).
+        # _sticky_tracks[i] owns the sticky points [bounds[i-1], bounds[i]).
+        self._sticky_tracks = tuple(track for track, _ in placed)
         self._bounds = tuple(bounds)
         self._total = upper
         self._current = [0] * len(self._tracks)
@@ -140,7 +165,7 @@ class TrafficSplit:
             point = _point(sticky_key, self._total)
             for index, bound in enumerate(self._bounds):
                 if point < bound:
-                    track = self._tracks[index]
+                    track = self._sticky_tracks[index]
                     if available is None or available(track):
                         return track
                     break
