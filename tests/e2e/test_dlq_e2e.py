@@ -60,7 +60,7 @@ def _flags(error_rate: str) -> dict[str, Any]:
     flags = default_flags()
     flags[ERROR_RATE_FLAG] = {
         "state": "ENABLED",
-        "variants": {"all": 1.0, "off": 0.0},
+        "variants": {"all": 1.0, "off": 0.0, "high": 0.5},  # high: fulfillment's 0.3.0-errors
         "defaultVariant": error_rate,
     }
     return flags

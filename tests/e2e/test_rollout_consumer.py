@@ -15,13 +15,11 @@ import os
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.harness.local import BackgroundLoad, Stack, configured_stack
 from tests.harness.rollout_api import RolloutApi
 from tests.observability.binaries import require_binary
-from yardarm.catalog import DEMO_CATALOG
 
 pytestmark = pytest.mark.e2e
 
@@ -55,20 +53,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.cli("down", check=False)
 
 
-def _restock(stack: Stack) -> None:
-    """Stock to spare, so every order of the load runs its whole saga (an order for stock
-    that ran out ends before fulfillment hears of it)."""
-    token = (stack.home / "admin-token").read_text().strip()
-    for item in DEMO_CATALOG:
-        answer = httpx.put(
-            f"{stack.gateway}/api/kv/stock/{item['sku']}",
-            json={"value": {**item, "available": 10_000_000}},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-        assert answer.status_code in (200, 201), answer.text
-
-
 def _tracks(stack: Stack) -> dict[str, set[str]]:
     """fulfillment's running instances: track -> versions."""
     found: dict[str, set[str]] = {}
@@ -93,7 +77,7 @@ def _verdicts(rollout: dict[str, object]) -> list[dict[str, object]]:
 
 def test_bad_consumer_releases_are_rolled_back_by_their_own_deliveries(stack: Stack) -> None:
     api = RolloutApi(stack, "fulfillment", STEP_S, INTERVAL_S, ROLLOUT_BOUND_S)
-    _restock(stack)
+    stack.restock()
     with BackgroundLoad(stack, *LOAD, "--duration", "600s") as load:
         api.start("0.3.0-errors")
         errors = api.wait_end()
@@ -124,7 +108,7 @@ def test_bad_consumer_releases_are_rolled_back_by_their_own_deliveries(stack: St
 
 def test_a_healthy_consumer_release_completes_and_down_up_keeps_it(stack: Stack) -> None:
     api = RolloutApi(stack, "fulfillment", STEP_S, INTERVAL_S, ROLLOUT_BOUND_S)
-    _restock(stack)
+    stack.restock()
     with BackgroundLoad(stack, *LOAD, "--duration", "600s") as load:
         api.start("0.2.0")
         ended = api.wait_end()

@@ -173,7 +173,8 @@ def _topology() -> dict[str, Any]:
     # Fails a fulfillment delivery after its writes (they roll back): redeliveries happen.
     flags["fault.consumer-error-rate"] = {
         "state": "ENABLED",
-        "variants": {"on": CONSUMER_ERROR_RATE, "off": 0.0},
+        # "high": fulfillment's demo release 0.3.0-errors pins it.
+        "variants": {"on": CONSUMER_ERROR_RATE, "off": 0.0, "high": 0.5},
         "defaultVariant": "off",
         "targeting": {"if": [{"==": [{"var": "service"}, "fulfillment"]}, "on", "off"]},
     }

@@ -116,6 +116,24 @@ class Stack:
         rows: list[dict[str, Any]] = json.loads(self.cli("status", "--json").stdout)
         return rows
 
+    def restock(self, available: int = 10_000_000) -> None:
+        """Stock to spare for every SKU of the demo catalog, so every order a long load
+        places runs its whole saga (an order for stock that ran out ends before
+        fulfillment hears of it, and fulfillment's series go quiet)."""
+        import httpx
+
+        from yardarm.catalog import DEMO_CATALOG
+
+        token = (self.home / "admin-token").read_text().strip()
+        for item in DEMO_CATALOG:
+            answer = httpx.put(
+                f"{self.gateway}/api/kv/stock/{item['sku']}",
+                json={"value": {**item, "available": available}},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            assert answer.status_code in (200, 201), answer.text
+
 
 def start_stack(tmp: Path, base_port: int) -> Stack:
     """A default stack on `base_port`, started (`yardarm up --detach`)."""

@@ -56,7 +56,9 @@ CONSUMER_ERRORS = "fault.consumer-error-rate"  # fulfillment fails this share of
 
 
 def _consumer_errors(variant: str) -> dict[str, Any]:
-    return {"state": "ENABLED", "variants": {"off": 0.0, "some": 0.3}, "defaultVariant": variant}
+    # "high": fulfillment's demo release 0.3.0-errors pins it.
+    variants = {"off": 0.0, "some": 0.3, "high": 0.5}
+    return {"state": "ENABLED", "variants": variants, "defaultVariant": variant}
 
 
 TOPOLOGY = f"""
@@ -231,6 +233,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     stack.prometheus = True
     stack.env = SERVICE_ENV
     stack.up()
+    stack.restock()  # every order of the run reaches fulfillment: its series never go quiet
     load = BackgroundLoad(stack, "--rate", "15", "--duration", f"{LOAD_S}s", "--timeout", "3s")
     try:
         base = _prometheus(stack)
