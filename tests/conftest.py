@@ -6,6 +6,7 @@ They use the same launchers as `yardarm up`, so the tests exercise the servers u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -138,16 +140,35 @@ async def _ping(port: int) -> None:
     await conn.close()
 
 
-@pytest.fixture
-async def pg_database(postgres_port: int) -> AsyncIterator[str]:
-    """A fresh, empty database for one test; yields its DSN and drops it afterwards."""
+@pytest.fixture(scope="session")
+def postgres_admin_dsn(postgres_port: int) -> str:
+    """The session's Postgres as a superuser; the container tests (tests/integration)
+    override it with a Postgres container's."""
+    return infra.postgres_dsn(postgres_port)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of `admin_dsn`; yields its DSN and drops it
+    on the way out."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    await infra.create_databases(postgres_port, [name])
+    conn = await asyncpg.connect(admin_dsn)
     try:
-        yield infra.postgres_dsn(postgres_port, name)
+        await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
-        conn = await asyncpg.connect(infra.postgres_dsn(postgres_port))
+        await conn.close()
+    try:
+        yield urlsplit(admin_dsn)._replace(path=f"/{name}").geturl()
+    finally:
+        conn = await asyncpg.connect(admin_dsn)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def pg_database(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; yields its DSN and drops it afterwards."""
+    async with fresh_database(postgres_admin_dsn) as dsn:
+        yield dsn

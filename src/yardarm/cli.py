@@ -20,6 +20,7 @@ from yardarm_kit.identity import TRACKS
 
 from yardarm.chaos import commands as chaos_commands
 from yardarm.dlq import commands as dlq_commands
+from yardarm.images import commands as images_commands
 from yardarm.rollout import commands as rollout_commands
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 app.add_typer(chaos_commands.app, name="chaos")
 app.add_typer(dlq_commands.app, name="dlq")
+app.add_typer(images_commands.app, name="images")
 app.add_typer(rollout_commands.app, name="rollout")
 console = Console()
 err = Console(stderr=True)

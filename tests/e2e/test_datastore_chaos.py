@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +32,11 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 import pytest
-from yardarm_datastore.linearizability import Operation, OpName, check_history
+from yardarm_datastore.linearizability import check_history
 from yardarm_datastore.settings import DatastoreSettings
 
 from tests.harness.adapter import FaultRefused, Instance, ProcessState, StackTarget, Unsupported
+from tests.harness.kv_history import History, kv_client
 from tests.harness.local import LocalStackTarget, Stack, pick_base_port, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -145,83 +145,6 @@ def _leader(stack: StackTarget, timeout: float = 30.0) -> int:
             return int(seen.pop()) - 1
         time.sleep(0.1)
     raise AssertionError("the datastore replicas never agreed on a leader")
-
-
-def _outcome(op: str, status: int, body: dict[str, Any]) -> dict[str, Any] | None:
-    """The checker's outcome for an answer, or None when the outcome is unknown."""
-    if op == "get":
-        if status == 200:
-            return {"status": "found", "value": body["value"], "version": body["version"]}
-        return {"status": "not_found"} if status == 404 else None
-    if status in (200, 201):
-        return {"status": "ok", "version": body["version"]}
-    if status == 409:
-        return {"status": "conflict"}
-    if status == 404 and op == "delete":
-        return {"status": "not_found"}
-    return None
-
-
-class History:
-    def __init__(self) -> None:
-        self.ops: list[Operation] = []
-        self.per_key = dict.fromkeys(KEYS, 0)
-        self.versions: dict[str, int] = dict.fromkeys(KEYS, 0)
-        self.answered = 0
-
-    def keys_left(self) -> list[str]:
-        return [k for k, n in self.per_key.items() if n < MAX_OPS_PER_KEY]
-
-
-async def _client(
-    n: int, stack: StackTarget, history: History, until: float, http: aiohttp.ClientSession
-) -> None:
-    rng = random.Random(n)
-    urls = _replicas(stack)
-    for _ in range(100_000):
-        left = history.keys_left()
-        if time.monotonic() > until or not left:
-            return
-        key = rng.choice(left)
-        history.per_key[key] += 1
-        roll = rng.random()
-        op: OpName = "get" if roll < 0.45 else "put" if roll < 0.9 else "delete"
-        value = {"c": n, "r": rng.randrange(1_000_000)} if op == "put" else None
-        if_version = history.versions[key] if op != "get" and rng.random() < 0.5 else None
-        url = f"{rng.choice(urls)}/kv/{key}"
-        call = time.monotonic()
-        outcome: dict[str, Any] | None = None
-        try:
-            if op == "get":
-                request = http.get(url)
-            elif op == "put":
-                body: dict[str, Any] = {"value": value}
-                if if_version is not None:
-                    body["if_version"] = if_version
-                request = http.put(url, json=body)
-            else:
-                query = "" if if_version is None else f"?if_version={if_version}"
-                request = http.delete(url + query)
-            async with request as response:
-                outcome = _outcome(op, response.status, await response.json())
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            outcome = None
-        ret = time.monotonic() if outcome is not None else None
-        if outcome is None and op == "get":
-            history.per_key[key] -= 1  # a read that never answered says nothing
-            await asyncio.sleep(0.02)
-            continue
-        if outcome is not None:
-            history.answered += 1
-            if "version" in outcome:
-                history.versions[key] = int(outcome["version"])
-        record = Operation(
-            client=n, op=op, key=key, value=value, if_version=if_version,
-            call=call, ret=ret, outcome=outcome,
-        )  # fmt: skip
-        history.ops.append(record)
-        if outcome is None:
-            await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -431,7 +354,7 @@ def _faults(stack: StackTarget, kinds: set[str], until: float) -> list[Seen]:
 async def test_histories_under_chaos_are_linearizable(stack: StackTarget, tmp_path: Path) -> None:
     _leader(stack)
     kinds = _fault_kinds(stack)
-    history = History()
+    history = History(KEYS, MAX_OPS_PER_KEY)
     until = time.monotonic() + DURATION_S
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(ssl=stack.ssl or True)
@@ -439,7 +362,8 @@ async def test_histories_under_chaos_are_linearizable(stack: StackTarget, tmp_pa
         timeout=timeout, headers=_admin(stack), connector=connector
     ) as http:
         clients = [
-            asyncio.create_task(_client(n, stack, history, until, http)) for n in range(CLIENTS)
+            asyncio.create_task(kv_client(n, _replicas(stack), history, until, http))
+            for n in range(CLIENTS)
         ]
         seen = await asyncio.to_thread(_faults, stack, kinds, until)
         await asyncio.gather(*clients)
