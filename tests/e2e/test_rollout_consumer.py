@@ -5,38 +5,33 @@ Prometheus. A release that fails half its deliveries is rolled back at its first
 one that takes a second per delivery is failed; a healthy one completes, its stable
 track replaced while the canary consumes, and `down`/`up` keeps it.
 
-Short steps, so the judge's minimum samples are lowered through the controller's
-settings, scaled back up by `YARDARM_TEST_SCALE`.
+Short steps (`tests.harness.rollout_api`), scaled back up by `YARDARM_TEST_SCALE`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.harness.local import BackgroundLoad, Stack, configured_stack
-from tests.harness.rollout_api import RolloutApi
+from tests.harness.rollout_api import (
+    INTERVAL_S,
+    ROLLOUT_BOUND_S,
+    SHORT_STEPS_ENV,
+    STEP_S,
+    RolloutApi,
+)
 from tests.observability.binaries import require_binary
 
 pytestmark = pytest.mark.e2e
 
-SCALE = max(1, int(os.environ.get("YARDARM_TEST_SCALE", "1")))
 TOPOLOGY = """
 services:
   fulfillment:
     replicas: 2
 """
-STEP_S = 10.0 * SCALE
-INTERVAL_S = 5.0
-CONTROLLER_ENV = {
-    "YARDARM_ROLLOUTS_MIN_REQUESTS": str(25 * SCALE),
-    "YARDARM_ROLLOUTS_MIN_LATENCY_POINTS": str(6 * SCALE),
-    "YARDARM_ROLLOUTS_MAX_INCONCLUSIVE": "6",
-}
-ROLLOUT_BOUND_S = 2 * STEP_S * 8 + 120
 # Every order is a charge and a shipment for fulfillment's consumers.
 LOAD = ("--rate", "15", "--mix", "orders=100", "--timeout", "5s")
 
@@ -46,7 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_binary("prometheus")
     running = configured_stack(tmp_path_factory.mktemp("rollout-consumer"), TOPOLOGY, 24000)
     running.prometheus = True
-    running.env = CONTROLLER_ENV
+    running.env = SHORT_STEPS_ENV
     try:
         yield running.up()
     finally:

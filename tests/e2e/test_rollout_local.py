@@ -11,7 +11,6 @@ through the controller's settings (`YARDARM_ROLLOUTS_*`), scaled back up by
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,26 +19,22 @@ import httpx
 import pytest
 
 from tests.harness.local import BackgroundLoad, Stack, configured_stack
-from tests.harness.rollout_api import RolloutApi
+from tests.harness.rollout_api import (
+    INTERVAL_S,
+    ROLLOUT_BOUND_S,
+    SHORT_STEPS_ENV,
+    STEP_S,
+    RolloutApi,
+)
 from tests.observability.binaries import require_binary
 
 pytestmark = pytest.mark.e2e
 
-SCALE = max(1, int(os.environ.get("YARDARM_TEST_SCALE", "1")))
 TOPOLOGY = """
 services:
   orders:
     replicas: 2
 """
-STEP_S = 10.0 * SCALE
-INTERVAL_S = 5.0
-CONTROLLER_ENV = {
-    "YARDARM_ROLLOUTS_MIN_REQUESTS": str(25 * SCALE),
-    "YARDARM_ROLLOUTS_MIN_LATENCY_POINTS": str(6 * SCALE),
-    "YARDARM_ROLLOUTS_MAX_INCONCLUSIVE": "6",
-}
-# A rollout of 2 steps: each step's analyses plus starting and stopping instances.
-ROLLOUT_BOUND_S = 2 * STEP_S * 8 + 120
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_binary("prometheus")
     running = configured_stack(tmp_path_factory.mktemp("rollout"), TOPOLOGY, 22000)
     running.prometheus = True
-    running.env = CONTROLLER_ENV
+    running.env = SHORT_STEPS_ENV
     try:
         yield running.up()
     finally:

@@ -3,6 +3,7 @@ rollout of one service with short steps, wait for its end."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -11,6 +12,19 @@ import httpx
 from tests.harness.local import Stack
 
 CONTROLLER_PORT_OFFSET = 46  # the rollout controller's port above the stack's base port
+
+# Short steps (10 s, an analysis every 5 s), so the judge's minimum samples are lowered
+# through the controller's settings, scaled back up by `YARDARM_TEST_SCALE`.
+SCALE = max(1, int(os.environ.get("YARDARM_TEST_SCALE", "1")))
+STEP_S = 10.0 * SCALE
+INTERVAL_S = 5.0
+SHORT_STEPS_ENV = {
+    "YARDARM_ROLLOUTS_MIN_REQUESTS": str(25 * SCALE),
+    "YARDARM_ROLLOUTS_MIN_LATENCY_POINTS": str(6 * SCALE),
+    "YARDARM_ROLLOUTS_MAX_INCONCLUSIVE": "6",
+}
+# A rollout of 2 steps: each step's analyses plus starting and stopping instances.
+ROLLOUT_BOUND_S = 2 * STEP_S * 8 + 120
 
 
 class RolloutApi:

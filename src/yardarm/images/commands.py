@@ -1,4 +1,5 @@
-"""`yardarm images build`: the services' and the control plane's container images.
+"""`yardarm images build` and `yardarm images dockerfiles`: the services' and the
+control plane's container images, and the Dockerfiles they are built from.
 
 The CLI imports this module for every command, `yardarm --help` included: the build
 machinery (and rich's live display) is imported by the command that uses it.
@@ -113,3 +114,35 @@ def build(
         f"[bold]{len(report.images)} images[/], {built} built, in {report.seconds:.0f} s",
         highlight=False,
     )
+
+
+@app.command("dockerfiles")
+def dockerfiles(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Only compare: exit 1 when a committed file is stale."),
+    ] = False,
+) -> None:
+    """Write the services' and the control plane's Dockerfiles (generated from one
+    template and the images' table in yardarm.images.specs)."""
+    from yardarm.images import dockerfiles as generated
+    from yardarm.images.specs import ImagesError, source_root
+
+    try:
+        root = source_root()
+    except ImagesError as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.message)}")
+        err.print("[dim]run it from the yardarm repository (it writes the Dockerfiles there)[/]")
+        raise typer.Exit(code=1) from exc
+    if check:
+        differ = generated.stale(root)
+        if differ:
+            for path in differ:
+                err.print(f"[red]stale:[/] {escape(str(path.relative_to(root)))}")
+            err.print("[bold red]error:[/] the Dockerfiles differ from what the code renders")
+            err.print(f"[dim]run `{generated.COMMAND}`[/]")
+            raise typer.Exit(code=1)
+        console.print("[green]the Dockerfiles match the code[/]")
+        return
+    for path in generated.write(root):
+        console.print(f"wrote {escape(str(path.relative_to(root)))}")
