@@ -293,7 +293,7 @@ async def analyse(
     judge_config: JudgeConfig,
     start: float,
     end: float,
-    target: World | None = None,
+    shares: Mapping[str, float] | None = None,
 ) -> Analysis:
     """One analysis of the step's traffic over [start, end].
 
@@ -301,14 +301,13 @@ async def analyse(
     smoke requests against stable's (the same requests, timed where they are sent), with
     the gateway's view of green's availability, and everything green served (smoke
     before the switch, users' traffic after it) against the guardrails, timed by green's
-    own servers.
+    own servers. `shares` (a rollout by instances) are the tracks' expected shares of
+    the deliveries, the weights the judge holds them to.
     """
     service = rollout.spec.service
     if rollout.spec.strategy != "blue-green":
         pair = dict(await effects.windows(service, start, end, (CANARY, BASELINE)))
-        if rollout.spec.rolls_by == "instances" and target is not None:
-            # No split to read: a track's weight is its share of the instances.
-            shares = target.expected_shares(effects.replicas(service))
+        if shares is not None:  # no split to read: a track's weight is its share
             pair = {t: replace(w, weight=shares.get(t, 0.0)) for t, w in pair.items()}
         verdict = judge(pair[CANARY], pair[BASELINE], judge_config)
         return Analysis(verdict, pair[CANARY].errors)
@@ -332,7 +331,8 @@ async def tick(
     """Converge the world to the stored rollout, then judge; the change to store (None
     also when the rollout changed meanwhile: the caller ticks again on what is stored)."""
     spec = rollout.spec
-    target = world(rollout, config, effects.replicas(spec.service))
+    stable_replicas = effects.replicas(spec.service)  # read once per tick
+    target = world(rollout, config, stable_replicas)
     try:
         await converge(rollout, target, effects, reread)
     except Superseded:
@@ -374,7 +374,6 @@ async def tick(
         return _guarded(rollout, pause)
     started = rollout.step_started_at
     if started is None:
-        stable_replicas = effects.replicas(spec.service)
 
         def begin(r: Rollout) -> None:
             r.step_started_at = now
@@ -396,7 +395,9 @@ async def tick(
         return _guarded(rollout, delayed)
     if now - (rollout.last_analysis_at or started) < spec.analysis_interval_s:
         return None
-    analysis = await analyse(rollout, effects, judge_config, started, now, target)
+    by_instances = spec.rolls_by == "instances"
+    shares = target.expected_shares(stable_replicas) if by_instances else None
+    analysis = await analyse(rollout, effects, judge_config, started, now, shares)
     verdict = analysis.verdict
     verdicts = [*(Verdict.from_dict(v) for v in rollout.verdicts), verdict]
     decision = step_outcome(verdicts, config.max_inconclusive, analyses_per_step(rollout))
