@@ -1,13 +1,18 @@
 #!/bin/sh
 # The first start makes the cluster (as the official image does, from POSTGRES_USER,
-# POSTGRES_PASSWORD, POSTGRES_DB and POSTGRES_HOST_AUTH_METHOD), then every start runs
-# Postgres in the foreground, listening on every address on port 5432.
+# POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, POSTGRES_DB and POSTGRES_HOST_AUTH_METHOD),
+# then every start runs Postgres in the foreground, listening on every address on 5432.
 set -eu
 
 if [ "${1:-postgres}" != postgres ]; then
     exec "$@"
 fi
 if [ $# -gt 0 ]; then shift; fi
+
+# POSTGRES_PASSWORD_FILE, as the official image reads it: the password from a mounted file.
+if [ -z "${POSTGRES_PASSWORD:-}" ] && [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}

@@ -19,6 +19,7 @@ from rich.console import Console
 from yardarm_kit.identity import TRACKS
 
 from yardarm.chaos import commands as chaos_commands
+from yardarm.containers import commands as container_commands
 from yardarm.dlq import commands as dlq_commands
 from yardarm.images import commands as images_commands
 from yardarm.rollout import commands as rollout_commands
@@ -36,6 +37,8 @@ app = typer.Typer(
 app.add_typer(chaos_commands.app, name="chaos")
 app.add_typer(dlq_commands.app, name="dlq")
 app.add_typer(images_commands.app, name="images")
+app.add_typer(container_commands.init_app, name="init")
+app.command("compose")(container_commands.compose)
 app.add_typer(rollout_commands.app, name="rollout")
 console = Console()
 err = Console(stderr=True)

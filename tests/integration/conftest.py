@@ -22,7 +22,9 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from typing import NoReturn
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
 
 import docker
 import nats
@@ -124,6 +126,38 @@ def require_image(client: docker.DockerClient, variable: str) -> str:
                 f"pulled ({exc}): set TESTCONTAINERS_RYUK_DISABLED=true"
             )
     return image
+
+
+def require_project_image(client: docker.DockerClient, service: str) -> str:
+    """A project image (`yardarm/<service>:<version>`, or YARDARM_IMAGE_<SERVICE>); skips
+    (fails under YARDARM_REQUIRE_DOCKER=1) with the command that builds it when missing."""
+    from yardarm.containers.compose import project_images
+
+    root = Path(__file__).resolve().parents[2]
+    variable = f"YARDARM_IMAGE_{service.upper()}"
+    image = os.environ.get(variable) or project_images(root)[service]
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        _unavailable(
+            f"image {image} ({variable}) is not built: run "
+            f"`uv run yardarm images build --offline --only {service}`"
+        )
+    return image
+
+
+def docker_instant(text: str) -> datetime:
+    """Docker's RFC 3339 times carry nanoseconds; Python parses up to microseconds."""
+    head, _, rest = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(rest or '0')[:6]:0<6}+00:00")
+
+
+def started_to_healthy_s(state: dict[str, Any]) -> float:
+    """Seconds from a healthy container's start to its first passing health check, as
+    Docker recorded them (`State` of `docker inspect`; the machine's own delays before
+    the start do not count)."""
+    passed = next(entry for entry in state["Health"]["Log"] if entry["ExitCode"] == 0)
+    return (docker_instant(passed["End"]) - docker_instant(state["StartedAt"])).total_seconds()
 
 
 def publish_on_loopback(container: DockerContainer, port: int, host_port: int = 0) -> None:

@@ -6,7 +6,7 @@ catches up, and the clients' history (writes, conditional writes, deletes, reads
 every replica) is linearizable by the project's checker, so no acknowledged write was
 lost.
 
-The image comes from YARDARM_IMAGE_DATASTORE (default `yardarm/datastore:0.1.0`, built
+The image comes from YARDARM_IMAGE_DATASTORE (default `yardarm/datastore:<version>`, built
 by `yardarm images build`). The replicas find each other by container name on the
 test's own network; the test reaches each one's HTTP API on a port published on
 127.0.0.1 only.
@@ -23,24 +23,25 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import aiohttp
-import docker
 import httpx
 import pytest
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import DockerException
 from docker.models.containers import Container
 from yardarm_datastore.linearizability import check_history
 from yardarm_datastore.settings import DatastoreSettings
 
 from tests.conftest import free_port
 from tests.harness.kv_history import History, kv_client
-from tests.integration.conftest import require_docker
+from tests.integration.conftest import (
+    require_docker,
+    require_project_image,
+    started_to_healthy_s,
+)
 
 SCALE = max(1.0, float(os.environ.get("YARDARM_TEST_SCALE", "1")))
-IMAGE_VARIABLE = "YARDARM_IMAGE_DATASTORE"
 HTTP_PORT, RAFT_PORT = 8090, 8140  # the image's defaults
 REPLICAS = 3
 # The group's timing is the image's default.
@@ -52,21 +53,6 @@ WRITE_S = 12.0 * SCALE
 CLIENTS = 4
 KEYS = [f"containers/{i}" for i in range(8)]
 MAX_OPS_PER_KEY = 150
-
-
-def _image(client: docker.DockerClient) -> str:
-    image = os.environ.get(IMAGE_VARIABLE) or "yardarm/datastore:0.1.0"
-    try:
-        client.images.get(image)
-    except ImageNotFound:
-        reason = (
-            f"image {image} ({IMAGE_VARIABLE}) is not built: run "
-            "`uv run yardarm images build --offline --only datastore`"
-        )
-        if os.environ.get("YARDARM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"{reason} (YARDARM_REQUIRE_DOCKER=1)", pytrace=False)
-        pytest.skip(reason)
-    return image
 
 
 @dataclass
@@ -112,25 +98,16 @@ def _leader(replicas: list[Replica]) -> Replica:
 
 
 def _healthy_after(replica: Replica) -> float:
-    """Seconds from the container's start to its first passing health check, as Docker
-    recorded them (the machine's own delays before the start do not count)."""
+    """Seconds from the container's start to its first passing health check."""
     _poll(f"replica {replica.id} healthy",
           lambda: replica.inspect()["State"]["Health"]["Status"] == "healthy")  # fmt: skip
-    state = replica.inspect()["State"]
-    passed = next(entry for entry in state["Health"]["Log"] if entry["ExitCode"] == 0)
-    return (_instant(passed["End"]) - _instant(state["StartedAt"])).total_seconds()
-
-
-def _instant(text: str) -> datetime:
-    """Docker's RFC 3339 times carry nanoseconds; Python parses up to microseconds."""
-    head, _, rest = text.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(rest or '0')[:6]:0<6}+00:00")
+    return started_to_healthy_s(replica.inspect()["State"])
 
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[list[Replica]]:
     client = require_docker()
-    image = _image(client)
+    image = require_project_image(client, "datastore")
     tag = uuid.uuid4().hex[:8]
     network = client.networks.create(f"yardarm-it-datastore-{tag}", driver="bridge")
     names = {i: f"yardarm-it-ds{i}-{tag}" for i in range(1, REPLICAS + 1)}

@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from yardarm import databases
 from yardarm.local.binaries import nats_server_binary, postgres_bin_dir
 
 POSTGRES_SYSTEM_USER = "yardarm-pg"
@@ -132,13 +133,4 @@ def postgres_dsn(port: int, database: str = "postgres") -> str:
 
 async def create_databases(port: int, names: list[str]) -> None:
     """Create each database unless it exists (idempotent; safe to run on every start)."""
-    import asyncpg
-
-    conn = await asyncpg.connect(postgres_dsn(port))
-    try:
-        for name in names:
-            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-            if not exists:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await databases.create_databases(postgres_dsn(port), names)

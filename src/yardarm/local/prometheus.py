@@ -18,6 +18,7 @@ import yaml
 from yardarm.model import Deployment, Instance, Topology
 from yardarm.observability.scrape import (
     JOBS,
+    duration,
     prometheus_config,
     scrape_job,
     scrape_targets,
@@ -39,12 +40,6 @@ def directory(home: Path) -> Path:
 
 def url(topology: Topology) -> str:
     return f"http://{LOOPBACK}:{topology.prometheus_port}"
-
-
-def _seconds(value: float) -> str:
-    """A Prometheus duration: whole milliseconds (`1s`, `1500ms`)."""
-    millis = round(value * 1000)
-    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
 def metrics_address(topology: Topology, instance: Instance, port: int) -> str:
@@ -95,7 +90,7 @@ def write_config(topology: Topology, home: Path, ca_file: str | None) -> Path:
         )
         for job in JOBS
     ]
-    interval = _seconds(topology.prometheus.scrape_interval_s)
+    interval = duration(topology.prometheus.scrape_interval_s)
     config = prometheus_config(
         jobs,
         environment=topology.environment,

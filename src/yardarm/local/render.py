@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from yardarm import databases
 from yardarm.certificates import StackCertificates, ensure_certificates
 from yardarm.chaos.config import ChaosConfig, config_path
 from yardarm.credentials import StackCredentials, ensure_credentials
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 ReadinessKind = Literal["http", "tcp", "postgres"]
 LOOPBACK = "127.0.0.1"
-SERVICE_DATABASES = ["orders", "fulfillment"]
+SERVICE_DATABASES = list(databases.SERVICE_DATABASES)
 TLS_SERVICES = ("datastore", "orders", "fulfillment", "gateway")
 ROLLOUTS_INSTANCE = "rollouts"
 

@@ -36,6 +36,12 @@ class ScrapeTarget:
     address: str  # host:port
 
 
+def duration(seconds: float) -> str:
+    """A Prometheus duration: whole milliseconds (`1s`, `1500ms`)."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
 def scrape_targets(
     deployment: Deployment,
     address: Callable[[Instance], str],

@@ -74,3 +74,21 @@ def loki_error_logs(service: str) -> str:
     """LogQL selecting one service's error lines."""
     severities = "|".join(LOKI_ERROR_SEVERITIES)
     return f'{{{LOKI_SERVICE_LABEL}="{service}"}} | severity_text=~"{severities}"'
+
+
+# The public images the container targets run, pinned (the collector at the release its
+# config is written for, `collector.MIN_COLLECTOR_VERSION`).
+COLLECTOR_IMAGE: Final = "otel/opentelemetry-collector-contrib:0.144.0"
+JAEGER_IMAGE: Final = "jaegertracing/jaeger:2.14.0"
+LOKI_IMAGE: Final = "grafana/loki:3.6.2"
+PROMETHEUS_IMAGE: Final = "prom/prometheus:v3.8.0"
+GRAFANA_IMAGE: Final = "grafana/grafana:12.3.0"
+# Where each reads the config `yardarm observability` renders (collector and Jaeger take
+# `--config`, Loki `-config.file`); the compose file and the chart mount them here.
+COLLECTOR_CONFIG_PATH: Final = "/etc/otelcol-contrib/config.yaml"
+JAEGER_CONFIG_PATH: Final = "/etc/jaeger/config.yaml"
+LOKI_CONFIG_PATH: Final = "/etc/loki/config.yaml"
+PROMETHEUS_CONFIG_PATH: Final = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_RULES_PATH: Final = "/etc/prometheus/rules"
+PROMETHEUS_DATA_PATH: Final = "/prometheus"
+GRAFANA_DATA_PATH: Final = "/var/lib/grafana"

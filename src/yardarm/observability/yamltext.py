@@ -23,8 +23,8 @@ def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def dump(document: Any, source: str) -> str:
-    """`document` as YAML under a comment saying `source` generates it."""
+def dump(document: Any, source: str, command: str = "yardarm observability") -> str:
+    """`document` as YAML under a comment saying `source` generates it, with `command`."""
     body = yaml.dump(
         document,
         Dumper=_Dumper,
@@ -34,4 +34,4 @@ def dump(document: Any, source: str) -> str:
         default_flow_style=False,
     )
     assert isinstance(body, str)
-    return f"# Generated from {source} by `yardarm observability`: edit that, not this.\n{body}"
+    return f"# Generated from {source} by `{command}`: edit that, not this.\n{body}"

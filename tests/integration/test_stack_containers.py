@@ -1,0 +1,233 @@
+"""The whole stack as service containers, run by docker-compose from the compose project
+the deployment model renders (`yardarm compose`, without the observability services,
+whose public images need a registry): an order placed through the gateway container
+confirms, and its trace spans all four services; every service container runs as the
+images' non-root user on a read-only root filesystem and was healthy within 10 s of its
+start.
+
+Spans are read from span files: the test turns them on and mounts each instance's state
+directory from a folder of its own (the image's default is OTLP only). Postgres and NATS
+come from YARDARM_IMAGE_POSTGRES and YARDARM_IMAGE_NATS, the project's images from
+`yardarm images build`. Only the gateway is published, on an ephemeral port of
+127.0.0.1; the project's containers, network and volumes are removed at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import httpx
+import pytest
+import yaml
+
+from tests.integration.conftest import (
+    require_docker,
+    require_image,
+    require_project_image,
+)
+from yardarm.containers import compose
+from yardarm.containers.target import STATE_MOUNT
+from yardarm.model import Topology
+from yardarm.tracing_view import Span, iter_spans
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("gateway", "orders", "fulfillment", "datastore")
+HEALTHY_WITHIN_S = 10.0  # what the images promise (their HEALTHCHECK runs every 2 s)
+# Starting the project (an initdb, a Raft election, the init steps) and a saga's steps
+# are seconds each; wide bounds for a busy machine.
+UP_TIMEOUT_S = 300
+BOUND_S = 90.0
+GOOD_CARD = "4242424242424242"
+
+T = TypeVar("T")
+
+
+def _poll(what: str, check: Callable[[], T | None], bound_s: float = BOUND_S) -> T:
+    deadline = time.monotonic() + bound_s
+    while True:
+        try:
+            found = check()
+        except httpx.HTTPError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {bound_s:.0f}s")
+        time.sleep(0.5)
+
+
+def _docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        message = "docker-compose is not installed (Debian: apt-get install docker-compose)"
+        if os.environ.get("YARDARM_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"{message} (YARDARM_REQUIRE_DOCKER=1)", pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+class Project:
+    """A compose project of the stack in a folder of its own, under a unique name."""
+
+    def __init__(self, folder: Path, images: dict[str, str]) -> None:
+        self.folder = folder
+        self.name = f"yardarm-it-{uuid.uuid4().hex[:8]}"
+        self.env = os.environ | {
+            "YARDARM_IMAGE_POSTGRES": images["postgres"],
+            "YARDARM_IMAGE_NATS": images["nats"],
+        }
+        self.binary = _docker_compose()
+        self.spans = folder / "state"
+        self.since = 0  # when `up` began (Unix seconds), for Docker's events
+
+    def write(self, project: compose.ComposeProject) -> None:
+        """The rendered files, with span files on and every instance's state in a folder
+        here (writable by the images' user), and the gateway on an ephemeral port."""
+        document = copy.deepcopy(project.document)
+        for name, service in document["services"].items():
+            env = service.get("environment") or {}
+            svc = next((s for s in SERVICES if f"YARDARM_{s.upper()}_INSTANCE" in env), None)
+            if svc is None:
+                continue
+            state = self.spans / name
+            state.mkdir(parents=True)
+            state.chmod(0o777)
+            service["volumes"] = [
+                f"{state}:{STATE_MOUNT}" if volume.endswith(f":{STATE_MOUNT}") else volume
+                for volume in service["volumes"]
+            ]
+            env[f"YARDARM_{svc.upper()}_SPAN_FILES"] = "true"
+            if "ports" in service:
+                service["ports"] = [f"127.0.0.1::{env['YARDARM_GATEWAY_PORT']}"]
+        compose.write(project, self.folder)
+        (self.folder / compose.COMPOSE_FILE).write_text(yaml.safe_dump(document, sort_keys=False))
+
+    def run(self, *args: str, timeout: float = 120) -> str:
+        result = subprocess.run(
+            [self.binary, "-p", self.name, *args],
+            cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            logs = subprocess.run(
+                [self.binary, "-p", self.name, "logs", "--tail", "30"],
+                cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=60,
+                check=False,
+            ).stdout  # fmt: skip
+            raise AssertionError(
+                f"docker-compose {' '.join(args)} failed:\n{result.stderr}\n{logs[-6000:]}"
+            )
+        return result.stdout
+
+    def spans_of(self, trace_id: str) -> list[Span]:
+        files = sorted(self.spans.glob("*/telemetry/*.jsonl"))
+        return [span for span in iter_spans(files) if span.trace_id == trace_id]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, str]]:
+    """The stack up, and the gateway's URL."""
+    client = require_docker()
+    try:
+        images = {name: require_project_image(client, name) for name in (*SERVICES, "control")}
+        images["postgres"] = require_image(client, "YARDARM_IMAGE_POSTGRES")
+        images["nats"] = require_image(client, "YARDARM_IMAGE_NATS")
+    finally:
+        client.close()
+    project = Project(tmp_path_factory.mktemp("compose"), images)
+    project.write(compose.render(Topology(), images, observability=False))
+    project.since = int(time.time()) - 1
+    try:
+        project.run("up", "-d", "--no-build", timeout=UP_TIMEOUT_S)
+        address = project.run("port", "gateway-0", str(Topology().gateway_port)).strip()
+        yield project, f"http://{address}"
+    finally:
+        project.run("down", "-v", "--remove-orphans", "--timeout", "20", timeout=180)
+
+
+def test_an_order_through_the_gateway_container_confirms_and_is_traced_across_services(
+    stack: tuple[Project, str],
+) -> None:
+    project, gateway = stack
+    with httpx.Client(base_url=gateway, timeout=10.0) as http:
+        skus = _poll("the catalog through the gateway", lambda: http.get("/api/stock").json())
+        sku = skus["items"][0]["sku"]
+        body = {"customer_id": "containers", "items": [{"sku": sku, "quantity": 1}],
+                "payment": {"card": GOOD_CARD}}  # fmt: skip
+        placed = http.post("/api/orders", json=body, headers={"Idempotency-Key": "it-1"})
+        assert placed.status_code in (201, 202), placed.text
+        order_id = placed.json()["id"]
+
+        def confirmed() -> dict[str, Any] | None:
+            order: dict[str, Any] = http.get(f"/api/orders/{order_id}").json()
+            assert order["status"] not in ("CANCELLED", "FAILED"), order
+            return order if order["status"] == "CONFIRMED" else None
+
+        order = _poll(f"order {order_id} confirmed", confirmed)
+    trace_id = order["trace_id"]
+
+    def every_service() -> list[Span] | None:
+        spans = project.spans_of(trace_id)
+        return spans if {span.service for span in spans} >= set(SERVICES) else None
+
+    spans = _poll(f"trace {trace_id} in all four services' span files", every_service)
+    services = {span.service for span in spans}
+    assert services == set(SERVICES), services
+    # One trace: every span but the gateway's root has its parent in it.
+    ids = {span.span_id for span in spans}
+    roots = [span for span in spans if span.parent_id not in ids]
+    assert [root.service for root in roots] == ["gateway"], [(r.service, r.name) for r in roots]
+
+
+def _healthy_after_start(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Each container's seconds from its (last) start to its first passing health check,
+    from Docker's own events, by compose service name."""
+    started: dict[str, int] = {}
+    took: dict[str, float] = {}
+    for event in sorted(events, key=lambda e: e["timeNano"]):
+        name = event["Actor"]["Attributes"]["com.docker.compose.service"]
+        if event["status"] == "start":
+            started[name] = event["timeNano"]
+        elif event["status"] == "health_status: healthy" and name not in took:
+            took[name] = (event["timeNano"] - started[name]) / 1e9
+    return took
+
+
+def test_each_service_container_runs_unprivileged_read_only_and_was_healthy_within_10s(
+    stack: tuple[Project, str],
+) -> None:
+    project, _ = stack
+    client = docker.from_env()
+    try:
+        label = f"com.docker.compose.project={project.name}"
+        events = list(client.events(
+            since=project.since, until=int(time.time()) + 1, decode=True,
+            filters={"type": "container", "label": label},
+        ))  # fmt: skip
+        healthy_after = _healthy_after_start(events)
+        checked = 0
+        for container in client.containers.list(filters={"label": label}):
+            service = container.labels["com.docker.compose.service"]
+            if service.split("-")[0] not in SERVICES:
+                continue
+            attrs = container.attrs
+            assert attrs["Config"]["User"] == "10001:10001", service
+            assert attrs["HostConfig"]["ReadonlyRootfs"] is True, service
+            assert attrs["State"]["Health"]["Status"] == "healthy", service
+            took = healthy_after[service]
+            assert took <= HEALTHY_WITHIN_S, f"{service} healthy {took:.1f}s after its start"
+            print(f"{service}: healthy {took:.1f}s after its start")
+            checked += 1
+        topology = Topology()
+        assert checked == sum(topology.services.spec(svc).replicas for svc in SERVICES)
+    finally:
+        client.close()
