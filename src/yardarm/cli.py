@@ -22,6 +22,7 @@ from yardarm.chaos import commands as chaos_commands
 from yardarm.containers import commands as container_commands
 from yardarm.dlq import commands as dlq_commands
 from yardarm.images import commands as images_commands
+from yardarm.kubernetes import commands as kubernetes_commands
 from yardarm.rollout import commands as rollout_commands
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ app.add_typer(dlq_commands.app, name="dlq")
 app.add_typer(images_commands.app, name="images")
 app.add_typer(container_commands.init_app, name="init")
 app.command("compose")(container_commands.compose)
+app.command("chart")(kubernetes_commands.chart)
 app.add_typer(rollout_commands.app, name="rollout")
 console = Console()
 err = Console(stderr=True)

@@ -43,7 +43,9 @@ def version_flags_file(instance: Instance) -> str:
 
 
 class ContainerTarget:
-    """Container names and image ports; files at the mounts the compose file declares."""
+    """Container names and image ports; files at the mounts the compose file declares.
+
+    The Kubernetes target keeps its files and ports and names hosts its own way."""
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
@@ -110,10 +112,9 @@ class ContainerTarget:
         return None
 
 
-def postgres_dsn(database: str, home: str) -> str:
+def postgres_dsn(
+    database: str, home: str, *, host: str = POSTGRES_HOST, port: int = POSTGRES_PORT
+) -> str:
     """The DSN of a database on the stack's Postgres, its password read from the pgpass
     file in the stack's home mounted at `home`."""
-    return (
-        f"postgresql://{POSTGRES_USER}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
-        f"?passfile={home}/{PGPASS_FILE}"
-    )
+    return f"postgresql://{POSTGRES_USER}@{host}:{port}/{database}?passfile={home}/{PGPASS_FILE}"

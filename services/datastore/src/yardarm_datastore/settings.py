@@ -25,7 +25,10 @@ class DatastoreSettings(ServiceSettings):
 
     `peers` names the other replicas at bootstrap, as JSON:
     `{"2": {"raft": "127.0.0.1:7061", "http": "http://127.0.0.1:7011"}, ...}`; with none,
-    the replica is a group of one. Replicas added later are learned from the log.
+    the replica is a group of one. Replicas added later are learned from the log. It may
+    name this replica too (a StatefulSet gives every pod the same list): that entry is
+    left out. `pod_index` (a StatefulSet pod's ordinal, from its
+    `apps.kubernetes.io/pod-index` label) sets `replica_id` to the ordinal + 1.
 
     `access_file` is the access document (`yardarm_kit.access`) that guards the KV and
     Raft admin APIs; unset, anyone who reaches the port may read and write every key.
@@ -49,6 +52,7 @@ class DatastoreSettings(ServiceSettings):
     service: str = "datastore"
     data_dir: Path = Path(".yardarm/data/datastore-0")
     replica_id: int = Field(default=1, ge=1, le=1_000_000)
+    pod_index: int | None = Field(default=None, ge=0, lt=1_000_000)
     raft_host: str = "127.0.0.1"
     raft_port: int = Field(default=0, ge=0, le=65535)  # 0: any free port (a group of one)
     peers: dict[int, PeerAddress] = Field(default_factory=dict)
@@ -64,8 +68,14 @@ class DatastoreSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _check(self) -> DatastoreSettings:
-        if self.replica_id in self.peers:
-            raise ValueError(f"peers must not include this replica ({self.replica_id})")
+        if self.pod_index is not None:
+            if "replica_id" in self.model_fields_set and self.replica_id != self.pod_index + 1:
+                raise ValueError(
+                    f"replica_id {self.replica_id} disagrees with pod_index {self.pod_index}"
+                    " (the replica id is the pod index + 1): set one of them"
+                )
+            self.replica_id = self.pod_index + 1
+        self.peers.pop(self.replica_id, None)
         if self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("election_ticks must be larger than heartbeat_ticks")
         for path in (self.access_file, self.peer_token_file):

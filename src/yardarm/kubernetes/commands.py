@@ -1,0 +1,63 @@
+"""`yardarm chart`: the Helm chart's values from the deployment model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, hint: str | None = None) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    if hint:
+        err.print(f"[dim]{escape(hint)}[/]")
+    return typer.Exit(code=1)
+
+
+def chart(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="yardarm.yaml (default: the defaults)."),
+    ] = None,
+    release: Annotated[
+        str, typer.Option("--release", help="The Helm release the values name things for.")
+    ] = "yardarm",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="values file to write (default: the chart's own)."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only compare: exit 1 when the file is stale.")
+    ] = False,
+) -> None:
+    """Render the Helm chart's values (charts/yardarm/values.yaml) from the deployment
+    model; `-c yardarm.yaml -o my-values.yaml` renders a stack's own."""
+    from yardarm.images.specs import ImagesError, source_root
+    from yardarm.kubernetes import values as renderer
+    from yardarm.model import Topology, TopologyError, load_topology
+
+    try:
+        root = source_root()
+        topology = Topology() if config is None else load_topology(config)
+        text = renderer.render_files(root, topology, release)[renderer.VALUES_FILE]
+    except ImagesError as exc:
+        raise _fail(exc.message, exc.hint) from exc
+    except TopologyError as exc:
+        raise _fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    path = output or root / renderer.CHART_DIR / renderer.VALUES_FILE
+    if check:
+        if not path.is_file() or path.read_text() != text:
+            raise _fail(f"{path} differs from the model", "run `yardarm chart`")
+        console.print(f"[green]{escape(str(path))} matches the model[/]")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    console.print(f"wrote {escape(str(path))}")
