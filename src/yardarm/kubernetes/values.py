@@ -248,6 +248,9 @@ def render_values(
     values["controller"] = {
         "enabled": True,
         "port": topology.rollouts_port,
+        # The in-cluster Prometheus the rollout judge reads (the Pulumi program sets it);
+        # empty: the controller scrapes the pods itself.
+        "prometheusUrl": "",
         "resources": RESOURCES[CONTROL],
     }
     values["init"] = {"enabled": True, "datastoreUrls": [target.url(i, i) for i in
