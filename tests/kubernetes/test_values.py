@@ -107,4 +107,4 @@ def test_a_stack_renders_its_own_values(tmp_path: Path) -> None:
     values = yaml.safe_load(out.read_text())
     assert (values["release"], values["gateway"]["replicas"]) == ("shop", 2)
     stale = runner.invoke(app, ["chart", "--check", "-o", str(out)])
-    assert stale.exit_code == 1 and "differs from the model" in " ".join(stale.output.split())
+    assert stale.exit_code == 1 and "differ from the model" in " ".join(stale.output.split())

@@ -37,7 +37,8 @@ def chart(
     ] = False,
 ) -> None:
     """Render the Helm chart's values (charts/yardarm/values.yaml) from the deployment
-    model; `-c yardarm.yaml -o my-values.yaml` renders a stack's own."""
+    model, and its copy of the Prometheus rules; `-c yardarm.yaml -o my-values.yaml`
+    renders a stack's own values."""
     from yardarm.images.specs import ImagesError, source_root
     from yardarm.kubernetes import values as renderer
     from yardarm.model import Topology, TopologyError, load_topology
@@ -45,19 +46,31 @@ def chart(
     try:
         root = source_root()
         topology = Topology() if config is None else load_topology(config)
-        text = renderer.render_files(root, topology, release)[renderer.VALUES_FILE]
+        files = renderer.render_files(root, topology, release)
     except ImagesError as exc:
         raise _fail(exc.message, exc.hint) from exc
     except TopologyError as exc:
         raise _fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
     except ValueError as exc:
         raise _fail(str(exc)) from exc
-    path = output or root / renderer.CHART_DIR / renderer.VALUES_FILE
+    # With --output only the values file, for a stack's own release; else the chart's files.
+    chart_dir = root / renderer.CHART_DIR
+    paths = (
+        {output: files[renderer.VALUES_FILE]}
+        if output is not None
+        else {chart_dir / relative: text for relative, text in files.items()}
+    )
     if check:
-        if not path.is_file() or path.read_text() != text:
-            raise _fail(f"{path} differs from the model", "run `yardarm chart`")
-        console.print(f"[green]{escape(str(path))} matches the model[/]")
+        stale = [
+            path for path, text in paths.items() if not path.is_file() or path.read_text() != text
+        ]
+        for path in stale:
+            err.print(f"[red]stale:[/] {escape(str(path))}")
+        if stale:
+            raise _fail("the chart's generated files differ from the model", "run `yardarm chart`")
+        console.print(f"[green]{len(paths)} generated chart file(s) match the model[/]")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    console.print(f"wrote {escape(str(path))}")
+    for path, text in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        console.print(f"wrote {escape(str(path))}")

@@ -46,6 +46,8 @@ from yardarm.observability.yamltext import dump
 CHART_DIR: Final = "charts/yardarm"
 VALUES_FILE: Final = "values.yaml"
 COMMAND: Final = "yardarm chart"
+RULES_SOURCE: Final = "prometheus/rules/"  # under observability/
+RULES_DIR: Final = "files/rules"
 # The tracks a rollable service has a Deployment for: its primary track and each one the
 # rollout engine runs (`blue` is the stable track of a blue-green rollout).
 ROLLOUT_TRACKS: Final = ("canary", "baseline", "green")
@@ -265,8 +267,15 @@ def render_values(
 def render_files(
     root: Path, topology: Topology | None = None, release: str = DEFAULT_RELEASE
 ) -> dict[str, str]:
-    """The chart's generated files by path relative to the chart: `values.yaml`."""
+    """The chart's generated files by path relative to the chart: `values.yaml`, and the
+    project's Prometheus rules under `files/rules/` (Helm reads no file outside the chart;
+    the PrometheusRule template embeds them)."""
     from yardarm.containers.compose import project_images
+    from yardarm.observability import rules
 
     values = render_values(topology or Topology(), project_images(root), release)
-    return {VALUES_FILE: dump(values, __name__, COMMAND)}
+    files = {VALUES_FILE: dump(values, __name__, COMMAND)}
+    for path, text in sorted(rules.render_files().items()):
+        if path.startswith(RULES_SOURCE):
+            files[f"{RULES_DIR}/{path.removeprefix(RULES_SOURCE)}"] = text
+    return files
