@@ -3,9 +3,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 if str(INFRA) not in sys.path:
     sys.path.insert(0, str(INFRA))
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_pulumi() -> Iterator[None]:
+    """`pulumi.runtime.test` runs on the thread's current event loop; asyncio tests that
+    ran before leave none set, so each test here gets its own."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from yardarm.catalog import DEMO_CATALOG
 from yardarm.credentials import StackCredentials
 from yardarm.local import control
 from yardarm.local.desired import read_desired, read_topology
@@ -19,23 +18,11 @@ from yardarm.local.render import routing_writer
 from yardarm.model import ScaleError, current_for
 from yardarm.rollout.engine import EffectFailed
 from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
+from yardarm.rollout.routes import APPLIED_WITHIN_S, ROUTES, SMOKE_PATHS, WATCHED
 from yardarm.rollout.smoke import SmokeTraffic
 from yardarm.rollout.spec import sticky_key
 from yardarm.rollout.window import TrackWindow
 from yardarm.routing_writer import KEEP
-
-# The gateway routes of each service that rolls by weights; a rollout moves them together.
-# A queue consumer (fulfillment) has none: it is judged on its own deliveries.
-ROUTES = {"orders": ("api-orders", "api-stock")}
-WATCHED = ("canary", "baseline", "green", "stable")  # the tracks a rollout may judge
-# Blue-green's smoke requests: read-only, through both of orders' routes (an unknown
-# order is a 404: the service answering as it should).
-SMOKE_PATHS = (
-    "/api/stock",
-    *(f"/api/stock/{item['sku']}" for item in DEMO_CATALOG),
-    "/api/orders/00000000-0000-4000-8000-000000000000",
-)
-APPLIED_WITHIN_S = 15.0  # every gateway replica polls the routing document every 0.25 s
 
 
 class LocalEffects:

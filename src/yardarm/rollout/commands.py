@@ -9,6 +9,7 @@ them. What a rollout looks like on screen is `yardarm.rollout.view`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -29,6 +30,10 @@ console = Console()
 err = Console(stderr=True)
 
 TIMEOUT_S = 10.0
+# A controller that is not the local stack's (Kubernetes' through `kubectl port-forward`):
+# its URL, and a file holding the release's admin token.
+URL_ENV = "YARDARM_ROLLOUTS_URL"
+TOKEN_FILE_ENV = "YARDARM_ADMIN_TOKEN_FILE"
 REFRESH_S = 1.0  # `status --watch`
 
 HomeOption = Annotated[
@@ -114,25 +119,56 @@ def _problem_text(status: int, document: Any) -> str:
     return detail
 
 
+def _remote() -> tuple[str, str] | None:
+    """The controller `YARDARM_ROLLOUTS_URL` names and the token its file holds (None:
+    the local stack's controller)."""
+    url = os.environ.get(URL_ENV, "").strip().rstrip("/")
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ApiError(f"{URL_ENV}={url!r} is not an http:// or https:// URL")
+    token_file = os.environ.get(TOKEN_FILE_ENV, "").strip()
+    if not token_file:
+        raise ApiError(
+            f"{URL_ENV} is set but {TOKEN_FILE_ENV} is not",
+            f"set {TOKEN_FILE_ENV} to a file holding the release's admin token",
+        )
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise ApiError(f"cannot read the admin token ({TOKEN_FILE_ENV}): {exc}") from exc
+    if not token:
+        raise ApiError(f"the admin token file {token_file} ({TOKEN_FILE_ENV}) is empty")
+    return url, token
+
+
 def call(
     home: Path, method: str, path: str, body: dict[str, Any] | None = None,
     *, service: str | None = None,
 ) -> Any:  # fmt: skip
-    """One request to the controller of the stack running from `home`; its JSON."""
+    """One request to the controller of the stack running from `home` (or to the one
+    `YARDARM_ROLLOUTS_URL` names, with the token in `YARDARM_ADMIN_TOKEN_FILE`); its JSON."""
     import httpx
 
     from yardarm.credentials import admin_token
     from yardarm.local import control
 
-    base = control.rollout_controller_url(home)
-    if base is None:
-        raise _no_controller(home)
-    try:
-        token = admin_token(home)
-    except OSError as exc:
-        raise ApiError(
-            f"cannot read the stack's admin credential: {exc}", "restart the stack to issue it"
-        ) from exc
+    remote = _remote()
+    if remote is not None:
+        base, token = remote
+        verify: Any = True
+    else:
+        found = control.rollout_controller_url(home)
+        if found is None:
+            raise _no_controller(home)
+        base = found
+        try:
+            token = admin_token(home)
+        except OSError as exc:
+            raise ApiError(
+                f"cannot read the stack's admin credential: {exc}", "restart the stack to issue it"
+            ) from exc
+        verify = control.stack_ssl(home) or True
     url = f"{base}{path}"
     try:
         response = httpx.request(
@@ -142,9 +178,15 @@ def call(
             headers={"Authorization": f"Bearer {token}"},
             timeout=TIMEOUT_S,
             trust_env=False,
-            verify=control.stack_ssl(home) or True,
+            verify=verify,
         )
     except httpx.ConnectError as exc:
+        if _refused(exc) and remote is not None:
+            raise ApiError(
+                f"nothing answers at {base} ({URL_ENV})",
+                "is `kubectl port-forward svc/<release>-controller PORT` still running?",
+                unreachable=True,
+            ) from exc
         if _refused(exc):
             raise _no_controller(home) from exc
         raise ApiError(
