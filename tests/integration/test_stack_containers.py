@@ -18,6 +18,7 @@ import copy
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -87,7 +88,10 @@ class Project:
         }
         self.binary = _docker_compose()
         self.spans = folder / "state"
-        self.since = 0  # when `up` began (Unix seconds), for Docker's events
+        # Docker's events about the project's containers, as they happen (the daemon
+        # keeps only its last 256 events for later queries, and every health check is
+        # three of them).
+        self.events: list[dict[str, Any]] = []
 
     def write(self, project: compose.ComposeProject) -> None:
         """The rendered files, with span files on and every instance's state in a folder
@@ -145,13 +149,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, s
         client.close()
     project = Project(tmp_path_factory.mktemp("compose"), images)
     project.write(compose.render(Topology(), images, observability=False))
-    project.since = int(time.time()) - 1
+    client = docker.from_env()
+    label = f"com.docker.compose.project={project.name}"
+    stream = client.events(decode=True, filters={"type": "container", "label": label})
+    listener = threading.Thread(target=lambda: project.events.extend(stream), daemon=True)
+    listener.start()
     try:
         project.run("up", "-d", "--no-build", timeout=UP_TIMEOUT_S)
         address = project.run("port", "gateway-0", str(Topology().gateway_port)).strip()
         yield project, f"http://{address}"
     finally:
-        project.run("down", "-v", "--remove-orphans", "--timeout", "20", timeout=180)
+        try:
+            project.run("down", "-v", "--remove-orphans", "--timeout", "20", timeout=180)
+        finally:
+            stream.close()
+            client.close()
 
 
 def test_an_order_through_the_gateway_container_confirms_and_is_traced_across_services(
@@ -194,11 +206,11 @@ def _healthy_after_start(events: list[dict[str, Any]]) -> dict[str, float]:
     started: dict[str, int] = {}
     took: dict[str, float] = {}
     for event in sorted(events, key=lambda e: e["timeNano"]):
-        name = event["Actor"]["Attributes"]["com.docker.compose.service"]
-        if event["status"] == "start":
+        name = event["Actor"]["Attributes"].get("com.docker.compose.service", "")
+        if event.get("status") == "start":
             started[name] = event["timeNano"]
-        elif event["status"] == "health_status: healthy" and name not in took:
-            took[name] = (event["timeNano"] - started[name]) / 1e9
+        elif event.get("status") == "health_status: healthy" and name in started:
+            took.setdefault(name, (event["timeNano"] - started[name]) / 1e9)
     return took
 
 
@@ -209,11 +221,7 @@ def test_each_service_container_runs_unprivileged_read_only_and_was_healthy_with
     client = docker.from_env()
     try:
         label = f"com.docker.compose.project={project.name}"
-        events = list(client.events(
-            since=project.since, until=int(time.time()) + 1, decode=True,
-            filters={"type": "container", "label": label},
-        ))  # fmt: skip
-        healthy_after = _healthy_after_start(events)
+        healthy_after = _healthy_after_start(list(project.events))
         checked = 0
         for container in client.containers.list(filters={"label": label}):
             service = container.labels["com.docker.compose.service"]
@@ -223,6 +231,7 @@ def test_each_service_container_runs_unprivileged_read_only_and_was_healthy_with
             assert attrs["Config"]["User"] == "10001:10001", service
             assert attrs["HostConfig"]["ReadonlyRootfs"] is True, service
             assert attrs["State"]["Health"]["Status"] == "healthy", service
+            assert service in healthy_after, f"no start and health events seen for {service}"
             took = healthy_after[service]
             assert took <= HEALTHY_WITHIN_S, f"{service} healthy {took:.1f}s after its start"
             print(f"{service}: healthy {took:.1f}s after its start")
