@@ -30,9 +30,10 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # Build stage: a venv holding the `yardarm` wheel and what its package metadata requires,
 # resolved by pip from the wheelhouse alone (--no-index). pip runs from its wheel and is
-# not left in the venv. numpy's and scipy's own test suites (50 MB) are left out. The
-# controller and the judge's statistics (scipy) are imported once, so a wheel that cannot
-# load fails the build, not the start.
+# not left in the venv. numpy's and scipy's own test suites (50 MB) and the Kubernetes
+# client's asyncio variant (68 MB) are left out. The controller and the judge's
+# statistics (scipy) are imported once, so a wheel that cannot load fails the build, not
+# the start.
 FROM ${BASE_IMAGE} AS build
 COPY wheels/ /wheels/
 RUN set -eu; \
@@ -43,8 +44,9 @@ RUN set -eu; \
         yardarm; \
     site=/opt/yardarm/lib/python3.11/site-packages; \
     find "$site/numpy" "$site/scipy" -type d -name tests -prune -exec rm -rf {} +; \
+    rm -rf "$site/kubernetes/aio"; \
     /opt/yardarm/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/yardarm; \
-    /opt/yardarm/bin/python -c 'import yardarm.cli, yardarm.local.rollout_controller, scipy.stats'
+    /opt/yardarm/bin/python -c 'import yardarm.cli, yardarm.local.rollout_controller, yardarm.kubernetes.controller, scipy.stats'
 
 # Final stage: the same base and the venv, nothing else from the build (no wheels, no pip,
 # no caches). uid 10001 owns only the state volume.

@@ -203,7 +203,11 @@ def test_a_service_runs_as_the_entrypoint_and_the_control_image_takes_any_comman
     assert env_of(control)["YARDARM_SPAN_FILES"] == "false"  # the controller's ServiceSettings
     build = the("RUN", control)[0]
     assert '"$site/numpy" "$site/scipy" -type d -name tests -prune' in build
-    assert "import yardarm.cli, yardarm.local.rollout_controller, scipy.stats" in build
+    assert (
+        "import yardarm.cli, yardarm.local.rollout_controller, yardarm.kubernetes.controller,"
+        " scipy.stats" in build
+    )
+    assert 'rm -rf "$site/kubernetes/aio"' in build
     assert the("EXPOSE", control) == [str(Topology().rollouts_port)]
 
 

@@ -81,6 +81,9 @@ PRUNE = """\
     site=/opt/yardarm/lib/python3.11/site-packages; \\
     find {folders} -type d -name tests -prune -exec rm -rf {{}} +; \\
 """
+PRUNE_PATHS = """\
+    rm -rf {paths}; \\
+"""
 
 # The one template. A raw string: the backslashes end Dockerfile lines.
 TEMPLATE = r"""{header}
@@ -220,6 +223,8 @@ def render(spec: ImageSpec) -> str:
     prune = ""
     if runtime.prune_tests:
         prune = PRUNE.format(folders=" ".join(site.format(name) for name in runtime.prune_tests))
+    if runtime.prune_paths:
+        prune += PRUNE_PATHS.format(paths=" ".join(site.format(p) for p in runtime.prune_paths))
     env = [
         "PATH=/opt/yardarm/bin:$PATH",
         "PYTHONDONTWRITEBYTECODE=1",

@@ -76,6 +76,7 @@ class Runtime:
     build_note: str | None = None  # appended to the paragraph on how it is built
     build_stage: str | None = None  # the build stage's comment
     prune_tests: tuple[str, ...] = ()  # distributions whose own test suites are removed
+    prune_paths: tuple[str, ...] = ()  # folders under site-packages nothing imports
     checks: tuple[str, ...] = ()  # imported at build time; (): the command's module
     health_port: str | None = "port"  # the settings field /healthz is on; None: topology's
     overridable: bool = False  # a default CMD any command replaces, not an ENTRYPOINT
@@ -269,10 +270,19 @@ SERVICE_IMAGES: tuple[ImageSpec, ...] = (
             build_stage="Build stage: a venv holding the `yardarm` wheel and what its package"
             " metadata requires, resolved by pip from the wheelhouse alone (--no-index). pip"
             " runs from its wheel and is not left in the venv. numpy's and scipy's own test"
-            " suites (50 MB) are left out. The controller and the judge's statistics (scipy)"
+            " suites (50 MB) and the Kubernetes client's asyncio variant (68 MB) are left out."
+            " The controller and the judge's statistics (scipy)"
             " are imported once, so a wheel that cannot load fails the build, not the start.",
             prune_tests=("numpy", "scipy"),
-            checks=("yardarm.cli", "yardarm.local.rollout_controller", "scipy.stats"),
+            # The Kubernetes client's asyncio twin (68 MB): the controller uses the
+            # synchronous client, and `import kubernetes` does not load it.
+            prune_paths=("kubernetes/aio",),
+            checks=(
+                "yardarm.cli",
+                "yardarm.local.rollout_controller",
+                "yardarm.kubernetes.controller",
+                "scipy.stats",
+            ),
         ),
     ),
 )
