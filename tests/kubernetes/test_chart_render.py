@@ -381,11 +381,18 @@ def test_disruption_budgets_keep_a_pod_only_where_there_are_two(
 
 def test_service_monitors_scrape_each_metrics_port(production: Rendering) -> None:
     monitors = {m["metadata"]["name"]: m for m in production.of_kind("ServiceMonitor")}
-    assert set(monitors) == {f"{RELEASE}-{s}" for s in ("gateway", "orders", "fulfillment",
-                                                         "datastore")}  # fmt: skip
+    jobs = {"gateway": "gateway", "orders": "orders", "fulfillment": "fulfillment",
+            "datastore": "datastore", "controller": "rollouts"}  # fmt: skip
+    assert set(monitors) == {f"{RELEASE}-{s}" for s in jobs}
     for name, monitor in monitors.items():
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["honorLabels"] is True
+        # The job is named as on every other target: the rules select on it.
+        job = jobs[name.removeprefix(f"{RELEASE}-")]
+        assert endpoint["relabelings"] == [
+            {"action": "replace", "targetLabel": "job", "replacement": job},
+            {"action": "replace", "targetLabel": "environment", "replacement": "local"},
+        ]
         assert endpoint["path"] == "/metrics"
         selector = monitor["spec"]["selector"]["matchLabels"]
         services = [
