@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from yardarm.cli_errors import err, fail
+
 console = Console()
-err = Console(stderr=True)
 
 init_app = typer.Typer(
     help="One-shot steps of a container stack (the control image runs them).",
@@ -21,13 +22,6 @@ init_app = typer.Typer(
 HomeOption = Annotated[
     Path, typer.Option("--home", help="The stack's home: its credentials live here.")
 ]
-
-
-def _fail(message: str, hint: str | None = None) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    if hint:
-        err.print(f"[dim]{escape(hint)}[/]")
-    return typer.Exit(code=1)
 
 
 def compose(
@@ -62,11 +56,11 @@ def compose(
     try:
         root = source_root()
     except ImagesError as exc:
-        raise _fail(exc.message, exc.hint) from exc
+        raise fail(exc.message, exc.hint) from exc
     try:
         topology = load_topology(config)
     except TopologyError as exc:
-        raise _fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
+        raise fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
     out = (output or root).resolve()
     try:
         project = renderer.render(
@@ -76,13 +70,13 @@ def compose(
             observability_dir=os.path.relpath(root / "observability", out),
         )
     except ValueError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if check:
         differ = renderer.stale(project, out)
         if differ:
             for path in differ:
                 err.print(f"[red]stale:[/] {escape(str(path))}")
-            raise _fail("the compose project differs from the model", "run `yardarm compose`")
+            raise fail("the compose project differs from the model", "run `yardarm compose`")
         console.print(f"[green]{escape(str(out / renderer.COMPOSE_FILE))} matches the model[/]")
         return
     for path in renderer.write(project, out):
@@ -125,7 +119,7 @@ def init_data(
     try:
         token = StackCredentials(home).token("admin")
     except (OSError, ValueError) as exc:
-        raise _fail(
+        raise fail(
             f"no admin token in {home}: {exc}", "run `yardarm init credentials` first"
         ) from exc
     try:
@@ -137,5 +131,5 @@ def init_data(
             timeout_s=timeout,
         )
     except InitError as exc:
-        raise _fail(str(exc), "see the Postgres and datastore containers' logs") from exc
+        raise fail(str(exc), "see the Postgres and datastore containers' logs") from exc
     console.print(f"databases ready: {', '.join(database)}; catalog: {created} new SKUs")

@@ -9,15 +9,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from yardarm.cli_errors import err, fail
+
 console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, hint: str | None = None) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    if hint:
-        err.print(f"[dim]{escape(hint)}[/]")
-    return typer.Exit(code=1)
 
 
 def chart(
@@ -48,11 +42,11 @@ def chart(
         topology = Topology() if config is None else load_topology(config)
         files = renderer.render_files(root, topology, release)
     except ImagesError as exc:
-        raise _fail(exc.message, exc.hint) from exc
+        raise fail(exc.message, exc.hint) from exc
     except TopologyError as exc:
-        raise _fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
+        raise fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
     except ValueError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     # With --output only the values file, for a stack's own release; else the chart's files.
     chart_dir = root / renderer.CHART_DIR
     paths = (
@@ -67,7 +61,7 @@ def chart(
         for path in stale:
             err.print(f"[red]stale:[/] {escape(str(path))}")
         if stale:
-            raise _fail("the chart's generated files differ from the model", "run `yardarm chart`")
+            raise fail("the chart's generated files differ from the model", "run `yardarm chart`")
         console.print(f"[green]{len(paths)} generated chart file(s) match the model[/]")
         return
     for path, text in paths.items():
