@@ -22,20 +22,11 @@ from yardarm_infra import pins
 from yardarm_infra.charts import pinned_chart
 
 ADMIN_DATABASE: Final = "postgres"  # the database the init job connects to first
-# The Secret's keys: the Postgres chart's (`auth.secretKeys`) and the stack home's pgpass.
+# The Secret's keys: the Postgres chart's (`auth.secretKeys`; the user's password and, as
+# `auth.enablePostgresUser` is on, the admin's) and the stack home's pgpass.
 PASSWORD_KEY: Final = "password"
 ADMIN_PASSWORD_KEY: Final = "postgres-password"
 PGPASS_KEY: Final = "pgpass"
-# The init job creates the services' databases as the yardarm user; the chart makes that
-# user an ordinary owner, so a first-start script lets it create databases. The chart
-# runs `.sql` scripts as the yardarm user itself, so this is a shell script that runs
-# psql as the admin user, its password from the image's environment (the chart reads it
-# from the Secret).
-CREATEDB_SCRIPT: Final = f"""#!/bin/bash
-set -o errexit -o nounset
-PGPASSWORD="$POSTGRESQL_POSTGRES_PASSWORD" psql -v ON_ERROR_STOP=1 -U postgres -d postgres \\
-    -p "${{POSTGRESQL_PORT_NUMBER:-{POSTGRES_PORT}}}" -c 'ALTER ROLE {POSTGRES_USER} CREATEDB;'
-"""
 
 
 def postgres_service(release: str) -> str:
@@ -69,7 +60,13 @@ class DependenciesArgs:
 
 
 def nats_values(release: str) -> dict[str, Any]:
-    """The NATS chart's values: JetStream on (the services' streams), one server."""
+    """The NATS chart's values: JetStream on (the services' streams), one server.
+
+    Checked against nats-io/k8s `helm/charts/nats` 2.14.2 (commit 957650f, values.yaml and
+    files/service.yaml): the Service is named `service.name`, which defaults to the
+    fullname (`fullnameOverride` verbatim), and always carries the client port
+    `config.nats.port` (4222). The chart has no values.schema.json.
+    """
     return {
         "fullnameOverride": nats_service(release),
         "config": {"jetstream": {"enabled": True, "fileStore": {"pvc": {"size": "1Gi"}}}},
@@ -78,11 +75,26 @@ def nats_values(release: str) -> dict[str, Any]:
 
 
 def postgres_values(release: str) -> dict[str, Any]:
-    """The Postgres chart's values: the yardarm user, its password from the Secret."""
+    """The Postgres chart's values: the yardarm user, its password from the Secret.
+
+    Checked against bitnami/charts `bitnami/postgresql` 16.7.27 (commit 36f8598, values.yaml,
+    values.schema.json, templates/primary/svc.yaml and statefulset.yaml, bundled `common`
+    2.31.4): with the default `architecture: standalone` the Service is named the fullname
+    (`fullnameOverride` verbatim) with port `primary.service.ports.postgresql`.
+
+    The init job creates the services' databases as the yardarm user, and nothing more is
+    needed for that: the chart hands `auth.username` to the image as `POSTGRES_USER`, and the
+    image's first start creates that role `WITH LOGIN CREATEDB` (bitnami/containers
+    `postgresql/17` libpostgresql.sh, `postgresql_create_admin_user`), owning
+    `auth.database`. Hence no `primary.initdb.scripts`: one would be sourced by the
+    image's setup on every start until it succeeds once, so a failing script would keep
+    Postgres from ever starting.
+    """
     return {
         "fullnameOverride": postgres_service(release),
-        # The chart's own image tag, from the registry that still serves it; the chart
-        # refuses a repository it does not know unless told.
+        # The chart's own image tag, from the registry that still serves it. The bundled
+        # `common` chart only warns about a `bitnamilegacy` repository, and fails on any
+        # other one it does not know unless this is set; set, it warns in both cases.
         "image": {"repository": pins.POSTGRES_IMAGE_REPOSITORY},
         "global": {"security": {"allowInsecureImages": True}},
         "auth": {
@@ -94,10 +106,7 @@ def postgres_values(release: str) -> dict[str, Any]:
                 "userPasswordKey": PASSWORD_KEY,
             },
         },
-        "primary": {
-            "service": {"ports": {"postgresql": POSTGRES_PORT}},
-            "initdb": {"scripts": {"yardarm-createdb.sh": CREATEDB_SCRIPT}},
-        },
+        "primary": {"service": {"ports": {"postgresql": POSTGRES_PORT}}},
     }
 
 

@@ -22,14 +22,17 @@ from yardarm.observability import stack
 from yardarm_infra import pins
 from yardarm_infra.charts import pinned_chart
 
-# kube-prometheus-stack names its Prometheus Service `<fullname>-prometheus`.
+# kube-prometheus-stack names its Prometheus Service `<fullname>-prometheus` (the fullname
+# is `fullnameOverride` cut to 26 characters), port `prometheus.service.port` (9090).
 MONITORING: Final = "monitoring"
 PROMETHEUS_SERVICE: Final = f"{MONITORING}-prometheus"
 GRAFANA_SERVICE: Final = stack.GRAFANA_HOST
-GRAFANA_SERVICE_PORT: Final = 80  # the Grafana chart's Service port
+GRAFANA_SERVICE_PORT: Final = 80  # the Grafana chart's `service.port` (to its 3000)
 # Grafana's sidecar loads every ConfigMap with this label as dashboards.
 DASHBOARD_LABEL: Final = "grafana_dashboard"
 DASHBOARD_LABEL_VALUE: Final = "1"
+# The collector chart's default `ports` the rendered config has no receiver for.
+COLLECTOR_UNUSED_PORTS: Final = ("jaeger-compact", "jaeger-thrift", "jaeger-grpc", "zipkin")
 COLLECTOR_CONFIG: Final = "observability/otel-collector/config.yaml"
 JAEGER_CONFIG: Final = "observability/jaeger/config.yaml"
 DASHBOARDS: Final = "observability/dashboards"
@@ -69,7 +72,19 @@ class ObservabilityArgs:
 def monitoring_values() -> dict[str, Any]:
     """kube-prometheus-stack: Prometheus selects every ServiceMonitor and PrometheusRule
     (the yardarm chart's carry no label of this release), Grafana has the datasource
-    UIDs the dashboards use and loads the labelled ConfigMaps."""
+    UIDs the dashboards use and loads the labelled ConfigMaps.
+
+    Checked against prometheus-community/helm-charts `charts/kube-prometheus-stack` 79.0.0
+    (commit c215211, values.yaml, templates/prometheus/prometheus.yaml and service.yaml,
+    templates/grafana/configmaps-datasources.yaml) and the `grafana` chart 10.1.2 it
+    bundles (grafana/helm-charts commit 4e47276, values.yaml, templates/service.yaml).
+    With a `*NilUsesHelmValues` false and its selector left empty, the Prometheus resource
+    gets `{}` (every object) instead of `release: <release>`; the namespace selectors
+    default to `{}` too. The chart's own Prometheus datasource takes
+    `sidecar.datasources.uid`, `additionalDataSources` are appended to it. Its default
+    `sidecar.dashboards.searchNamespace` is ALL, which covers this namespace. The
+    chart has no values.schema.json.
+    """
     select_all = {
         "serviceMonitorSelectorNilUsesHelmValues": False,
         "podMonitorSelectorNilUsesHelmValues": False,
@@ -101,7 +116,16 @@ def monitoring_values() -> dict[str, Any]:
 def collector_values(root: Path) -> dict[str, Any]:
     """The collector chart: the contrib image the config is written for, running that
     config as it is (`alternateConfig` replaces the chart's default pipelines; `config`
-    would be merged into them)."""
+    would be merged into them).
+
+    Checked against open-telemetry/opentelemetry-helm-charts `charts/opentelemetry-collector`
+    0.145.0 (commit 8ba8e06, values.yaml, values.schema.json, templates/service.yaml,
+    _config.tpl, _pod.tpl, NOTES.txt): the Service is named the fullname
+    (`fullnameOverride` verbatim) with one port per enabled `ports` entry, `otlp-http`
+    4318 among them; `image.repository` and `mode` are required; the probes ask port
+    13133, where the config's health_check listens. The ports the config does not
+    listen on are left out of the Service.
+    """
     repository, _, tag = stack.COLLECTOR_IMAGE.rpartition(":")
     config = yaml.safe_load((root / COLLECTOR_CONFIG).read_text())
     return {
@@ -110,20 +134,42 @@ def collector_values(root: Path) -> dict[str, Any]:
         "image": {"repository": repository, "tag": tag},
         "command": {"name": "otelcol-contrib"},
         "alternateConfig": config,
+        "ports": {name: {"enabled": False} for name in COLLECTOR_UNUSED_PORTS},
     }
 
 
 def jaeger_values(root: Path) -> dict[str, Any]:
-    """Jaeger v2 all in one (in-memory traces), with the stack's Jaeger config."""
+    """Jaeger v2 all in one (in-memory traces): the image and config the compose stack runs.
+
+    Checked against jaegertracing/helm-charts `charts/jaeger` 4.11.1 (commit 6c602b5,
+    values.yaml, templates/jaeger/jaeger-service.yaml, jaeger-deploy.yaml,
+    jaeger-user-config.yaml): the Service is named the fullname (`fullnameOverride`
+    verbatim) with fixed ports, 16686 (query) and 4317 (OTLP gRPC) among them;
+    `userconfig` becomes the ConfigMap `user-config` passed as `--config`; the probes ask
+    `/status` on 13133, the config's healthcheckv2. The chart's image would be its own
+    appVersion (2.19.0), not the release the config is written for. The chart has no
+    values.schema.json.
+    """
+    repository, _, tag = stack.JAEGER_IMAGE.rpartition(":")
     return {
         "fullnameOverride": stack.JAEGER_HOST,
-        "jaeger": {"enabled": True},
+        "jaeger": {"enabled": True, "image": {"repository": repository, "tag": tag}},
         "userconfig": yaml.safe_load((root / JAEGER_CONFIG).read_text()),
     }
 
 
 def loki_values() -> dict[str, Any]:
-    """Loki as one binary on its filesystem, taking OTLP logs (structured metadata)."""
+    """Loki as one binary on its filesystem, taking OTLP logs (structured metadata).
+
+    Checked against grafana/loki `production/helm/loki` 6.29.0 (commit 3a68bc4, "release
+    loki helm chart 6.29.0": values.yaml, templates/single-binary/service.yaml,
+    validate.yaml, _helpers.tpl): in SingleBinary mode the Service is named the fullname
+    (`fullnameOverride` verbatim) with port `loki.server.http_listen_port` (3100), where
+    Loki 3 serves OTLP at `/otlp`. validate.yaml refuses a filesystem store with more than
+    one binary or any read/write/backend replica, no schema, and the Helm test without the
+    canary. `loki.limits_config` is merged into the chart's and rendered as Loki's
+    `limits_config`. The chart has no values.schema.json.
+    """
     return {
         "fullnameOverride": stack.LOKI_HOST,
         "deploymentMode": "SingleBinary",

@@ -8,7 +8,6 @@ tests assert on its inputs; the chart itself is tested on its own.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from yardarm_infra.rollout_owned import (
 
 from yardarm.images.specs import SERVICE_IMAGES
 from yardarm.model import ROLLABLE, Topology
+from yardarm.observability.stack import JAEGER_IMAGE, PROMETHEUS_UID
 
 CHART = "kubernetes:helm.sh/v4:Chart"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how Pulumi marks a secret value
@@ -123,15 +123,15 @@ def test_dependencies_are_pinned_upstream_charts(stack: Recorder) -> None:
     postgres = stack.chart("yardarm-postgresql")
     assert postgres.inputs["chart"] == "oci://registry-1.docker.io/bitnamicharts/postgresql"
     assert postgres.inputs["version"] == "16.7.27"
-    auth = postgres.inputs["values"]["auth"]
+    values = postgres.inputs["values"]
+    auth = values["auth"]
+    # The init job creates the services' databases as the yardarm user: the image creates
+    # the chart's `auth.username` with CREATEDB, so it must be that user, and no
+    # first-start script (which would block every start while it fails) is needed.
     assert (auth["username"], auth["database"]) == ("yardarm", "postgres")
     assert auth["existingSecret"] == "yardarm-postgres"
-    # The init job creates the services' databases as the yardarm user: a first-start
-    # script (a shell one: the chart runs `.sql` ones as that user) lets it.
-    (script,) = postgres.inputs["values"]["primary"]["initdb"]["scripts"].items()
-    assert script[0].endswith(".sh")
-    assert "-U postgres" in script[1] and "ALTER ROLE yardarm CREATEDB" in script[1]
-    subprocess.run(["bash", "-n"], input=script[1], text=True, check=True)
+    assert "initdb" not in values["primary"]
+    assert values["primary"]["service"]["ports"]["postgresql"] == 5432
 
 
 def test_the_postgres_secret_holds_the_password_as_a_secret(stack: Recorder) -> None:
@@ -172,9 +172,34 @@ def test_observability_charts_are_pinned_and_named_as_the_files_expect(stack: Re
     assert collector["alternateConfig"] == rendered
     assert rendered["exporters"]["otlp_grpc/jaeger"]["endpoint"].startswith("jaeger:")
     assert urlsplit(rendered["exporters"]["otlp_http/loki"]["endpoint"]).hostname == "loki"
-    spec = stack.chart("monitoring").inputs["values"]["prometheus"]["prometheusSpec"]
+    # The collector's Service carries OTLP (the services' exporter) and no port the config
+    # has no receiver for.
+    ports = collector["ports"]  # the chart's `otlp` and `otlp-http` stay as they are
+    assert set(ports) == {"jaeger-compact", "jaeger-thrift", "jaeger-grpc", "zipkin"}
+    assert all(port == {"enabled": False} for port in ports.values())
+    # Jaeger runs the release its config is written for, as the compose stack does.
+    jaeger = stack.chart("jaeger").inputs["values"]
+    image = jaeger["jaeger"]["image"]
+    assert f"{image['repository']}:{image['tag']}" == JAEGER_IMAGE
+    assert jaeger["userconfig"] == yaml.safe_load(
+        (ROOT / "observability/jaeger/config.yaml").read_text()
+    )
+    # Prometheus selects the yardarm chart's ServiceMonitor and PrometheusRule (empty
+    # selectors, not `release: monitoring`, which they do not carry).
+    monitoring = stack.chart("monitoring").inputs["values"]
+    spec = monitoring["prometheus"]["prometheusSpec"]
     assert spec["serviceMonitorSelectorNilUsesHelmValues"] is False
     assert spec["ruleSelectorNilUsesHelmValues"] is False
+    assert not spec.get("serviceMonitorSelector") and not spec.get("ruleSelector")
+    # Grafana: the Prometheus datasource's UID is the one the dashboards name, and the
+    # sidecar loads the dashboard ConfigMaps' label.
+    grafana = monitoring["grafana"]
+    assert grafana["fullnameOverride"] == "grafana"
+    assert grafana["sidecar"]["datasources"]["uid"] == PROMETHEUS_UID
+    dashboards = grafana["sidecar"]["dashboards"]
+    assert (dashboards["enabled"], dashboards["label"], dashboards["labelValue"]) == (
+        True, "grafana_dashboard", "1",
+    )  # fmt: skip
 
 
 def test_each_dashboard_is_a_labelled_config_map(stack: Recorder) -> None:
