@@ -143,19 +143,15 @@ def run(prepared: Prepared) -> int:
     import asyncio
     import contextlib
 
-    from aiohttp import web
     from kubernetes.config import ConfigException
     from yardarm_kit import Service, ServiceSettings
-    from yardarm_kit.access import admin_only
 
     from yardarm.control_kv import ControlKv
     from yardarm.kubernetes.effects import Cluster, KubernetesEffects
     from yardarm.kubernetes.endpoints import EndpointPublisher, SliceWatch, label_selector
     from yardarm.kubernetes.target import KubernetesTarget
     from yardarm.model import deployment
-    from yardarm.rollout.api import RolloutController, add_routes
-    from yardarm.rollout.engine import EngineConfig
-    from yardarm.rollout.telemetry import ObservedStore, RolloutTelemetry, WebhookConfig
+    from yardarm.rollout.serving import serve_rollouts
     from yardarm.routing_writer import RoutingWriter
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -196,28 +192,14 @@ def run(prepared: Prepared) -> int:
         sub_window_s=tuning.sub_window_s,
         smoke_rate=tuning.smoke_rate,
     )
-    webhook = None
-    if tuning.webhook_url is not None:
-        webhook = WebhookConfig(
-            tuning.webhook_url, timeout_s=tuning.webhook_timeout_s, attempts=tuning.webhook_attempts
-        )
-    telemetry = RolloutTelemetry(
-        service.metrics, service.tracer, environment=topology.environment, webhook=webhook
-    )
-    kv = ControlKv(datastores, token)
-    controller = RolloutController(
-        ObservedStore(kv, telemetry),
+    controller, telemetry = serve_rollouts(
+        service,
+        ControlKv(datastores, token),
         effects,
-        tuning.judge_overrides(),
-        EngineConfig(replicas=tuning.replicas, max_inconclusive=tuning.max_inconclusive),
-        tuning.sub_window_s,
+        tuning,
+        token=token,
+        environment=topology.environment,
     )
-    authorizer = admin_only(token, "yardarm-rollouts")
-
-    def guard(request: web.Request) -> None:
-        authorizer.require_admin(request)
-
-    add_routes(service, controller, guard, secured=True)
     discovery = cluster.discovery
     assert discovery is not None  # Cluster.connect gives every API
     watch: SliceWatch | None = None

@@ -41,11 +41,9 @@ from yardarm.kubernetes.target import KubernetesTarget, workload_name
 from yardarm.kubernetes.values import ROLLOUT_TRACKS, workload_env
 from yardarm.model import ROLLABLE, Deployment, Instance, Topology, deployment
 from yardarm.rollout.engine import EffectFailed
-from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
-from yardarm.rollout.routes import APPLIED_WITHIN_S, ROUTES, SMOKE_PATHS, WATCHED
-from yardarm.rollout.smoke import SmokeTraffic
+from yardarm.rollout.observation import TrafficObservation
+from yardarm.rollout.routes import APPLIED_WITHIN_S, ROUTES
 from yardarm.rollout.spec import sticky_key
-from yardarm.rollout.window import TrackWindow
 from yardarm.routing_writer import KEEP, RoutingWriter
 
 log = logging.getLogger("yardarm.kubernetes")
@@ -209,7 +207,7 @@ class Rolled:
         return f"{self.ready}/{self.wanted} ready, {self.updated} updated, {self.current} running"
 
 
-class KubernetesEffects:
+class KubernetesEffects(TrafficObservation):
     """`yardarm.rollout.engine.Effects` for the chart's workloads in one namespace."""
 
     def __init__(
@@ -233,27 +231,14 @@ class KubernetesEffects:
         self._routing = routing
         self._token = admin_token
         self._publisher = publisher
-        self._sub_window_s = sub_window_s
         self._timeout_s = timeout_s
         self._poll_s = poll_s
-        self._smoke_rate = smoke_rate
-        self._prometheus = PrometheusSource(prometheus_url) if prometheus_url else None
-        self._histories: dict[str, ScrapeHistory] = {}
-        self._smoke: dict[str, SmokeTraffic] = {}
+        super().__init__(
+            prometheus_url=prometheus_url, sub_window_s=sub_window_s, smoke_rate=smoke_rate
+        )
         planned = deployment(topology)
         self._target = KubernetesTarget(planned, release)
         self._gateway = planned.of("gateway")[0]
-
-    async def close(self) -> None:
-        if self._prometheus is not None:
-            self._prometheus.close()
-        for history in self._histories.values():
-            history.close()
-        for smoke in self._smoke.values():
-            await smoke.close()
-
-    def now(self) -> float:
-        return time.time()
 
     # -- names and reads ---------------------------------------------------------------
 
@@ -520,9 +505,6 @@ class KubernetesEffects:
 
     # -- metrics and smoke ---------------------------------------------------------------
 
-    def _subject(self, service: str) -> Subject:
-        return Subject(upstream=service, routes=ROUTES.get(service, ()), tracks=WATCHED)
-
     def metrics_urls(self, service: str) -> list[str]:
         """Every gateway pod's admin `/metrics` and every pod of the service's tracks."""
         gateway = self._read(workload_name(self.release, "gateway", ""))
@@ -539,51 +521,11 @@ class KubernetesEffects:
                     urls += [f"http://{ip}:{own}" for ip in running_ips(pods)]
         return urls
 
-    def history(self, service: str) -> ScrapeHistory:
-        if service not in self._histories:
-            self._histories[service] = ScrapeHistory(self._subject(service), [])
-        return self._histories[service]
+    async def scrape_urls(self, service: str) -> list[str]:
+        return await asyncio.to_thread(self.metrics_urls, service)  # API calls, off the loop
 
-    async def sample(self, service: str) -> None:
-        if self._prometheus is None:
-            history = self.history(service)
-            history.urls = await asyncio.to_thread(self.metrics_urls, service)  # pods come and go
-            await asyncio.to_thread(history.scrape)
-
-    async def windows(
-        self, service: str, start: float, end: float, tracks: tuple[str, ...]
-    ) -> Mapping[str, TrackWindow]:
-        if self._prometheus is not None:
-            found = await asyncio.to_thread(
-                self._prometheus.windows, self._subject(service), start, end, self._sub_window_s
-            )
-        else:
-            await self.sample(service)
-            found = self.history(service).windows(start, end)
-        return {track: found[track] for track in tracks}
-
-    async def smoke(self, service: str, tracks: tuple[str, ...]) -> None:
-        if not tracks and service not in self._smoke:
-            return
-        if service not in self._smoke:
-            self._smoke[service] = SmokeTraffic(
-                self._target.url(self._gateway, self._gateway),
-                self._token,
-                lambda: SMOKE_PATHS,
-                rate=self._smoke_rate,
-            )
-        await self._smoke[service].send_to(tracks)
-
-    def smoke_windows(
-        self, service: str, start: float, end: float, tracks: tuple[str, ...]
-    ) -> Mapping[str, TrackWindow]:
-        smoke = self._smoke.get(service)
-        return {
-            track: smoke.window(track, start, end, self._sub_window_s)
-            if smoke is not None
-            else TrackWindow(track=track, requests=0, errors=0)
-            for track in tracks
-        }
+    def smoke_gateway(self) -> tuple[str, str]:
+        return self._target.url(self._gateway, self._gateway), self._token
 
 
 def running_ips(pods: Sequence[V1Pod]) -> list[str]:

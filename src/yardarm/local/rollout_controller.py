@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # Imported here: aiohttp, the kit and the engine only once the arguments are good.
-    from aiohttp import web
     from yardarm_kit import Service, ServiceSettings
-    from yardarm_kit.access import admin_only
 
     from yardarm.certificates import StackCertificates
     from yardarm.control_kv import ControlKv
@@ -52,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from yardarm.local.desired import read_topology
     from yardarm.local.render import LOOPBACK
     from yardarm.local.rollout_effects import LocalEffects
-    from yardarm.rollout.api import RolloutController, add_routes
-    from yardarm.rollout.engine import EngineConfig
-    from yardarm.rollout.telemetry import ObservedStore, RolloutTelemetry, WebhookConfig
+    from yardarm.rollout.serving import serve_rollouts
 
     # One line per smoke request and per datastore call would drown the rollout's own.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -78,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     service = Service(settings)
     token = StackCredentials(home).token("admin")
-    authorizer = admin_only(token, "yardarm-rollouts")
     scheme = topology.tls.scheme
     kv = ControlKv(
         [f"{scheme}://{LOOPBACK}:{topology.datastore_port(i)}"
@@ -87,33 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         verify=service.client_ssl() or True,
     )  # fmt: skip
     effects = LocalEffects(home, sub_window_s=tuning.sub_window_s, smoke_rate=tuning.smoke_rate)
-    webhook = None
-    if tuning.webhook_url is not None:
-        webhook = WebhookConfig(
-            tuning.webhook_url,
-            timeout_s=tuning.webhook_timeout_s,
-            attempts=tuning.webhook_attempts,
-        )
-    telemetry = RolloutTelemetry(
-        service.metrics, service.tracer, environment=topology.environment, webhook=webhook
+    controller, telemetry = serve_rollouts(
+        service, kv, effects, tuning, token=token, environment=topology.environment
     )
     if telemetry.webhook is not None:
         service.log.info(
             "rollout events go to the webhook at %s", telemetry.webhook.host,
             extra={"event": "rollout_webhook"},
         )  # fmt: skip
-    controller = RolloutController(
-        ObservedStore(kv, telemetry),
-        effects,
-        tuning.judge_overrides(),
-        EngineConfig(replicas=tuning.replicas, max_inconclusive=tuning.max_inconclusive),
-        tuning.sub_window_s,
-    )
-
-    def guard(request: web.Request) -> None:
-        authorizer.require_admin(request)
-
-    add_routes(service, controller, guard, secured=True)
     service.on_startup(controller.resume)
     service.on_shutdown(controller.stop)
 

@@ -7,7 +7,7 @@ from scrapes of every instance.
 from __future__ import annotations
 
 import asyncio
-import time
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,15 +17,13 @@ from yardarm.local.desired import read_desired, read_topology
 from yardarm.local.render import routing_writer
 from yardarm.model import ScaleError, current_for
 from yardarm.rollout.engine import EffectFailed
-from yardarm.rollout.metrics_source import PrometheusSource, ScrapeHistory, Subject
-from yardarm.rollout.routes import APPLIED_WITHIN_S, ROUTES, SMOKE_PATHS, WATCHED
-from yardarm.rollout.smoke import SmokeTraffic
+from yardarm.rollout.observation import TrafficObservation
+from yardarm.rollout.routes import APPLIED_WITHIN_S, ROUTES
 from yardarm.rollout.spec import sticky_key
-from yardarm.rollout.window import TrackWindow
 from yardarm.routing_writer import KEEP
 
 
-class LocalEffects:
+class LocalEffects(TrafficObservation):
     """`yardarm.rollout.engine.Effects` for a stack the local supervisor runs."""
 
     def __init__(
@@ -41,24 +39,12 @@ class LocalEffects:
             raise control.ScaleFailedError(f"no stack has run from {self.home}")
         self.topology = topology
         self._writer = routing_writer(topology, self.home)
-        self._sub_window_s = sub_window_s
         self._timeout_s = timeout_s
-        prometheus = control.prometheus_url(self.home)
-        self._prometheus = PrometheusSource(prometheus) if prometheus else None
-        self._histories: dict[str, ScrapeHistory] = {}
-        self._smoke: dict[str, SmokeTraffic] = {}
-        self._smoke_rate = smoke_rate
-
-    async def close(self) -> None:
-        if self._prometheus is not None:
-            self._prometheus.close()
-        for history in self._histories.values():
-            history.close()
-        for smoke in self._smoke.values():
-            await smoke.close()
-
-    def now(self) -> float:
-        return time.time()
+        super().__init__(
+            prometheus_url=control.prometheus_url(self.home),
+            sub_window_s=sub_window_s,
+            smoke_rate=smoke_rate,
+        )
 
     def _tracks(self, service: str) -> dict[str, tuple[str, int]]:
         desired = current_for(self.topology, read_desired(self.home))
@@ -122,59 +108,14 @@ class LocalEffects:
         version = await self._writer.set_splits(ROUTES[service], dict(weights), sticky=key)
         await self._writer.wait_applied(version, APPLIED_WITHIN_S)
 
-    def _subject(self, service: str) -> Subject:
-        return Subject(upstream=service, routes=ROUTES.get(service, ()), tracks=WATCHED)
+    async def scrape_urls(self, service: str) -> list[str]:
+        return control.metrics_urls(self.home)
 
-    def history(self, service: str) -> ScrapeHistory:
-        """Without Prometheus: the scrapes a caller takes every sub-window."""
-        if service not in self._histories:
-            verify = control.stack_ssl(self.home) or True
-            self._histories[service] = ScrapeHistory(
-                self._subject(service), control.metrics_urls(self.home), verify
-            )
-        return self._histories[service]
+    def smoke_gateway(self) -> tuple[str, str]:
+        url = control.gateway_url(self.home)
+        if url is None:
+            raise control.ScaleFailedError(f"no gateway runs from {self.home}")
+        return url, StackCredentials(self.home).token("admin")
 
-    async def sample(self, service: str) -> None:
-        if self._prometheus is None:
-            history = self.history(service)
-            history.urls = control.metrics_urls(self.home)  # instances come and go
-            await asyncio.to_thread(history.scrape)
-
-    async def windows(
-        self, service: str, start: float, end: float, tracks: tuple[str, ...]
-    ) -> Mapping[str, TrackWindow]:
-        if self._prometheus is not None:
-            found = await asyncio.to_thread(
-                self._prometheus.windows, self._subject(service), start, end, self._sub_window_s
-            )
-        else:
-            await self.sample(service)
-            found = self.history(service).windows(start, end)
-        return {track: found[track] for track in tracks}
-
-    async def smoke(self, service: str, tracks: tuple[str, ...]) -> None:
-        if not tracks and service not in self._smoke:
-            return
-        if service not in self._smoke:
-            url = control.gateway_url(self.home)
-            if url is None:
-                raise control.ScaleFailedError(f"no gateway runs from {self.home}")
-            self._smoke[service] = SmokeTraffic(
-                url,
-                StackCredentials(self.home).token("admin"),
-                lambda: SMOKE_PATHS,
-                rate=self._smoke_rate,
-                verify=control.stack_ssl(self.home) or True,
-            )
-        await self._smoke[service].send_to(tracks)
-
-    def smoke_windows(
-        self, service: str, start: float, end: float, tracks: tuple[str, ...]
-    ) -> Mapping[str, TrackWindow]:
-        smoke = self._smoke.get(service)
-        return {
-            track: smoke.window(track, start, end, self._sub_window_s)
-            if smoke is not None
-            else TrackWindow(track=track, requests=0, errors=0)
-            for track in tracks
-        }
+    def client_verify(self) -> ssl.SSLContext | bool:
+        return control.stack_ssl(self.home) or True
