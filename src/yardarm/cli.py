@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from yardarm_kit.identity import TRACKS
 
+from yardarm.baremetal import commands as baremetal_commands
 from yardarm.chaos import commands as chaos_commands
 from yardarm.containers import commands as container_commands
 from yardarm.dlq import commands as dlq_commands
@@ -35,6 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(baremetal_commands.app, name="ansible")
 app.add_typer(chaos_commands.app, name="chaos")
 app.add_typer(dlq_commands.app, name="dlq")
 app.add_typer(images_commands.app, name="images")

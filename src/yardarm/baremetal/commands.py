@@ -1,0 +1,132 @@
+"""`yardarm ansible inventory`: a bare-metal stack's Ansible inventory from the
+deployment model and a host list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from yardarm.cli_errors import err, fail
+
+app = typer.Typer(
+    help="Run the stack on plain Linux hosts with Ansible.",
+    no_args_is_help=True,
+)
+console = Console()
+INVENTORIES_DIR = "ansible/inventories"
+
+
+@app.callback()
+def _group() -> None:
+    """Run the stack on plain Linux hosts with Ansible."""
+
+
+def _shared(values: list[str]) -> dict[str, str]:
+    parts: dict[str, str] = {}
+    for value in values:
+        part, sep, host = value.partition("=")
+        if not sep or not part or not host:
+            raise fail(f"--place {value}: expected PART=HOST (nats=node2)")
+        parts[part] = host
+    return parts
+
+
+def _generated(path: Path) -> bool:
+    """Whether a file is one this command wrote (its header says so)."""
+    from yardarm.baremetal.inventory import COMMAND
+
+    try:
+        first = path.read_text().split("\n", 1)[0]
+    except OSError:
+        return False
+    return first.startswith("# Generated") and f"`{COMMAND}`" in first
+
+
+@app.command("inventory")
+def inventory(
+    hosts_file: Annotated[
+        Path, typer.Option("--hosts", help="The host list (see ansible/hosts.example.yml).")
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="yardarm.yaml (default: the defaults)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Inventory directory (default: ansible/inventories/<environment>).",
+        ),
+    ] = None,
+    place_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--place",
+            metavar="PART=HOST",
+            help="PART=HOST: run a shared part (nats, postgres, haproxy, prometheus, "
+            "controller) on that host (default: the first host whose roles allow it).",
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only compare: exit 1 when a file is stale.")
+    ] = False,
+) -> None:
+    """Render the Ansible inventory (inventory.yml, group_vars, host_vars) of the stack
+    that `-c yardarm.yaml` describes on the hosts `--hosts` lists."""
+    from yardarm.baremetal.hosts import HostsError, load_hosts
+    from yardarm.baremetal.inventory import HOST_VARS_DIR, render_inventory
+    from yardarm.baremetal.target import PlacementError, place
+    from yardarm.images.specs import ImagesError, source_root
+    from yardarm.model import Topology, TopologyError, deployment, load_topology
+
+    shared = _shared(place_on or [])
+    try:
+        hosts = load_hosts(hosts_file)
+        topology = Topology() if config is None else load_topology(config)
+        notes = place(deployment(topology), hosts, shared).notes
+        files = render_inventory(topology, hosts, shared)
+        directory = output or source_root() / INVENTORIES_DIR / topology.environment
+    except HostsError as exc:
+        raise fail(
+            str(exc), "fix the host list (ansible/hosts.example.yml shows its keys)"
+        ) from exc
+    except TopologyError as exc:
+        raise fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
+    except PlacementError as exc:
+        raise fail(str(exc)) from exc
+    except ImagesError as exc:
+        raise fail(exc.message, "run it inside the yardarm repository, or give -o DIR") from exc
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    for note in notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    paths = {directory / relative: text for relative, text in files.items()}
+    # host_vars of hosts no longer listed are stale too (only files this command wrote).
+    leftover = [
+        path
+        for path in sorted((directory / HOST_VARS_DIR).glob("*.yml"))
+        if path not in paths and _generated(path)
+    ]
+    if check:
+        stale = [p for p, text in paths.items() if not p.is_file() or p.read_text() != text]
+        for path in [*stale, *leftover]:
+            err.print(f"[red]stale:[/] {escape(str(path))}")
+        if stale or leftover:
+            raise fail(
+                "the inventory differs from the model and the host list",
+                "run `yardarm ansible inventory` with the same options",
+            )
+        console.print(f"[green]{len(paths)} inventory file(s) match the model[/]")
+        return
+    for path, text in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        console.print(f"wrote {escape(str(path))}")
+    for path in leftover:
+        path.unlink()
+        console.print(f"removed {escape(str(path))}")

@@ -1,0 +1,238 @@
+"""The Ansible inventory of a bare-metal stack, rendered from the deployment model and a
+host list.
+
+`inventory.yml` says how Ansible reaches each host and which groups it is in (one per
+service it runs an instance of, and one per shared part: `nats`, `postgres`, `haproxy`,
+`prometheus`, `controller`); `group_vars/all.yml` holds what the whole stack shares
+(flag files, databases, where the shared parts listen, where the credentials go: paths
+only, never a secret); `host_vars/<host>.yml` lists the instances a host runs, each with
+every setting `instance_settings` gives it through `BareMetalTarget`. The roles only
+copy these into place, so a bare-metal stack runs with the settings every other target
+gives the same model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from yardarm.baremetal.hosts import Host, HostList
+from yardarm.baremetal.target import (
+    CONFIG_DIR,
+    FLAGS_DIR,
+    FLAGS_FILE,
+    POSTGRES_USER,
+    SHARED_PARTS,
+    STATE_ROOT,
+    BareMetalTarget,
+    Placement,
+    place,
+    version_flags_file,
+)
+from yardarm.databases import SERVICE_DATABASES
+from yardarm.model import SERVICE_NAMES, Deployment, Instance, Topology, deployment, pinned
+from yardarm.observability.scrape import duration, scrape_targets, target_groups
+
+COMMAND: Final = "yardarm ansible inventory"
+SOURCE: Final = "the deployment model (yardarm.yaml) and the host list"
+INVENTORY_FILE: Final = "inventory.yml"
+GROUP_VARS_FILE: Final = "group_vars/all.yml"
+HOST_VARS_DIR: Final = "host_vars"
+# HAProxy is the stack's public entry; port 80 sits outside the port plan (base >= 1024),
+# so it never collides with an instance on the same host.
+HAPROXY_PORT: Final = 80
+# Ansible renders a variable's value as a template when it holds one of these.
+JINJA_MARKERS: Final = ("{{", "{%", "{#")
+COMPACT: Final = (",", ":")
+
+
+def host_vars_file(host: Host) -> str:
+    return f"{HOST_VARS_DIR}/{host.name}.yml"
+
+
+def _inventory(hosts: HostList, placement: Placement, planned: Deployment) -> dict[str, Any]:
+    """Every host with its connection, and a group per service and per shared part
+    (hosts in the host list's order)."""
+
+    def members(on: list[Host]) -> dict[str, None]:
+        return {host.name: None for host in hosts.hosts if host in on}
+
+    groups = {
+        service: {
+            "hosts": members([placement.instances[inst.name] for inst in planned.of(service)])
+        }
+        for service in SERVICE_NAMES
+    }
+    groups |= {
+        part: {"hosts": members([placement.shared[part]])}
+        for part in SHARED_PARTS
+        if part in placement.shared
+    }
+    return {
+        "all": {
+            "hosts": {
+                host.name: {
+                    "ansible_host": host.address,
+                    "ansible_port": host.ssh_port,
+                    "ansible_user": host.user,
+                }
+                for host in hosts.hosts
+            },
+            "children": groups,
+        }
+    }
+
+
+def flag_files(topology: Topology) -> dict[str, str]:
+    """Every flag file by name: the stack's, and each declared version's that pins flags
+    (a rollout or a rolling restart may start any declared version)."""
+    files = {FLAGS_FILE: json.dumps({"flags": topology.flags}, separators=COMPACT)}
+    for service in SERVICE_NAMES:
+        for version, release in topology.services.spec(service).versions.items():
+            if release.flags:
+                name = version_flags_file(Instance(service, "stable", 0, version))
+                files[name] = json.dumps(
+                    {"flags": pinned(topology.flags, release.flags)}, separators=COMPACT
+                )
+    return files
+
+
+def _credentials(target: BareMetalTarget) -> dict[str, Any]:
+    """Where each credential file goes and what the access document grants (the tokens
+    themselves are issued on the hosts, never rendered here)."""
+    from yardarm.credentials import PRINCIPALS, ROLES
+
+    return {
+        "directory": str(target.credentials.directory),
+        "tokens": {name: target.credential_file(name) for name in PRINCIPALS},
+        "access": target.access_file(),
+        "peer_secret": target.peer_secret_file(),
+        "pgpass": target.pgpass_file(),
+        "roles": {name: role.model_dump(mode="json") for name, role in ROLES.items()},
+        "principals": {name: list(roles) for name, roles in PRINCIPALS.items()},
+    }
+
+
+def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
+    topology = planned.topology
+    shared = target.placement.shared
+    gateways = planned.of("gateway")
+    document: dict[str, Any] = {
+        "yardarm_environment": topology.environment,
+        "yardarm_paths": {"config": CONFIG_DIR, "flags": FLAGS_DIR, "state": STATE_ROOT},
+        "yardarm_credentials": _credentials(target),
+        "yardarm_flags": flag_files(topology),
+        "yardarm_databases": list(SERVICE_DATABASES),
+        "yardarm_nats": {
+            "host": shared["nats"].address,
+            "port": topology.nats_port,
+            "monitor_port": topology.nats_monitor_port,
+        },
+        "yardarm_postgres": {
+            "host": shared["postgres"].address,
+            "port": topology.postgres_port,
+            "user": POSTGRES_USER,
+        },
+        "yardarm_haproxy": {
+            "host": shared["haproxy"].address,
+            "port": HAPROXY_PORT,
+            # Each gateway replica's public listener, checked on its admin port's /readyz.
+            "backends": [
+                {
+                    "name": inst.name,
+                    "address": target.host(inst).netloc(target.port(inst)),
+                    "check": target.host(inst).netloc(target.gateway_admin_port(inst)),
+                }
+                for inst in gateways
+            ],
+        },
+        "yardarm_controller": {
+            "host": shared["controller"].address,
+            "port": topology.rollouts_port,
+        },
+    }
+    prometheus = topology.prometheus
+    document["yardarm_prometheus"] = {"enabled": prometheus.enabled}
+    if prometheus.enabled:
+
+        def metrics(inst: Instance) -> str:
+            port = (
+                target.gateway_admin_port(inst) if inst.service == "gateway" else target.port(inst)
+            )
+            return target.host(inst).netloc(port)
+
+        controller = shared["controller"].netloc(topology.rollouts_port)
+        document["yardarm_prometheus"] |= {
+            "host": shared["prometheus"].address,
+            "port": topology.prometheus_port,
+            "scrape_interval": duration(prometheus.scrape_interval_s),
+            "retention": prometheus.retention,
+            "targets": {
+                job: target_groups(found, topology.environment)
+                for job, found in scrape_targets(planned, metrics, controller).items()
+            },
+        }
+    return document
+
+
+def _host_vars(planned: Deployment, target: BareMetalTarget, host: Host) -> dict[str, Any]:
+    from yardarm.model import instance_settings
+
+    return {
+        "yardarm_instances": [
+            {
+                "name": inst.name,
+                "service": inst.service,
+                "track": inst.track,
+                "version": inst.version,
+                "port": target.port(inst),
+                "env": instance_settings(planned, inst, target),
+            }
+            for inst in planned.instances
+            if target.host(inst) == host
+        ]
+    }
+
+
+def _templated(value: Any, path: str) -> str | None:
+    """The first place in `value` whose text Ansible would take for a template."""
+    if isinstance(value, str):
+        return path if any(marker in value for marker in JINJA_MARKERS) else None
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _templated(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def render_inventory(
+    topology: Topology, hosts: HostList, shared: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The inventory's files by path relative to the inventory directory, for the
+    topology's initial deployment on `hosts` (`shared`: part -> host name, see `place`)."""
+    from yardarm.observability.yamltext import dump
+
+    planned = deployment(topology)
+    placement = place(planned, hosts, shared)
+    target = BareMetalTarget(planned, placement)
+    documents = {
+        INVENTORY_FILE: _inventory(hosts, placement, planned),
+        GROUP_VARS_FILE: _group_vars(planned, target),
+    }
+    documents |= {host_vars_file(host): _host_vars(planned, target, host) for host in hosts.hosts}
+    for path, document in documents.items():
+        where = _templated(document, path)
+        if where is not None:
+            raise ValueError(
+                f"{where}: Ansible would read this value as a template ({', '.join(JINJA_MARKERS)}"
+                "); change it in yardarm.yaml"
+            )
+    return {path: dump(document, SOURCE, COMMAND) for path, document in documents.items()}
