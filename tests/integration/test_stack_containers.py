@@ -29,6 +29,7 @@ import docker
 import httpx
 import pytest
 import yaml
+from docker.models.containers import Container
 
 from tests.integration.conftest import (
     require_docker,
@@ -187,17 +188,28 @@ def test_an_order_through_the_gateway_container_confirms_and_is_traced_across_se
         order = _poll(f"order {order_id} confirmed", confirmed)
     trace_id = order["trace_id"]
 
-    def every_service() -> list[Span] | None:
-        spans = project.spans_of(trace_id)
-        return spans if {span.service for span in spans} >= set(SERVICES) else None
+    def roots(spans: list[Span]) -> list[tuple[str, str]]:
+        ids = {span.span_id for span in spans}
+        return [(span.service, span.name) for span in spans if span.parent_id not in ids]
 
-    spans = _poll(f"trace {trace_id} in all four services' span files", every_service)
-    services = {span.service for span in spans}
-    assert services == set(SERVICES), services
+    def whole() -> list[Span] | None:
+        """The trace once every service wrote its spans: each service exports in batches,
+        so a span may be on disk before its parent is."""
+        spans = project.spans_of(trace_id)
+        if {span.service for span in spans} >= set(SERVICES) and len(roots(spans)) == 1:
+            return spans
+        return None
+
+    try:
+        spans = _poll(f"trace {trace_id} whole in all four services' span files", whole)
+    except AssertionError:
+        seen = project.spans_of(trace_id)
+        raise AssertionError(
+            f"services {sorted({s.service for s in seen})}, roots {roots(seen)}"
+        ) from None
+    assert {span.service for span in spans} == set(SERVICES)
     # One trace: every span but the gateway's root has its parent in it.
-    ids = {span.span_id for span in spans}
-    roots = [span for span in spans if span.parent_id not in ids]
-    assert [root.service for root in roots] == ["gateway"], [(r.service, r.name) for r in roots]
+    assert [service for service, _ in roots(spans)] == ["gateway"], roots(spans)
 
 
 def _healthy_after_start(events: list[dict[str, Any]]) -> dict[str, float]:
@@ -221,12 +233,23 @@ def test_each_service_container_runs_unprivileged_read_only_and_was_healthy_with
     client = docker.from_env()
     try:
         label = f"com.docker.compose.project={project.name}"
+
+        def services() -> list[Container]:
+            listed = client.containers.list(filters={"label": label})
+            return [c for c in listed if c.labels["com.docker.compose.service"].split("-")[0]
+                    in SERVICES]  # fmt: skip
+
+        def all_healthy() -> list[Container] | None:
+            found = services()
+            states = [c.attrs["State"].get("Health", {}).get("Status") for c in found]
+            return found if found and all(state == "healthy" for state in states) else None
+
+        # A container may serve before Docker's first passing check is recorded.
+        containers = _poll("every service container healthy", all_healthy)
         healthy_after = _healthy_after_start(list(project.events))
         checked = 0
-        for container in client.containers.list(filters={"label": label}):
+        for container in containers:
             service = container.labels["com.docker.compose.service"]
-            if service.split("-")[0] not in SERVICES:
-                continue
             attrs = container.attrs
             assert attrs["Config"]["User"] == "10001:10001", service
             assert attrs["HostConfig"]["ReadonlyRootfs"] is True, service
