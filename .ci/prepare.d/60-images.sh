@@ -13,3 +13,4 @@ uv run yardarm images build --offline --test-images
 
 export YARDARM_IMAGE_POSTGRES=yardarm/postgres:15
 export YARDARM_IMAGE_NATS=yardarm/nats:2
+export YARDARM_IMAGE_HOST=yardarm/host:bookworm

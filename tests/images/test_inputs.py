@@ -104,7 +104,7 @@ def test_tags_are_the_package_version_and_latest(tree: Path) -> None:
 def test_selection_of_images() -> None:
     names = [spec.name for spec in select([], test_images=False)]
     assert names == ["gateway", "orders", "fulfillment", "datastore", "control"]
-    assert [spec.name for spec in select([], test_images=True)][-2:] == ["postgres", "nats"]
+    assert [spec.name for spec in select([], test_images=True)][-3:] == ["postgres", "nats", "host"]
     assert [spec.name for spec in select(["nats", "orders"], test_images=False)] == [
         "orders",
         "nats",

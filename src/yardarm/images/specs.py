@@ -2,8 +2,9 @@
 
 A service image holds its service's wheel and the kit's, the control image every
 workspace wheel (the control plane imports the services' settings); a test image
-(Postgres, NATS) is built from Debian's packages and a folder of its own. The `sources`
-of an image are what its input hash covers: a change anywhere else does not rebuild it.
+(Postgres, NATS, a bare-metal host) is built from Debian's packages and a folder of its
+own. The `sources` of an image are what its input hash covers: a change anywhere else
+does not rebuild it.
 
 A project image's `runtime` holds what its Dockerfile says beyond the shared template
 (`yardarm.images.dockerfiles` renders the Dockerfiles, `yardarm images dockerfiles`
@@ -303,6 +304,16 @@ TEST_IMAGES: tuple[ImageSpec, ...] = (
         members=(),
         sources=("images/nats",),
         tag="2",
+        test_image=True,
+    ),
+    # A bare-metal host for the Ansible roles: sshd and supervisord on Debian bookworm.
+    ImageSpec(
+        name="host",
+        dockerfile="images/host/Dockerfile",
+        package=None,
+        members=(),
+        sources=("images/host",),
+        tag="bookworm",
         test_image=True,
     ),
 )

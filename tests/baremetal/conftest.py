@@ -1,0 +1,295 @@
+"""Bare-metal test hosts: three containers of the host image (sshd under supervisord,
+Debian bookworm) that Ansible reaches over real SSH on 127.0.0.1, once per session.
+
+The image comes from YARDARM_IMAGE_HOST (`yardarm/host:bookworm`, built by `yardarm images
+build --offline --only host`; no registry has it). Without Docker or the image the tests
+skip, saying what to run; with YARDARM_REQUIRE_DOCKER=1 (CI) they fail instead, as the
+integration tests do. The hosts share a Docker network of their own, where each one
+reaches the others by container name, as machines on a LAN would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker  # type: ignore[import-untyped]
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from docker.errors import DockerException, ImageNotFound, NotFound  # type: ignore[import-untyped]
+
+from tests.integration.conftest import _unavailable, require_docker
+from yardarm.images.build import CACHE_DIR, ImageResult, _exclusive
+from yardarm.images.specs import SERVICE_IMAGES, ImagesError
+from yardarm.images.wheels import Wheelhouse
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = ROOT / "ansible"
+IMAGE_VARIABLE = "YARDARM_IMAGE_HOST"
+DEFAULT_IMAGE = "yardarm/host:bookworm"
+BUILD_COMMAND = "uv run yardarm images build --offline --only host"
+HOST_COUNT = 3
+SSH_PORT = 22
+LOGIN_USER = "deploy"  # the image's login user (sudo without a password)
+SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+# sshd answers about a second after the container starts; a busy machine is slower.
+SSH_READY_TIMEOUT_S = 60.0
+DOCKER_TIMEOUT_S = 30
+# A whole converge from scratch installs the yardarm venv (about 80 wheels) on each host.
+ANSIBLE_TIMEOUT_S = 600.0
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """One host as Ansible reaches it (`address`:`port` as `user` with `key`) and as its
+    peers on the hosts' network do (`peer_address`)."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    key: Path
+    peer_address: str
+    container: str
+
+    @property
+    def inventory_line(self) -> str:
+        return (
+            f"{self.name} ansible_host={self.address} ansible_port={self.port}"
+            f" ansible_user={self.user} ansible_ssh_private_key_file={self.key}"
+            f" ansible_ssh_common_args='{SSH_OPTIONS}'"
+        )
+
+
+def _key_pair(folder: Path) -> tuple[Path, str]:
+    """A fresh ed25519 key (the private key file, 0600 as ssh wants it) and its public
+    half in authorized_keys form."""
+    private = Ed25519PrivateKey.generate()
+    key = folder / "id_ed25519"
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    key.chmod(0o600)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return key, f"{public.decode()} yardarm-tests"
+
+
+def _require_host_image(client: docker.DockerClient) -> str:
+    image = os.environ.get(IMAGE_VARIABLE) or DEFAULT_IMAGE
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        _unavailable(
+            f"image {image} ({IMAGE_VARIABLE}) is not built: run `{BUILD_COMMAND}`"
+            f" (no registry has it)"
+        )
+    return image
+
+
+def _published_port(container: Any) -> int:
+    deadline = time.monotonic() + DOCKER_TIMEOUT_S
+    while True:
+        container.reload()
+        bindings = (container.ports or {}).get(f"{SSH_PORT}/tcp") or []
+        if bindings:
+            return int(bindings[0]["HostPort"])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{container.name} has no published SSH port")
+        time.sleep(0.1)
+
+
+def ssh_command(host: SshHost, *command: str) -> list[str]:
+    """The ssh command line running `command` on `host` as its login user."""
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        pytest.skip("no ssh client on PATH (Debian: apt-get install openssh-client)")
+    return [
+        ssh, "-i", str(host.key), "-p", str(host.port), *SSH_OPTIONS.split(),
+        "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "LogLevel=ERROR",
+        f"{host.user}@{host.address}", *command,
+    ]  # fmt: skip
+
+
+def _wait_for_ssh(host: SshHost, container: Any) -> None:
+    """Until a key login on `host` runs a command, or fail after SSH_READY_TIMEOUT_S."""
+    deadline = time.monotonic() + SSH_READY_TIMEOUT_S
+    while True:
+        done = subprocess.run(
+            ssh_command(host, "true"), capture_output=True, text=True, timeout=15, check=False
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            logs = container.logs(tail=20).decode(errors="replace")
+            raise TimeoutError(
+                f"no SSH login on {host.name} (127.0.0.1:{host.port}) within"
+                f" {SSH_READY_TIMEOUT_S:.0f} s: {done.stderr.strip()}\n{logs}"
+            )
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
+    """Three running hosts reachable over SSH with the session's own key; their
+    containers and network are removed at the end."""
+    client = require_docker()
+    image = _require_host_image(client)
+    folder = tmp_path_factory.mktemp("ssh")
+    key, public = _key_pair(folder)
+    suffix = uuid.uuid4().hex[:8]
+    network = client.networks.create(f"yardarm-hosts-{suffix}", driver="bridge")
+    containers: list[Any] = []
+    try:
+        for index in range(1, HOST_COUNT + 1):
+            name = f"yardarm-host-{suffix}-{index}"
+            containers.append(
+                client.containers.run(
+                    image,
+                    detach=True,
+                    name=name,
+                    hostname=f"host{index}",
+                    environment={"SSH_AUTHORIZED_KEYS": public},
+                    network=network.name,
+                    ports={f"{SSH_PORT}/tcp": ("127.0.0.1", None)},
+                    labels={"org.yardarm.tests": "baremetal"},
+                )
+            )
+        found = [
+            SshHost(
+                name=f"host{index}",
+                address="127.0.0.1",
+                port=_published_port(container),
+                user=LOGIN_USER,
+                key=key,
+                peer_address=str(container.name),
+                container=str(container.name),
+            )
+            for index, container in enumerate(containers, start=1)
+        ]
+        for host, container in zip(found, containers, strict=True):
+            _wait_for_ssh(host, container)
+        yield found
+    finally:
+        for container in containers:
+            with contextlib.suppress(NotFound, DockerException):
+                container.remove(force=True)
+        with contextlib.suppress(NotFound, DockerException):
+            network.remove()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def inventory(hosts: list[SshHost], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An INI inventory of the hosts, every one in `all`."""
+    path = tmp_path_factory.mktemp("inventory") / "hosts.ini"
+    path.write_text("[all]\n" + "".join(f"{host.inventory_line}\n" for host in hosts))
+    return path
+
+
+class _Quiet:
+    """Progress of the wheel gathering: nothing to show inside a test run."""
+
+    def step(self, message: str) -> None:
+        pass
+
+    def image(self, result: ImageResult) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the `yardarm` package's wheels as the control image gets them:
+    every workspace wheel built from the tree, and the locked third-party wheels for
+    CPython 3.11 on manylinux x86_64 (downloaded once into .yardarm/images/wheels).
+    Gathered under the image builds' lock, which shares the cache."""
+    spec = next(spec for spec in SERVICE_IMAGES if spec.package == "yardarm")
+    cache = ROOT / CACHE_DIR
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    try:
+        with _exclusive(cache, _Quiet()):
+            house = Wheelhouse(ROOT, cache)
+            house.prepare([spec])
+            for wheel in house.wheels_for(spec):
+                # Hard links: the next image build may replace the cached files.
+                try:
+                    os.link(wheel, folder / wheel.name)
+                except OSError:
+                    shutil.copy2(wheel, folder / wheel.name)
+    except ImagesError as exc:
+        pytest.fail(f"cannot gather the wheels: {exc.message} ({exc.hint})", pytrace=False)
+    return folder
+
+
+@dataclass(frozen=True)
+class AnsibleRun:
+    """One ansible command: its exit code, output, and time taken."""
+
+    returncode: int
+    output: str  # stdout and stderr
+    seconds: float
+    stdout: str
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """The PLAY RECAP's counts per host (`ok`, `changed`, `unreachable`, `failed`)."""
+        return {
+            match["host"]: {
+                key: int(match[key]) for key in ("ok", "changed", "unreachable", "failed")
+            }
+            for match in RECAP.finditer(self.output)
+        }
+
+
+def run_ansible(
+    program: str,
+    *args: str,
+    timeout: float = ANSIBLE_TIMEOUT_S,
+    settings: dict[str, str] | None = None,
+) -> AnsibleRun:
+    """`uv run <program> ARGS` with the ansible folder's settings (and `settings`, more
+    ANSIBLE_* variables), output captured."""
+    uv = shutil.which("uv")
+    assert uv is not None, "uv is not on PATH"
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        **(settings or {}),
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [uv, "run", "--frozen", program, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return AnsibleRun(
+        done.returncode,
+        done.stdout + done.stderr,
+        round(time.monotonic() - started, 1),
+        done.stdout,
+    )
