@@ -86,6 +86,22 @@ class StackCredentials:
         return read_token(self.token_file(principal))
 
 
+class CredentialFiles:
+    """A target's credential paths, in the stack home's layout under `self.credentials`
+    (the model's `Target` methods for them, the same on every target)."""
+
+    credentials: StackCredentials
+
+    def credential_file(self, principal: str) -> str:
+        return str(self.credentials.token_file(principal))
+
+    def access_file(self) -> str:
+        return str(self.credentials.access_file)
+
+    def peer_secret_file(self) -> str:
+        return str(self.credentials.peer_secret_file)
+
+
 def _ensure_token(path: Path) -> str:
     from yardarm_kit.access import new_token, write_token
 

@@ -123,7 +123,7 @@ def ssh_command(host: SshHost, *command: str) -> list[str]:
     """The ssh command line running `command` on `host` as its login user."""
     ssh = shutil.which("ssh")
     if ssh is None:
-        pytest.skip("no ssh client on PATH (Debian: apt-get install openssh-client)")
+        _unavailable("no ssh client on PATH (Debian: apt-get install openssh-client)")
     return [
         ssh, "-i", str(host.key), "-p", str(host.port), *SSH_OPTIONS.split(),
         "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "LogLevel=ERROR",

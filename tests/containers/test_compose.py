@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jsonschema_rs
-import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.integration.conftest import require_docker_compose
 from yardarm.cli import app
 from yardarm.containers import compose
 from yardarm.containers.target import ContainerTarget
@@ -206,22 +205,12 @@ def test_tls_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "compose.yaml").exists()
 
 
-def _docker_compose() -> str:
-    found = shutil.which("docker-compose")
-    if found is None:
-        message = "docker-compose is not installed (Debian: apt-get install docker-compose)"
-        if os.environ.get("YARDARM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"{message} (YARDARM_REQUIRE_DOCKER=1)", pytrace=False)
-        pytest.skip(message)
-    return found
-
-
 def test_docker_compose_accepts_it_and_reads_the_models_settings() -> None:
     """docker-compose's own reading (interpolation, `$$` unescaped) gives every instance
     exactly the settings the deployment model renders for it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("YARDARM_IMAGE_")}
     result = subprocess.run(
-        [_docker_compose(), "-f", compose.COMPOSE_FILE, "config"],
+        [require_docker_compose(), "-f", compose.COMPOSE_FILE, "config"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

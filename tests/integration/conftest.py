@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -68,6 +69,14 @@ def _docker_client() -> docker.DockerClient:
     client = docker.from_env(timeout=10)
     client.ping()
     return client
+
+
+def require_docker_compose() -> str:
+    """The docker-compose binary; skips (fails under YARDARM_REQUIRE_DOCKER=1) without it."""
+    found = shutil.which("docker-compose")
+    if found is None:
+        _unavailable("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    return found
 
 
 def docker_available() -> bool:

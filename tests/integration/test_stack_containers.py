@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -33,6 +32,7 @@ from docker.models.containers import Container
 
 from tests.integration.conftest import (
     require_docker,
+    require_docker_compose,
     require_image,
     require_project_image,
 )
@@ -67,16 +67,6 @@ def _poll(what: str, check: Callable[[], T | None], bound_s: float = BOUND_S) ->
         time.sleep(0.5)
 
 
-def _docker_compose() -> str:
-    found = shutil.which("docker-compose")
-    if found is None:
-        message = "docker-compose is not installed (Debian: apt-get install docker-compose)"
-        if os.environ.get("YARDARM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"{message} (YARDARM_REQUIRE_DOCKER=1)", pytrace=False)
-        pytest.skip(message)
-    return found
-
-
 class Project:
     """A compose project of the stack in a folder of its own, under a unique name."""
 
@@ -87,7 +77,7 @@ class Project:
             "YARDARM_IMAGE_POSTGRES": images["postgres"],
             "YARDARM_IMAGE_NATS": images["nats"],
         }
-        self.binary = _docker_compose()
+        self.binary = require_docker_compose()
         self.spans = folder / "state"
         # Docker's events about the project's containers, as they happen (the daemon
         # keeps only its last 256 events for later queries, and every health check is

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Final
 
 from yardarm.baremetal.hosts import Host, HostList
-from yardarm.credentials import StackCredentials
-from yardarm.model import SERVICE_NAMES, Deployment, Instance, TlsFiles
+from yardarm.credentials import CredentialFiles, StackCredentials
+from yardarm.model import SERVICE_NAMES, Deployment, Instance, TlsFiles, release_pins
 
 CONFIG_DIR: Final = "/etc/yardarm"  # the stack home's layout: tokens, access document
 FLAGS_DIR: Final = "/etc/yardarm/flags"
@@ -127,7 +127,7 @@ def version_flags_file(instance: Instance) -> str:
     return f"{instance.service}-{instance.version}.json"
 
 
-class BareMetalTarget:
+class BareMetalTarget(CredentialFiles):
     """Host addresses and the model's ports; files at the fixed paths the roles install."""
 
     def __init__(self, deployment: Deployment, placement: Placement) -> None:
@@ -193,20 +193,11 @@ class BareMetalTarget:
 
     def pins(self, instance: Instance) -> dict[str, str]:
         """The flags the instance's version pins (flag key -> variant)."""
-        return self.topology.services.spec(instance.service).release(instance.version).flags
+        return release_pins(self.deployment, instance)
 
     def flags_file(self, instance: Instance) -> str:
         name = version_flags_file(instance) if self.pins(instance) else FLAGS_FILE
         return f"{FLAGS_DIR}/{name}"
-
-    def credential_file(self, principal: str) -> str:
-        return str(self.credentials.token_file(principal))
-
-    def access_file(self) -> str:
-        return str(self.credentials.access_file)
-
-    def peer_secret_file(self) -> str:
-        return str(self.credentials.peer_secret_file)
 
     def pgpass_file(self) -> str:
         """The services' pgpass (`*:*:*:yardarm:<password>`, mode 0600), where the

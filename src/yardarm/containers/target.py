@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from yardarm.credentials import StackCredentials
-from yardarm.model import Deployment, Instance, TlsFiles
+from yardarm.credentials import CredentialFiles, StackCredentials
+from yardarm.model import Deployment, Instance, TlsFiles, release_pins
 
 # Container (DNS) names of the dependencies, and their ports inside the network.
 NATS_HOST: Final = "nats"
@@ -42,7 +42,7 @@ def version_flags_file(instance: Instance) -> str:
     return f"{instance.service}-{instance.version}.json"
 
 
-class ContainerTarget:
+class ContainerTarget(CredentialFiles):
     """Container names and image ports; files at the mounts the compose file declares.
 
     The Kubernetes target keeps its files and ports and names hosts its own way."""
@@ -93,20 +93,11 @@ class ContainerTarget:
 
     def pins(self, instance: Instance) -> dict[str, str]:
         """The flags the instance's version pins (flag key -> variant)."""
-        return self.topology.services.spec(instance.service).release(instance.version).flags
+        return release_pins(self.deployment, instance)
 
     def flags_file(self, instance: Instance) -> str:
         name = version_flags_file(instance) if self.pins(instance) else FLAGS_FILE
         return f"{FLAGS_MOUNT}/{name}"
-
-    def credential_file(self, principal: str) -> str:
-        return str(self.credentials.token_file(principal))
-
-    def access_file(self) -> str:
-        return str(self.credentials.access_file)
-
-    def peer_secret_file(self) -> str:
-        return str(self.credentials.peer_secret_file)
 
     def tls(self, instance: Instance) -> TlsFiles | None:
         return None

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from yardarm import databases
 from yardarm.certificates import StackCertificates, ensure_certificates
 from yardarm.chaos.config import ChaosConfig, config_path
-from yardarm.credentials import StackCredentials, ensure_credentials
+from yardarm.credentials import CredentialFiles, StackCredentials, ensure_credentials
 from yardarm.local import infra, prometheus
 from yardarm.local.desired import read_desired, read_ports, write_desired, write_ports
 from yardarm.local.plan import (
@@ -39,6 +39,7 @@ from yardarm.model import (
     deployment_of,
     instance_settings,
     pinned,
+    release_pins,
 )
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def write_chaos_config(topology: Topology, home: Path) -> Path:
     return _replace(config_path(home), config.model_dump_json(indent=2))
 
 
-class LocalTarget:
+class LocalTarget(CredentialFiles):
     """Loopback addresses from the port plan; files under the stack's home."""
 
     def __init__(self, deployment: Deployment, home: Path, ports: dict[str, int]) -> None:
@@ -203,22 +204,13 @@ class LocalTarget:
 
     def _pins(self, instance: Instance) -> dict[str, str]:
         """The flags the instance's version pins (flag key -> variant)."""
-        return self.topology.services.spec(instance.service).release(instance.version).flags
+        return release_pins(self.deployment, instance)
 
     def flags_file(self, instance: Instance) -> str:
         pinned_flags = self._pins(instance)
         return str(
             version_flags_file(self.home, instance) if pinned_flags else flags_file(self.home)
         )
-
-    def credential_file(self, principal: str) -> str:
-        return str(self.credentials.token_file(principal))
-
-    def access_file(self) -> str:
-        return str(self.credentials.access_file)
-
-    def peer_secret_file(self) -> str:
-        return str(self.credentials.peer_secret_file)
 
     def tls(self, instance: Instance) -> TlsFiles | None:
         if self.certificates is None:

@@ -30,6 +30,7 @@ from yardarm.model.settings import (
     TlsFiles,
     gateway_upstreams,
     instance_settings,
+    release_pins,
 )
 from yardarm.model.specs import (
     DEPENDENCY_LINK_OFFSET,
@@ -89,6 +90,7 @@ __all__ = [
     "load_topology",
     "pinned",
     "project_dir",
+    "release_pins",
     "scaled",
     "validate_file",
 ]

@@ -76,6 +76,12 @@ class Target(Protocol):
     def tls(self, instance: Instance) -> TlsFiles | None: ...
 
 
+def release_pins(deployment: Deployment, instance: Instance) -> dict[str, str]:
+    """The flags an instance's version pins (flag key -> variant); a target gives such an
+    instance a flag file of its own."""
+    return deployment.topology.services.spec(instance.service).release(instance.version).flags
+
+
 def replica_id(instance: Instance) -> int:
     """A datastore replica's Raft id: its ordinal + 1 (0 is Raft's "none")."""
     return instance.ordinal + 1
