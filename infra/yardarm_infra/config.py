@@ -66,35 +66,48 @@ def _bool(config: pulumi.Config, key: str, default: bool) -> bool:
     )
 
 
-def read_config(root: Path, config: pulumi.Config | None = None) -> StackConfig:
-    """The stack's settings; a relative `yardarm:config` is taken from `root` (the
-    directory of Pulumi.yaml)."""
+def read_target(config: pulumi.Config | None = None) -> str:
+    """Where the stack runs (`yardarm:target`): `kubernetes` unless set."""
     config = config or pulumi.Config(NAMESPACE)
     target = config.get("target") or "kubernetes"
-    if target == "baremetal":
-        raise ConfigError(
-            "yardarm:target baremetal is not yet supported by this program: deploy to "
-            "Kubernetes (pulumi config set yardarm:target kubernetes), or run the stack "
-            "on hosts with `uv run yardarm up`"
-        )
     if target not in TARGETS:
         raise ConfigError(
             f"yardarm:target must be one of {', '.join(TARGETS)}, got {target!r}: "
             "pulumi config set yardarm:target kubernetes"
         )
+    return target
+
+
+def config_file(root: Path, config: pulumi.Config) -> Path | None:
+    """`yardarm:config`'s yardarm.yaml (relative to `root`, the directory of Pulumi.yaml);
+    None: the model's defaults."""
+    raw_path = config.get("config")
+    if not raw_path:
+        return None
+    path = Path(raw_path)
+    if not path.is_absolute():
+        path = root / path
+    if not path.is_file():
+        raise ConfigError(
+            f"yardarm:config names {raw_path!r}, which is not a file (relative paths "
+            f"are taken from {root}): pulumi config set yardarm:config yardarm.yaml"
+        )
+    return path
+
+
+def read_config(root: Path, config: pulumi.Config | None = None) -> StackConfig:
+    """The settings of a kubernetes stack (a baremetal one's are
+    `yardarm_infra.baremetal_config.read_baremetal_config`'s)."""
+    config = config or pulumi.Config(NAMESPACE)
+    target = read_target(config)
+    if target != "kubernetes":
+        raise ConfigError(
+            f"yardarm:target is {target}, not kubernetes: pulumi config set yardarm:target "
+            "kubernetes to deploy to a cluster"
+        )
     namespace = _dns_label("namespace", config.get("namespace") or DEFAULT_NAMESPACE)
     release = _dns_label("release", config.get("release") or DEFAULT_RELEASE, MAX_RELEASE)
-    config_path: Path | None = None
-    raw_path = config.get("config")
-    if raw_path:
-        config_path = Path(raw_path)
-        if not config_path.is_absolute():
-            config_path = root / config_path
-        if not config_path.is_file():
-            raise ConfigError(
-                f"yardarm:config names {raw_path!r}, which is not a file (relative paths "
-                f"are taken from {root}): pulumi config set yardarm:config yardarm.yaml"
-            )
+    config_path = config_file(root, config)
     registry = (config.get("imageRegistry") or "").strip().rstrip("/")
     service_type = config.get("gatewayServiceType") or "ClusterIP"
     if service_type not in SERVICE_TYPES:

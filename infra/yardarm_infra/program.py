@@ -1,5 +1,6 @@
-"""The stack: the settings, then the namespace, the dependencies, the observability
-stack and the yardarm chart, and what a user needs to reach them."""
+"""The stack: the settings, then what `yardarm:target` deploys and what a user needs to
+reach it. On Kubernetes: the namespace, the dependencies, the observability stack and the
+yardarm chart. On bare metal: the Ansible inventory of the hosts and the playbook run."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from yardarm.kubernetes.values import CHART_DIR, render_values
 from yardarm.model import Topology, TopologyError, load_topology
 from yardarm.observability import stack
 from yardarm_infra import observability as obs
-from yardarm_infra.config import ConfigError, StackConfig, read_config
+from yardarm_infra.baremetal import BaremetalStack, BaremetalStackArgs, gather_wheelhouse
+from yardarm_infra.baremetal_config import plan_inventory, read_baremetal_config
+from yardarm_infra.config import ConfigError, StackConfig, read_config, read_target
 from yardarm_infra.dependencies import Dependencies, DependenciesArgs
 from yardarm_infra.namespace import Namespace, NamespaceArgs
 from yardarm_infra.observability import Observability, ObservabilityArgs
 from yardarm_infra.release import YardarmRelease, YardarmReleaseArgs
 
-# The repository: Pulumi.yaml, the chart and the rendered observability files.
+# The repository: Pulumi.yaml, the chart, the rendered observability files, the playbook.
 ROOT: Final = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR: Final = "ansible"
 
 
 def topology_of(settings: StackConfig) -> Topology:
@@ -37,8 +41,40 @@ def _port_forward(namespace: str, service: str, local: int, remote: int) -> str:
     return f"kubectl -n {namespace} port-forward svc/{service} {local}:{remote}"
 
 
-def main(root: Path = ROOT) -> None:
-    """Declare the stack from its settings (`pulumi config`)."""
+def main(root: Path = ROOT, work_root: Path | None = None) -> None:
+    """Declare the stack from its settings (`pulumi config`); a baremetal stack's working
+    folder is `work_root/<stack>` (by default under `root/.yardarm/baremetal`)."""
+    if read_target() == "baremetal":
+        baremetal(root, work_root)
+    else:
+        kubernetes(root)
+
+
+def baremetal(root: Path, work_root: Path | None = None) -> None:
+    """The stack on the hosts `yardarm:hosts` lists, by ansible/site.yml."""
+    settings = read_baremetal_config(root, pulumi.get_stack(), work_root=work_root)
+    plan = plan_inventory(settings)
+    for note in plan.notes:
+        pulumi.log.warn(note)
+    wheelhouse = settings.wheelhouse or gather_wheelhouse(root, settings.gathered_wheelhouse)
+    stack = BaremetalStack(
+        "yardarm",
+        BaremetalStackArgs(
+            files=plan.files,
+            inventory_dir=settings.inventory_dir,
+            ansible_dir=root / ANSIBLE_DIR,
+            wheelhouse=wheelhouse,
+            vault_password=settings.vault_password,
+            private_key=settings.private_key,
+        ),
+    )
+    pulumi.export("gatewayUrl", plan.gateway_url)
+    pulumi.export("inventory", str(settings.inventory_dir))
+    pulumi.export("recap", stack.recap)
+
+
+def kubernetes(root: Path) -> None:
+    """The stack in a namespace of the cluster the kubeconfig points at."""
     settings = read_config(root)
     topology = topology_of(settings)
     values = render_values(topology, project_images(root), settings.release)

@@ -24,14 +24,19 @@ from typing import Any
 
 import docker  # type: ignore[import-untyped]
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from docker.errors import DockerException, ImageNotFound, NotFound  # type: ignore[import-untyped]
 
 from tests.integration.conftest import _unavailable, require_docker
-from yardarm.images.build import CACHE_DIR, ImageResult, _exclusive
-from yardarm.images.specs import SERVICE_IMAGES, ImagesError
-from yardarm.images.wheels import Wheelhouse
+from yardarm.baremetal.hosts import HostList
+from yardarm.baremetal.inventory import INVENTORY_FILE, render_inventory
+from yardarm.baremetal.vault import ensure_vault
+from yardarm.baremetal.wheelhouse import gather
+from yardarm.images.build import ImageResult
+from yardarm.images.specs import ImagesError
+from yardarm.model import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = ROOT / "ansible"
@@ -40,6 +45,7 @@ DEFAULT_IMAGE = "yardarm/host:bookworm"
 BUILD_COMMAND = "uv run yardarm images build --offline --only host"
 HOST_COUNT = 3
 SSH_PORT = 22
+HTTP_PORT = 80  # HAProxy's, published too: the tests' requests enter there
 LOGIN_USER = "deploy"  # the image's login user (sudo without a password)
 SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
 # sshd answers about a second after the container starts; a busy machine is slower.
@@ -57,7 +63,8 @@ RECAP = re.compile(
 @dataclass(frozen=True)
 class SshHost:
     """One host as Ansible reaches it (`address`:`port` as `user` with `key`) and as its
-    peers on the hosts' network do (`peer_address`)."""
+    peers on the hosts' network do (`peer_address`); `http_port` is its port 80 as
+    published on 127.0.0.1."""
 
     name: str
     address: str
@@ -66,6 +73,7 @@ class SshHost:
     key: Path
     peer_address: str
     container: str
+    http_port: int
 
     @property
     def inventory_line(self) -> str:
@@ -107,11 +115,11 @@ def _require_host_image(client: docker.DockerClient) -> str:
     return image
 
 
-def _published_port(container: Any) -> int:
+def _published_port(container: Any, port: int = SSH_PORT) -> int:
     deadline = time.monotonic() + DOCKER_TIMEOUT_S
     while True:
         container.reload()
-        bindings = (container.ports or {}).get(f"{SSH_PORT}/tcp") or []
+        bindings = (container.ports or {}).get(f"{port}/tcp") or []
         if bindings:
             return int(bindings[0]["HostPort"])
         if time.monotonic() > deadline:
@@ -171,7 +179,10 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
                     hostname=f"host{index}",
                     environment={"SSH_AUTHORIZED_KEYS": public},
                     network=network.name,
-                    ports={f"{SSH_PORT}/tcp": ("127.0.0.1", None)},
+                    ports={
+                        f"{SSH_PORT}/tcp": ("127.0.0.1", None),
+                        f"{HTTP_PORT}/tcp": ("127.0.0.1", None),
+                    },
                     labels={"org.yardarm.tests": "baremetal"},
                 )
             )
@@ -184,6 +195,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
                 key=key,
                 peer_address=str(container.name),
                 container=str(container.name),
+                http_port=_published_port(container, HTTP_PORT),
             )
             for index, container in enumerate(containers, start=1)
         ]
@@ -199,12 +211,76 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
         client.close()
 
 
+# The stack the tests converge: two gateways behind HAProxy, as the roles expect of a
+# real environment (one gateway host can then restart without refusing a request).
+STACK_CONFIG = """\
+environment: baremetal
+services:
+  gateway:
+    replicas: 2
+"""
+# The shared parts spread over the hosts (the default puts them all on the first).
+PLACE = {"haproxy": "host3", "postgres": "host2", "prometheus": "host3"}
+VAULT_PASSWORD = "correct horse battery staple"
+
+
+@dataclass(frozen=True)
+class StackInventory:
+    """The rendered inventory of the test stack (`path`, its inventory.yml) and what
+    ansible-playbook needs besides: the vault password's file and SSH settings."""
+
+    directory: Path
+    vault_password_file: Path
+    key: Path
+    topology: Topology
+
+    @property
+    def path(self) -> Path:
+        return self.directory / INVENTORY_FILE
+
+    def settings(self) -> dict[str, str]:
+        """The ANSIBLE_* variables that reach the test hosts."""
+        return {
+            "ANSIBLE_PRIVATE_KEY_FILE": str(self.key),
+            "ANSIBLE_SSH_COMMON_ARGS": SSH_OPTIONS,
+            "ANSIBLE_VAULT_PASSWORD_FILE": str(self.vault_password_file),
+        }
+
+
+def host_list(hosts: list[SshHost]) -> HostList:
+    """The test hosts as a host list: the stack dials each by its container name on
+    the hosts' network; Ansible connects through its published SSH port."""
+    return HostList.model_validate(
+        {
+            "hosts": [
+                {
+                    "name": host.name,
+                    "address": host.peer_address,
+                    "ssh_address": host.address,
+                    "ssh_port": host.port,
+                    "user": host.user,
+                }
+                for host in hosts
+            ]
+        }
+    )
+
+
 @pytest.fixture(scope="session")
-def inventory(hosts: list[SshHost], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An INI inventory of the hosts, every one in `all`."""
-    path = tmp_path_factory.mktemp("inventory") / "hosts.ini"
-    path.write_text("[all]\n" + "".join(f"{host.inventory_line}\n" for host in hosts))
-    return path
+def inventory(hosts: list[SshHost], tmp_path_factory: pytest.TempPathFactory) -> StackInventory:
+    """The test stack's inventory, rendered from the model as `yardarm ansible inventory`
+    renders it, with its secrets in an ansible-vault file."""
+    folder = tmp_path_factory.mktemp("inventory")
+    topology = Topology.model_validate(yaml.safe_load(STACK_CONFIG))
+    for relative, text in render_inventory(topology, host_list(hosts), PLACE).items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    password = folder.parent / "vault-password"
+    password.write_text(VAULT_PASSWORD + "\n")
+    password.chmod(0o600)
+    ensure_vault(folder, VAULT_PASSWORD)
+    return StackInventory(folder, password, hosts[0].key, topology)
 
 
 class _Quiet:
@@ -219,23 +295,11 @@ class _Quiet:
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the `yardarm` package's wheels as the control image gets them:
-    every workspace wheel built from the tree, and the locked third-party wheels for
-    CPython 3.11 on manylinux x86_64 (downloaded once into .yardarm/images/wheels).
-    Gathered under the image builds' lock, which shares the cache."""
-    spec = next(spec for spec in SERVICE_IMAGES if spec.package == "yardarm")
-    cache = ROOT / CACHE_DIR
+    """The wheelhouse `yardarm ansible wheelhouse` writes (the workspace's wheels built
+    from the tree, the locked third-party ones from the shared download cache)."""
     folder = tmp_path_factory.mktemp("wheelhouse")
     try:
-        with _exclusive(cache, _Quiet()):
-            house = Wheelhouse(ROOT, cache)
-            house.prepare([spec])
-            for wheel in house.wheels_for(spec):
-                # Hard links: the next image build may replace the cached files.
-                try:
-                    os.link(wheel, folder / wheel.name)
-                except OSError:
-                    shutil.copy2(wheel, folder / wheel.name)
+        gather(ROOT, folder, _Quiet())
     except ImagesError as exc:
         pytest.fail(f"cannot gather the wheels: {exc.message} ({exc.hint})", pytrace=False)
     return folder

@@ -571,7 +571,7 @@ def test_a_pinning_versions_flag_file_is_rendered() -> None:
         datastore={"versions": {"0.2.0": {"flags": {"fault.latency-ms": "small"}}}},
     )
     files = render_inventory(topology, _hosts(3))
-    stack = yaml.safe_load(files["group_vars/all.yml"])
+    stack = yaml.safe_load(files["group_vars/all/main.yml"])
     canary = next(
         inst
         for path, text in files.items()
@@ -646,7 +646,7 @@ def test_check_finds_a_stale_file_and_writing_fixes_it(tmp_path: Path) -> None:
     wrote = _invoke("-o", str(out))
     assert wrote.exit_code == 0, wrote.output
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.yml")) == [
-        "group_vars/all.yml",
+        "group_vars/all/main.yml",
         "host_vars/node1.yml",
         "host_vars/node2.yml",
         "host_vars/node3.yml",

@@ -317,7 +317,6 @@ def test_a_missing_postgres_password_is_refused(monkeypatch: pytest.MonkeyPatch)
     ("settings", "message"),
     [
         ({"target": "openstack"}, r"yardarm:target must be one of kubernetes, baremetal"),
-        ({"target": "baremetal"}, r"baremetal is not yet supported.*yardarm up"),
         ({"gatewayServiceType": "Ingress"}, r"gatewayServiceType must be one of"),
         ({"release": "Yard_arm"}, r"yardarm:release must be a lowercase DNS label"),
         ({"observability": "maybe"}, r"yardarm:observability must be true or false"),

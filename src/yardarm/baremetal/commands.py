@@ -75,6 +75,15 @@ def inventory(
     check: Annotated[
         bool, typer.Option("--check", help="Only compare: exit 1 when a file is stale.")
     ] = False,
+    vault_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--vault-password-file",
+            envvar="ANSIBLE_VAULT_PASSWORD_FILE",
+            help="Issue the stack's secrets into group_vars/all/vault.yml, encrypted with "
+            "this ansible-vault password, when that file is missing (it is kept otherwise).",
+        ),
+    ] = None,
 ) -> None:
     """Render the Ansible inventory (inventory.yml, group_vars, host_vars) of the stack
     that `-c yardarm.yaml` describes on the hosts `--hosts` lists."""
@@ -130,3 +139,55 @@ def inventory(
     for path in leftover:
         path.unlink()
         console.print(f"removed {escape(str(path))}")
+    _vault(directory, vault_password_file)
+
+
+def _vault(directory: Path, password_file: Path | None) -> None:
+    """Issue the secrets when they are missing and a vault password is given."""
+    from yardarm.baremetal.vault import VAULT_FILE, VaultError, ensure_vault, read_password
+
+    if password_file is None:
+        if not (directory / VAULT_FILE).is_file():
+            err.print(
+                f"[yellow]note:[/] no {VAULT_FILE} yet: run again with --vault-password-file"
+                " FILE to issue the stack's secrets"
+            )
+        return
+    try:
+        path, written = ensure_vault(directory, read_password(password_file))
+    except VaultError as exc:
+        raise fail(str(exc)) from exc
+    verb = "wrote" if written else "kept"
+    console.print(f"{verb} {escape(str(path))} (encrypted)")
+
+
+class _Steps:
+    """The wheel gathering's progress on the console."""
+
+    def step(self, message: str) -> None:
+        console.print(f"[dim]{escape(message)}[/]")
+
+    def image(self, result: object) -> None:
+        pass
+
+
+@app.command("wheelhouse")
+def wheelhouse(
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="The folder to write (default: ansible/wheelhouse)."),
+    ] = Path("ansible/wheelhouse"),
+) -> None:
+    """Write the wheels the hosts install yardarm from (`-e yardarm_wheelhouse=DIR`):
+    the project's built from the tree, the locked third-party ones downloaded once."""
+    from yardarm.baremetal.wheelhouse import gather
+    from yardarm.images.specs import ImagesError, source_root
+
+    try:
+        root = source_root()
+        with console.status("gathering the wheels..."):
+            wheels = gather(root, output if output.is_absolute() else Path.cwd() / output, _Steps())
+    except ImagesError as exc:
+        raise fail(exc.message, exc.hint) from exc
+    size = sum(wheel.stat().st_size for wheel in wheels) / 1e6
+    console.print(f"[green]{len(wheels)} wheels ({size:.0f} MB) in {escape(str(output))}[/]")

@@ -64,14 +64,17 @@ class Host(BaseModel):
 
     name: str
     address: str
+    # Where Ansible connects when it is not `address` (a NAT or a port forward in front
+    # of the host's SSH); the stack itself always uses `address`.
+    ssh_address: str | None = None
     ssh_port: int = Field(default=22, ge=1, le=65535)
     user: str = "root"
     roles: list[Role] | None = Field(default=None, min_length=1)
 
-    @field_validator("address")
+    @field_validator("address", "ssh_address")
     @classmethod
-    def _address(cls, value: str) -> str:
-        return check_address(value)
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value)
 
     @field_validator("name")
     @classmethod
@@ -140,7 +143,7 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _why(error: Any) -> str:
+def validation_reason(error: Any) -> str:
     """One pydantic error in the model loader's words, with the two kinds a host list
     meets that it does not phrase."""
     if error["type"] == "missing":
@@ -157,7 +160,7 @@ def _placed(path: tuple[str, ...], why: str, lines: dict[tuple[str, ...], int]) 
     return f"{'.'.join(path) or '(document)'}: {why}" + (f" (line {line})" if line else "")
 
 
-def _duplicates(hosts: list[Any]) -> list[tuple[tuple[str, ...], str]]:
+def duplicates(hosts: list[Any]) -> list[tuple[tuple[str, ...], str]]:
     """Names and addresses used twice (one machine listed twice would collide on ports)."""
     problems: list[tuple[tuple[str, ...], str]] = []
     for key in ("name", "address"):
@@ -202,10 +205,10 @@ def parse_hosts(text: str) -> tuple[HostList | None, list[str]]:
     except ValidationError as exc:
         for error in exc.errors():
             path = tuple(str(part) for part in error["loc"])
-            problems.append(_placed(path, _why(error), lines))
+            problems.append(_placed(path, validation_reason(error), lines))
     listed = data.get("hosts")
     if isinstance(listed, list):
-        problems += [_placed(path, why, lines) for path, why in _duplicates(listed)]
+        problems += [_placed(path, why, lines) for path, why in duplicates(listed)]
     return (None, problems) if problems else (parsed, [])
 
 

@@ -3,7 +3,7 @@ host list.
 
 `inventory.yml` says how Ansible reaches each host and which groups it is in (one per
 service it runs an instance of, and one per shared part: `nats`, `postgres`, `haproxy`,
-`prometheus`, `controller`); `group_vars/all.yml` holds what the whole stack shares
+`prometheus`, `controller`); `group_vars/all/main.yml` holds what the whole stack shares
 (flag files, databases, where the shared parts listen, where the credentials go: paths
 only, never a secret); `host_vars/<host>.yml` lists the instances a host runs, each with
 every setting `instance_settings` gives it through `BareMetalTarget`. The roles only
@@ -32,13 +32,20 @@ from yardarm.baremetal.target import (
 )
 from yardarm.databases import SERVICE_DATABASES
 from yardarm.model import SERVICE_NAMES, Deployment, Instance, Topology, deployment, pinned
-from yardarm.observability.scrape import duration, scrape_targets, target_groups
+from yardarm.observability.scrape import (
+    duration,
+    prometheus_config,
+    scrape_job,
+    scrape_targets,
+    target_groups,
+)
 
 COMMAND: Final = "yardarm ansible inventory"
 SOURCE: Final = "the deployment model (yardarm.yaml) and the host list"
 INVENTORY_FILE: Final = "inventory.yml"
-GROUP_VARS_FILE: Final = "group_vars/all.yml"
+GROUP_VARS_FILE: Final = "group_vars/all/main.yml"
 HOST_VARS_DIR: Final = "host_vars"
+PROMETHEUS_DIR: Final = "/etc/yardarm/prometheus"  # its config and rule files
 # HAProxy is the stack's public entry; port 80 sits outside the port plan (base >= 1024),
 # so it never collides with an instance on the same host.
 HAPROXY_PORT: Final = 80
@@ -73,7 +80,7 @@ def _inventory(hosts: HostList, placement: Placement, planned: Deployment) -> di
         "all": {
             "hosts": {
                 host.name: {
-                    "ansible_host": host.address,
+                    "ansible_host": host.ssh_address or host.address,
                     "ansible_port": host.ssh_port,
                     "ansible_user": host.user,
                 }
@@ -147,6 +154,10 @@ def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
                 for inst in gateways
             ],
         },
+        # Every datastore replica's URL (the catalog is seeded through them).
+        "yardarm_datastore": {
+            "urls": [target.url(inst, inst) for inst in planned.of("datastore")],
+        },
         "yardarm_controller": {
             "host": shared["controller"].address,
             "port": topology.rollouts_port,
@@ -157,23 +168,34 @@ def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
     if prometheus.enabled:
 
         def metrics(inst: Instance) -> str:
-            port = (
-                target.gateway_admin_port(inst) if inst.service == "gateway" else target.port(inst)
-            )
-            return target.host(inst).netloc(port)
+            return target.host(inst).netloc(_probe_port(target, inst))
 
         controller = shared["controller"].netloc(topology.rollouts_port)
+        targets = {
+            job: target_groups(found, topology.environment)
+            for job, found in scrape_targets(planned, metrics, controller).items()
+        }
+        interval = duration(prometheus.scrape_interval_s)
         document["yardarm_prometheus"] |= {
             "host": shared["prometheus"].address,
             "port": topology.prometheus_port,
-            "scrape_interval": duration(prometheus.scrape_interval_s),
+            "scrape_interval": interval,
             "retention": prometheus.retention,
-            "targets": {
-                job: target_groups(found, topology.environment)
-                for job, found in scrape_targets(planned, metrics, controller).items()
-            },
+            "targets": targets,
+            # prometheus.yml itself, as every target renders it (the rules beside it).
+            "config": prometheus_config(
+                [scrape_job(job, scheme="http", static=groups) for job, groups in targets.items()],
+                environment=topology.environment,
+                scrape_interval=interval,
+                evaluation_interval=interval,
+                rule_files=[f"{PROMETHEUS_DIR}/rules/*.yml"],
+            ),
         }
     return document
+
+
+def _probe_port(target: BareMetalTarget, inst: Instance) -> int:
+    return target.gateway_admin_port(inst) if inst.service == "gateway" else target.port(inst)
 
 
 def _host_vars(planned: Deployment, target: BareMetalTarget, host: Host) -> dict[str, Any]:
@@ -187,6 +209,8 @@ def _host_vars(planned: Deployment, target: BareMetalTarget, host: Host) -> dict
                 "track": inst.track,
                 "version": inst.version,
                 "port": target.port(inst),
+                # Where its process manager's health gate asks (gateways: the admin port).
+                "ready_url": f"http://{host.netloc(_probe_port(target, inst))}/readyz",
                 "env": instance_settings(planned, inst, target),
             }
             for inst in planned.instances

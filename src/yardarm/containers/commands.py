@@ -3,6 +3,7 @@ steps the control image runs in it)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -133,3 +134,29 @@ def init_data(
     except InitError as exc:
         raise fail(str(exc), "see the Postgres and datastore containers' logs") from exc
     console.print(f"databases ready: {', '.join(database)}; catalog: {created} new SKUs")
+
+
+@init_app.command("catalog")
+def init_catalog(
+    home: HomeOption,
+    datastore: Annotated[
+        list[str], typer.Option("--datastore", help="A datastore replica's URL (repeatable).")
+    ],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the datastore's leader.")
+    ] = 120.0,
+) -> None:
+    """Seed the demo catalog only (idempotent), where something else creates the
+    databases (the bare-metal postgres role)."""
+    from yardarm.containers.init import InitError, seed_until
+    from yardarm.credentials import StackCredentials
+
+    try:
+        token = StackCredentials(home).token("admin")
+    except (OSError, ValueError) as exc:
+        raise fail(f"no admin token in {home}: {exc}", "issue the credentials first") from exc
+    try:
+        created = seed_until(datastore, token, time.monotonic() + timeout)
+    except InitError as exc:
+        raise fail(str(exc), "see the datastore replicas' logs") from exc
+    console.print(f"catalog: {created} new SKUs")

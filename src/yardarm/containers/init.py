@@ -91,6 +91,12 @@ def prepare_data(
         asyncio.run(create_databases(postgres_dsn, databases))
 
     _until(deadline, "creating the databases", create)
+    return seed_until(datastore_urls, admin_token, deadline)
+
+
+def seed_until(datastore_urls: Sequence[str], admin_token: str, deadline: float) -> int:
+    """Seed the catalog, retried until `deadline` (monotonic) while the datastore elects
+    its leader; the number of SKUs newly seeded."""
     turn = itertools.count()
 
     def seed() -> int:

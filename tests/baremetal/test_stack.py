@@ -1,0 +1,337 @@
+"""The whole stack on three real SSH hosts, converged by site.yml from the inventory the
+model renders: the first run converges fresh hosts, a second changes nothing, every
+instance runs under supervisord with the model's settings, and an order placed through
+HAProxy confirms with its trace across the four services."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+
+from tests.baremetal.conftest import (
+    ANSIBLE_DIR,
+    PLACE,
+    AnsibleRun,
+    SshHost,
+    StackInventory,
+    run_ansible,
+    ssh_command,
+)
+from yardarm.baremetal.inventory import GROUP_VARS_FILE, HOST_VARS_DIR
+from yardarm.baremetal.vault import VAULT_FILE, decrypt
+from yardarm.tracing_view import Span, iter_spans
+
+SITE = str(ANSIBLE_DIR / "site.yml")
+VENV_PYTHON = "/opt/yardarm/venv/bin/python"
+SERVICES = ("gateway", "orders", "fulfillment", "datastore")
+GOOD_CARD = "4242424242424242"
+# A saga's steps are seconds each on a busy machine; wide bounds.
+BOUND_S = 90.0
+# Each task's time in a playbook's output (after the recap).
+TASK_TIMES = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"}
+# Ad-hoc commands' results as one JSON document.
+JSON_OUTPUT = {
+    "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+    "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+}
+
+T = TypeVar("T")
+
+
+def _poll(what: str, check: Callable[[], T | None], bound_s: float = BOUND_S) -> T:
+    deadline = time.monotonic() + bound_s
+    while True:
+        try:
+            found = check()
+        except httpx.HTTPError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {bound_s:.0f}s")
+        time.sleep(0.5)
+
+
+def _shown(run: AnsibleRun) -> str:
+    return f"exit {run.returncode} after {run.seconds} s:\n{run.output[-8000:]}"
+
+
+def _converge(inventory: StackInventory, wheelhouse: Path) -> AnsibleRun:
+    return run_ansible(
+        "ansible-playbook", "-i", str(inventory.path), "-e", f"yardarm_wheelhouse={wheelhouse}",
+        SITE,
+        settings={**inventory.settings(), **TASK_TIMES},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_converge(inventory: StackInventory, wheelhouse: Path) -> AnsibleRun:
+    """site.yml on the fresh hosts."""
+    return _converge(inventory, wheelhouse)
+
+
+@pytest.fixture(scope="module")
+def converged(first_converge: AnsibleRun) -> AnsibleRun:
+    """The first converge, which must have succeeded."""
+    assert first_converge.returncode == 0, _shown(first_converge)
+    return first_converge
+
+
+@pytest.fixture(scope="module")
+def second_converge(
+    converged: AnsibleRun, inventory: StackInventory, wheelhouse: Path
+) -> AnsibleRun:
+    """site.yml again, on the hosts the first run converged."""
+    return _converge(inventory, wheelhouse)
+
+
+def _adhoc(inventory: StackInventory, pattern: str, *args: str) -> dict[str, dict[str, Any]]:
+    """An ad-hoc `ansible PATTERN ARGS` over SSH; each host's result (from the json
+    callback, so no human-readable output is parsed)."""
+    run = run_ansible(
+        "ansible", pattern, "-i", str(inventory.path), *args,
+        timeout=120,
+        settings={**inventory.settings(), **JSON_OUTPUT},
+    )  # fmt: skip
+    assert run.returncode == 0, _shown(run)
+    [play] = json.loads(run.stdout)["plays"]
+    [task] = play["tasks"]
+    return dict(task["hosts"])
+
+
+def _command(inventory: StackInventory, pattern: str, command: str) -> dict[str, str]:
+    """`command` on the hosts `pattern` names (as root); each host's standard output."""
+    results = _adhoc(inventory, pattern, "--become", "-m", "ansible.builtin.command", "-a", command)
+    return {name: str(result["stdout"]) for name, result in results.items()}
+
+
+def _host_vars(inventory: StackInventory, host: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(
+        (inventory.directory / HOST_VARS_DIR / f"{host}.yml").read_text()
+    )
+    return document
+
+
+def test_ping_reaches_every_host_over_ssh(hosts: list[SshHost], inventory: StackInventory) -> None:
+    results = _adhoc(inventory, "all", "-m", "ansible.builtin.ping")
+    assert {name: result.get("ping") for name, result in results.items()} == {
+        host.name: "pong" for host in hosts
+    }
+
+
+def test_hosts_reach_each_other_by_name(hosts: list[SshHost], inventory: StackInventory) -> None:
+    peers = " ".join(host.peer_address for host in hosts)
+    probe = (
+        "import socket, sys; [print(peer, socket.create_connection((peer, 22), timeout=5)"
+        ".recv(8).decode()) for peer in sys.argv[1:]]"
+    )
+    outputs = _command(inventory, hosts[0].name, f'python3 -c "{probe}" {peers}')
+    lines = outputs[hosts[0].name].splitlines()
+    assert lines == [f"{host.peer_address} SSH-2.0-" for host in hosts]
+
+
+@pytest.mark.timeout(1200)
+def test_site_converges_fresh_hosts(hosts: list[SshHost], first_converge: AnsibleRun) -> None:
+    assert first_converge.returncode == 0, _shown(first_converge)
+    recap = first_converge.recap()
+    assert set(recap) == {host.name for host in hosts}, _shown(first_converge)
+    for name, counts in recap.items():
+        assert counts["failed"] == counts["unreachable"] == 0, name
+        assert counts["changed"] > 0, f"{name} reported no change on a fresh host"
+    print(f"first converge: {first_converge.seconds} s\n{first_converge.output[-4000:]}")
+
+
+@pytest.mark.timeout(1200)
+def test_a_second_converge_changes_nothing(
+    hosts: list[SshHost], second_converge: AnsibleRun
+) -> None:
+    assert second_converge.returncode == 0, _shown(second_converge)
+    recap = second_converge.recap()
+    assert set(recap) == {host.name for host in hosts}, _shown(second_converge)
+    for name, counts in recap.items():
+        assert counts == {**counts, "changed": 0, "failed": 0, "unreachable": 0}, (
+            f"{name}: {counts}\n{_shown(second_converge)}"
+        )
+    print(f"second converge: {second_converge.seconds} s\n{second_converge.output[-4000:]}")
+
+
+def test_the_venv_imports_yardarm(
+    hosts: list[SshHost], inventory: StackInventory, converged: AnsibleRun
+) -> None:
+    check = "import yardarm, yardarm_orders; print(yardarm.__file__)"
+    outputs = _command(inventory, "all", f'{VENV_PYTHON} -c "{check}"')
+    for host in hosts:
+        assert outputs.get(host.name, "").startswith("/opt/yardarm/venv/lib/python3.11/"), outputs
+
+
+def test_the_service_account_its_directories_and_credentials(
+    hosts: list[SshHost], inventory: StackInventory, converged: AnsibleRun
+) -> None:
+    account = _command(inventory, "all", "getent passwd yardarm")
+    files = _command(
+        inventory,
+        "all",
+        "stat -c '%n %a %U %G' /etc/yardarm /var/lib/yardarm /var/log/yardarm /opt/yardarm"
+        " /etc/supervisor/conf.d /etc/yardarm/credentials /etc/yardarm/admin-token"
+        " /etc/yardarm/credentials/orders.token /etc/yardarm/credentials/raft-peer.secret"
+        " /etc/yardarm/credentials/access.json /etc/yardarm/credentials/pgpass",
+    )
+    for host in hosts:
+        assert account[host.name] == "yardarm:x:10001:10001::/var/lib/yardarm:/usr/sbin/nologin"
+        assert files[host.name].splitlines() == [
+            "/etc/yardarm 750 root yardarm",
+            "/var/lib/yardarm 750 yardarm yardarm",
+            "/var/log/yardarm 750 yardarm yardarm",
+            "/opt/yardarm 755 root root",
+            "/etc/supervisor/conf.d 755 root root",
+            "/etc/yardarm/credentials 750 root yardarm",
+            "/etc/yardarm/admin-token 640 root yardarm",
+            "/etc/yardarm/credentials/orders.token 640 root yardarm",
+            "/etc/yardarm/credentials/raft-peer.secret 640 root yardarm",
+            "/etc/yardarm/credentials/access.json 640 root yardarm",
+            # libpq and asyncpg read a pgpass only when its owner alone may.
+            "/etc/yardarm/credentials/pgpass 600 yardarm yardarm",
+        ]
+
+
+def test_the_secrets_stay_in_the_vault_and_reach_the_hosts(
+    hosts: list[SshHost], inventory: StackInventory, converged: AnsibleRun
+) -> None:
+    vault = inventory.directory / VAULT_FILE
+    secrets = decrypt(vault, inventory.vault_password_file.read_text().strip())["yardarm_secrets"]
+    values = [*secrets["tokens"].values(), secrets["peer_secret"], secrets["postgres_password"]]
+    for path in inventory.directory.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not [value for value in values if value in text], f"a secret in {path}"
+    admin = _command(inventory, "all", "cat /etc/yardarm/admin-token")
+    access = _command(inventory, "all", "cat /etc/yardarm/credentials/access.json")
+    for host in hosts:
+        assert admin[host.name] == secrets["tokens"]["admin"]
+        principals = json.loads(access[host.name])["principals"]
+        assert {name: p["token_sha256"] for name, p in principals.items()} == {
+            name: hashlib.sha256(token.encode()).hexdigest()
+            for name, token in secrets["tokens"].items()
+        }
+        assert secrets["tokens"]["admin"] not in access[host.name]
+
+
+def test_every_part_runs_under_supervisord_with_the_models_settings(
+    hosts: list[SshHost], inventory: StackInventory, converged: AnsibleRun
+) -> None:
+    status = _command(inventory, "all", "supervisorctl status")
+    for host in hosts:
+        planned = _host_vars(inventory, host.name)["yardarm_instances"]
+        shared = {"nats", "postgres", "haproxy", "prometheus"}
+        placed = PLACE | {part: "host1" for part in shared - set(PLACE)}
+        expected = {inst["name"] for inst in planned} | {
+            part for part in shared if placed[part] == host.name
+        }
+        running = {line.split()[0]: line.split()[1] for line in status[host.name].splitlines()}
+        running.pop("sshd", None)
+        assert running == dict.fromkeys(expected, "RUNNING"), (host.name, status[host.name])
+        for inst in planned:
+            document = _command(
+                inventory, host.name, f"cat /etc/yardarm/instances/{inst['name']}.json"
+            )[host.name]
+            assert json.loads(document) == {"service": inst["service"], "env": inst["env"]}
+
+
+def _spans(hosts: list[SshHost], folder: Path) -> list[Span]:
+    """Every span the hosts' instances wrote to their span files so far."""
+    files = []
+    for host in hosts:
+        done = subprocess.run(
+            ssh_command(host, "sudo sh -c 'cat /var/lib/yardarm/*/telemetry/*.jsonl'"),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        path = folder / f"{host.name}.jsonl"
+        path.write_text(done.stdout)
+        files.append(path)
+    return list(iter_spans(files))
+
+
+def test_an_order_through_haproxy_confirms_and_is_traced_across_services(
+    hosts: list[SshHost], converged: AnsibleRun, tmp_path: Path
+) -> None:
+    entry = next(host for host in hosts if host.name == PLACE["haproxy"])
+    with httpx.Client(base_url=f"http://127.0.0.1:{entry.http_port}", timeout=10.0) as http:
+        skus = _poll("the catalog through HAProxy", lambda: http.get("/api/stock").json())
+        sku = skus["items"][0]["sku"]
+        body = {"customer_id": "baremetal", "items": [{"sku": sku, "quantity": 1}],
+                "payment": {"card": GOOD_CARD}}  # fmt: skip
+        placed = http.post("/api/orders", json=body, headers={"Idempotency-Key": "bm-1"})
+        assert placed.status_code in (201, 202), placed.text
+        order_id = placed.json()["id"]
+
+        def confirmed() -> dict[str, Any] | None:
+            order: dict[str, Any] = http.get(f"/api/orders/{order_id}").json()
+            assert order["status"] not in ("CANCELLED", "FAILED"), order
+            return order if order["status"] == "CONFIRMED" else None
+
+        order = _poll(f"order {order_id} confirmed", confirmed)
+    trace_id = order["trace_id"]
+
+    def roots(spans: list[Span]) -> list[tuple[str, str]]:
+        ids = {span.span_id for span in spans}
+        return [(span.service, span.name) for span in spans if span.parent_id not in ids]
+
+    def whole() -> list[Span] | None:
+        spans = [s for s in _spans(hosts, tmp_path) if s.trace_id == trace_id]
+        if {span.service for span in spans} >= set(SERVICES) and len(roots(spans)) == 1:
+            return spans
+        return None
+
+    spans = _poll(f"trace {trace_id} whole in all four services' span files", whole)
+    assert {span.service for span in spans} == set(SERVICES)
+    assert [service for service, _ in roots(spans)] == ["gateway"], roots(spans)
+
+
+def test_prometheus_scrapes_every_instance(
+    inventory: StackInventory, converged: AnsibleRun
+) -> None:
+    stack = yaml.safe_load((inventory.directory / GROUP_VARS_FILE).read_text())
+    prometheus = stack["yardarm_prometheus"]
+    url = f"http://{prometheus['host']}:{prometheus['port']}/api/v1/targets?state=active"
+    wanted = {
+        (job, group["labels"]["instance"])
+        for job, groups in prometheus["targets"].items()
+        if job != "rollouts"
+        for group in groups
+    }
+
+    def all_up() -> dict[tuple[str, str], str] | None:
+        results = _adhoc(
+            inventory, PLACE["prometheus"], "-m", "ansible.builtin.uri", "-a", f"url={url}"
+        )
+        [result] = results.values()
+        seen = {
+            (t["labels"]["job"], t["labels"]["instance"]): t["health"]
+            for t in result["json"]["data"]["activeTargets"]
+        }
+        up = {key: health for key, health in seen.items() if key in wanted}
+        return up if up == dict.fromkeys(wanted, "up") else None
+
+    assert _poll("every instance scraped and up", all_up, bound_s=60.0)
+
+
+def test_site_passes_the_syntax_check() -> None:
+    run = run_ansible("ansible-playbook", "--syntax-check", "-i", "localhost,", SITE, timeout=120)
+    assert run.returncode == 0, _shown(run)
+
+
+def test_the_playbooks_pass_ansible_lint_production() -> None:
+    run = run_ansible(
+        "ansible-lint", "--offline", "--profile", "production", str(ANSIBLE_DIR), timeout=300
+    )
+    assert run.returncode == 0, _shown(run)
+    assert "Profile 'production' was required, and it passed." in run.output, _shown(run)
