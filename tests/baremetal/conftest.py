@@ -212,12 +212,21 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
 
 
 # The stack the tests converge: two gateways behind HAProxy, as the roles expect of a
-# real environment (one gateway host can then restart without refusing a request).
+# real environment (one gateway host can then restart without refusing a request), and
+# the gateways' retries off, so a request sent to a stopping instance would fail (the
+# rolling upgrade must drain instead).
 STACK_CONFIG = """\
 environment: baremetal
 services:
   gateway:
     replicas: 2
+    upstreams:
+      orders:
+        retry:
+          enabled: false
+      datastore:
+        retry:
+          enabled: false
 """
 # The shared parts spread over the hosts (the default puts them all on the first).
 PLACE = {"haproxy": "host3", "postgres": "host2", "prometheus": "host3"}

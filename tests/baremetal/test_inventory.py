@@ -432,7 +432,9 @@ def test_each_instance_has_every_setting_the_model_gives_it(case: tuple[Topology
     for inst in planned.instances:
         env = listed[inst.name][1]["env"]
         assert all(isinstance(value, str) for value in env.values()), inst.name
-        assert set(env) == set(instance_settings(planned, inst, other)), inst.name
+        # Behind HAProxy a gateway also drains for as long as HAProxy needs to notice.
+        extra = {"YARDARM_GATEWAY_DRAIN_DELAY_S"} if inst.service == "gateway" else set()
+        assert set(env) == set(instance_settings(planned, inst, other)) | extra, inst.name
 
 
 def test_no_two_listeners_on_a_host_share_a_port(case: tuple[Topology, View]) -> None:
@@ -592,6 +594,38 @@ def test_a_pinning_versions_flag_file_is_rendered() -> None:
                 document = json.loads(stack["yardarm_flags"][f"{service}-{version}.json"])
                 for key, variant in release.flags.items():
                     assert document["flags"][key]["defaultVariant"] == variant
+
+
+def test_a_gateway_drains_longer_than_haproxy_takes_to_notice() -> None:
+    """HAProxy takes a gateway out after `fall` failed checks, one per interval; the
+    gateway must keep serving until then, or requests in that window are refused."""
+    topology = _topology(gateway={"replicas": 2})
+    files = render_inventory(topology, _hosts(3))
+    check = yaml.safe_load(files["group_vars/all/main.yml"])["yardarm_haproxy"]["check"]
+    noticed_s = check["fall"] * check["interval_ms"] / 1000
+    gateways = [
+        inst
+        for path, text in files.items()
+        if path.startswith("host_vars/")
+        for inst in yaml.safe_load(text)["yardarm_instances"]
+        if inst["service"] == "gateway"
+    ]
+    assert len(gateways) == 2
+    for gateway in gateways:
+        assert float(gateway["env"]["YARDARM_GATEWAY_DRAIN_DELAY_S"]) > noticed_s
+    # A version's own drain delay wins.
+    topology = _topology(
+        gateway={"replicas": 2, "versions": {"0.1.0": {"env": {"DRAIN_DELAY_S": "9"}}}}
+    )
+    files = render_inventory(topology, _hosts(3))
+    delays = {
+        inst["env"]["YARDARM_GATEWAY_DRAIN_DELAY_S"]
+        for path, text in files.items()
+        if path.startswith("host_vars/")
+        for inst in yaml.safe_load(text)["yardarm_instances"]
+        if inst["service"] == "gateway"
+    }
+    assert delays == {"9"}
 
 
 def test_a_value_ansible_would_template_is_refused() -> None:

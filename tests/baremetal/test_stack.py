@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -26,16 +26,21 @@ from tests.baremetal.conftest import (
     run_ansible,
     ssh_command,
 )
+from tests.order_checks import SERVICES, confirmed_order, poll, trace_roots, whole_trace
 from yardarm.baremetal.inventory import GROUP_VARS_FILE, HOST_VARS_DIR
 from yardarm.baremetal.vault import VAULT_FILE, decrypt
 from yardarm.tracing_view import Span, iter_spans
 
 SITE = str(ANSIBLE_DIR / "site.yml")
+UPGRADE = str(ANSIBLE_DIR / "upgrade.yml")
+# The load during the rolling upgrade: steady (open loop), bounded in time and count;
+# it is stopped (SIGINT, which prints the summary) once the upgrade is over.
+LOAD_RATE = 20
+LOAD_BOUND = "15m"
+LOAD_MAX_REQUESTS = 18_000
+# Load before and after the upgrade, so the summary covers the whole of it.
+LOAD_MARGIN_S = 3.0
 VENV_PYTHON = "/opt/yardarm/venv/bin/python"
-SERVICES = ("gateway", "orders", "fulfillment", "datastore")
-GOOD_CARD = "4242424242424242"
-# A saga's steps are seconds each on a busy machine; wide bounds.
-BOUND_S = 90.0
 # Each task's time in a playbook's output (after the recap).
 TASK_TIMES = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"}
 # Ad-hoc commands' results as one JSON document.
@@ -43,22 +48,6 @@ JSON_OUTPUT = {
     "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
     "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
 }
-
-T = TypeVar("T")
-
-
-def _poll(what: str, check: Callable[[], T | None], bound_s: float = BOUND_S) -> T:
-    deadline = time.monotonic() + bound_s
-    while True:
-        try:
-            found = check()
-        except httpx.HTTPError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {bound_s:.0f}s")
-        time.sleep(0.5)
 
 
 def _shown(run: AnsibleRun) -> str:
@@ -265,35 +254,57 @@ def test_an_order_through_haproxy_confirms_and_is_traced_across_services(
 ) -> None:
     entry = next(host for host in hosts if host.name == PLACE["haproxy"])
     with httpx.Client(base_url=f"http://127.0.0.1:{entry.http_port}", timeout=10.0) as http:
-        skus = _poll("the catalog through HAProxy", lambda: http.get("/api/stock").json())
-        sku = skus["items"][0]["sku"]
-        body = {"customer_id": "baremetal", "items": [{"sku": sku, "quantity": 1}],
-                "payment": {"card": GOOD_CARD}}  # fmt: skip
-        placed = http.post("/api/orders", json=body, headers={"Idempotency-Key": "bm-1"})
-        assert placed.status_code in (201, 202), placed.text
-        order_id = placed.json()["id"]
-
-        def confirmed() -> dict[str, Any] | None:
-            order: dict[str, Any] = http.get(f"/api/orders/{order_id}").json()
-            assert order["status"] not in ("CANCELLED", "FAILED"), order
-            return order if order["status"] == "CONFIRMED" else None
-
-        order = _poll(f"order {order_id} confirmed", confirmed)
-    trace_id = order["trace_id"]
-
-    def roots(spans: list[Span]) -> list[tuple[str, str]]:
-        ids = {span.span_id for span in spans}
-        return [(span.service, span.name) for span in spans if span.parent_id not in ids]
-
-    def whole() -> list[Span] | None:
-        spans = [s for s in _spans(hosts, tmp_path) if s.trace_id == trace_id]
-        if {span.service for span in spans} >= set(SERVICES) and len(roots(spans)) == 1:
-            return spans
-        return None
-
-    spans = _poll(f"trace {trace_id} whole in all four services' span files", whole)
+        order = confirmed_order(http, "baremetal", "bm-1")
+    spans = whole_trace(order["trace_id"], lambda: _spans(hosts, tmp_path))
     assert {span.service for span in spans} == set(SERVICES)
-    assert [service for service, _ in roots(spans)] == ["gateway"], roots(spans)
+    assert [service for service, _ in trace_roots(spans)] == ["gateway"], trace_roots(spans)
+
+
+@pytest.mark.timeout(1500)
+def test_a_rolling_upgrade_under_load_fails_no_request(
+    hosts: list[SshHost], inventory: StackInventory, wheelhouse: Path, converged: AnsibleRun
+) -> None:
+    entry = next(host for host in hosts if host.name == PLACE["haproxy"])
+    url = f"http://127.0.0.1:{entry.http_port}"
+    with httpx.Client(base_url=url, timeout=10.0) as http:
+        poll("the catalog through HAProxy", lambda: http.get("/api/stock").json())
+    load = subprocess.Popen(
+        ["uv", "run", "--frozen", "yardarm", "load", "--url", url, "--rate", str(LOAD_RATE),
+         "--connections", "8", "--duration", LOAD_BOUND, "--max-requests",
+         str(LOAD_MAX_REQUESTS), "--timeout", "10s", "--seed", "17", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(LOAD_MARGIN_S)
+        assert load.poll() is None, load.communicate()
+        upgrade = run_ansible(
+            "ansible-playbook", "-i", str(inventory.path),
+            "-e", f"yardarm_wheelhouse={wheelhouse}", UPGRADE,
+            settings={**inventory.settings(), **TASK_TIMES}, timeout=1200,
+        )  # fmt: skip
+        time.sleep(LOAD_MARGIN_S)
+        assert load.poll() is None, "the load ended before the upgrade did"
+    finally:
+        if load.poll() is None:
+            load.send_signal(signal.SIGINT)
+        out, err = load.communicate(timeout=120)
+    assert upgrade.returncode == 0, _shown(upgrade)
+    recap = upgrade.recap()
+    upgraded = {"host1", "host2", "host3"}
+    assert set(recap) == upgraded, _shown(upgrade)
+    assert all(counts["changed"] > 0 for counts in recap.values()), recap
+    summary = json.loads(out)
+    failed = {
+        key: summary[key]
+        for key in ("client_errors", "server_errors", "transport_errors", "dropped")
+    }
+    print(
+        f"rolling upgrade: {upgrade.seconds} s; load: {summary['requests']} requests in"
+        f" {summary['duration_s']:.0f} s, {failed}, latency {summary['latency_ms']}"
+    )
+    assert summary["requests"] >= LOAD_RATE * upgrade.seconds / 2, summary
+    assert failed == dict.fromkeys(failed, 0), (summary, err[-2000:])
+    assert summary["ok"] == summary["requests"], summary
 
 
 def test_prometheus_scrapes_every_instance(
@@ -321,7 +332,7 @@ def test_prometheus_scrapes_every_instance(
         up = {key: health for key, health in seen.items() if key in wanted}
         return up if up == dict.fromkeys(wanted, "up") else None
 
-    assert _poll("every instance scraped and up", all_up, bound_s=60.0)
+    assert poll("every instance scraped and up", all_up, bound_s=60.0)
 
 
 def test_site_passes_the_syntax_check() -> None:

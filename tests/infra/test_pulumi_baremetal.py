@@ -13,7 +13,7 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pulumi
 import pytest
 import yaml
 from pulumi.dynamic.dynamic import serialize_provider
-from pulumi.runtime import MockCallArgs, MockResourceArgs, Mocks
+from pulumi.runtime import MockResourceArgs
 from yardarm_infra.baremetal import playbook_digest
 from yardarm_infra.baremetal_config import plan_inventory, read_baremetal_config
 from yardarm_infra.config import ConfigError
@@ -29,6 +29,7 @@ from yardarm_infra.playbook import PlaybookError, parse_recap, run_playbook
 from yardarm_infra.playbook_resource import PlaybookProvider
 from yardarm_infra.program import ROOT, main
 
+from tests.infra.conftest import Recorder as BaseRecorder
 from yardarm.baremetal.hosts import HostList
 from yardarm.baremetal.inventory import render_inventory
 from yardarm.baremetal.vault import VAULT_FILE, decrypt, ensure_vault
@@ -45,18 +46,8 @@ HOSTS: list[dict[str, Any]] = [
 ]
 
 
-@dataclass
-class Recorder(Mocks):
+class Recorder(BaseRecorder):
     """Every resource the program registers, with its inputs."""
-
-    resources: list[MockResourceArgs] = field(default_factory=list)
-
-    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        self.resources.append(args)
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
-        return {}, None
 
     def playbook(self) -> MockResourceArgs:
         (found,) = [r for r in self.resources if r.typ == PLAYBOOK]

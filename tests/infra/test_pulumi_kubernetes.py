@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pytest
 import yaml
-from pulumi.runtime import MockCallArgs, MockResourceArgs, Mocks
+from pulumi.runtime import MockResourceArgs
 from yardarm_infra import pins
 from yardarm_infra.config import ConfigError
 from yardarm_infra.dependencies import pgpass_line
@@ -31,6 +30,7 @@ from yardarm_infra.rollout_owned import (
     rollout_owned_fields,
 )
 
+from tests.infra.conftest import Recorder as BaseRecorder
 from yardarm.images.specs import SERVICE_IMAGES
 from yardarm.model import ROLLABLE, Topology
 from yardarm.observability.stack import JAEGER_IMAGE, PROMETHEUS_UID
@@ -40,21 +40,8 @@ SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how Pulumi marks a secret val
 PASSWORD = "pa:ss\\word"
 
 
-@dataclass
-class Recorder(Mocks):
+class Recorder(BaseRecorder):
     """Every resource the program registers, with its inputs."""
-
-    resources: list[MockResourceArgs] = field(default_factory=list)
-
-    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        self.resources.append(args)
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
-        return {}, None
-
-    def of_type(self, typ: str) -> list[MockResourceArgs]:
-        return [r for r in self.resources if r.typ == typ]
 
     def chart(self, name: str) -> MockResourceArgs:
         (found,) = [r for r in self.of_type(CHART) if r.name == name]

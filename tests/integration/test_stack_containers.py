@@ -18,11 +18,10 @@ import copy
 import os
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import httpx
@@ -36,35 +35,17 @@ from tests.integration.conftest import (
     require_image,
     require_project_image,
 )
+from tests.order_checks import SERVICES, confirmed_order, poll, trace_roots, whole_trace
 from yardarm.containers import compose
 from yardarm.containers.target import STATE_MOUNT
 from yardarm.model import Topology
 from yardarm.tracing_view import Span, iter_spans
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "orders", "fulfillment", "datastore")
 HEALTHY_WITHIN_S = 10.0  # what the images promise (their HEALTHCHECK runs every 2 s)
-# Starting the project (an initdb, a Raft election, the init steps) and a saga's steps
-# are seconds each; wide bounds for a busy machine.
+# Starting the project (an initdb, a Raft election, the init steps) takes seconds each;
+# a wide bound for a busy machine.
 UP_TIMEOUT_S = 300
-BOUND_S = 90.0
-GOOD_CARD = "4242424242424242"
-
-T = TypeVar("T")
-
-
-def _poll(what: str, check: Callable[[], T | None], bound_s: float = BOUND_S) -> T:
-    deadline = time.monotonic() + bound_s
-    while True:
-        try:
-            found = check()
-        except httpx.HTTPError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {bound_s:.0f}s")
-        time.sleep(0.5)
 
 
 class Project:
@@ -78,7 +59,7 @@ class Project:
             "YARDARM_IMAGE_NATS": images["nats"],
         }
         self.binary = require_docker_compose()
-        self.spans = folder / "state"
+        self.spans_dir = folder / "state"
         # Docker's events about the project's containers, as they happen (the daemon
         # keeps only its last 256 events for later queries, and every health check is
         # three of them).
@@ -93,7 +74,7 @@ class Project:
             svc = next((s for s in SERVICES if f"YARDARM_{s.upper()}_INSTANCE" in env), None)
             if svc is None:
                 continue
-            state = self.spans / name
+            state = self.spans_dir / name
             state.mkdir(parents=True)
             state.chmod(0o777)
             service["volumes"] = [
@@ -123,9 +104,9 @@ class Project:
             )
         return result.stdout
 
-    def spans_of(self, trace_id: str) -> list[Span]:
-        files = sorted(self.spans.glob("*/telemetry/*.jsonl"))
-        return [span for span in iter_spans(files) if span.trace_id == trace_id]
+    def spans(self) -> list[Span]:
+        """Every span the instances wrote to their span files so far."""
+        return list(iter_spans(sorted(self.spans_dir.glob("*/telemetry/*.jsonl"))))
 
 
 @pytest.fixture(scope="module")
@@ -162,44 +143,11 @@ def test_an_order_through_the_gateway_container_confirms_and_is_traced_across_se
 ) -> None:
     project, gateway = stack
     with httpx.Client(base_url=gateway, timeout=10.0) as http:
-        skus = _poll("the catalog through the gateway", lambda: http.get("/api/stock").json())
-        sku = skus["items"][0]["sku"]
-        body = {"customer_id": "containers", "items": [{"sku": sku, "quantity": 1}],
-                "payment": {"card": GOOD_CARD}}  # fmt: skip
-        placed = http.post("/api/orders", json=body, headers={"Idempotency-Key": "it-1"})
-        assert placed.status_code in (201, 202), placed.text
-        order_id = placed.json()["id"]
-
-        def confirmed() -> dict[str, Any] | None:
-            order: dict[str, Any] = http.get(f"/api/orders/{order_id}").json()
-            assert order["status"] not in ("CANCELLED", "FAILED"), order
-            return order if order["status"] == "CONFIRMED" else None
-
-        order = _poll(f"order {order_id} confirmed", confirmed)
-    trace_id = order["trace_id"]
-
-    def roots(spans: list[Span]) -> list[tuple[str, str]]:
-        ids = {span.span_id for span in spans}
-        return [(span.service, span.name) for span in spans if span.parent_id not in ids]
-
-    def whole() -> list[Span] | None:
-        """The trace once every service wrote its spans: each service exports in batches,
-        so a span may be on disk before its parent is."""
-        spans = project.spans_of(trace_id)
-        if {span.service for span in spans} >= set(SERVICES) and len(roots(spans)) == 1:
-            return spans
-        return None
-
-    try:
-        spans = _poll(f"trace {trace_id} whole in all four services' span files", whole)
-    except AssertionError:
-        seen = project.spans_of(trace_id)
-        raise AssertionError(
-            f"services {sorted({s.service for s in seen})}, roots {roots(seen)}"
-        ) from None
+        order = confirmed_order(http, "containers", "it-1")
+    spans = whole_trace(order["trace_id"], project.spans)
     assert {span.service for span in spans} == set(SERVICES)
     # One trace: every span but the gateway's root has its parent in it.
-    assert [service for service, _ in roots(spans)] == ["gateway"], roots(spans)
+    assert [service for service, _ in trace_roots(spans)] == ["gateway"], trace_roots(spans)
 
 
 def _healthy_after_start(events: list[dict[str, Any]]) -> dict[str, float]:
@@ -235,7 +183,7 @@ def test_each_service_container_runs_unprivileged_read_only_and_was_healthy_with
             return found if found and all(state == "healthy" for state in states) else None
 
         # A container may serve before Docker's first passing check is recorded.
-        containers = _poll("every service container healthy", all_healthy)
+        containers = poll("every service container healthy", all_healthy)
         healthy_after = _healthy_after_start(list(project.events))
         checked = 0
         for container in containers:

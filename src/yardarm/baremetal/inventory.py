@@ -49,6 +49,16 @@ PROMETHEUS_DIR: Final = "/etc/yardarm/prometheus"  # its config and rule files
 # HAProxy is the stack's public entry; port 80 sits outside the port plan (base >= 1024),
 # so it never collides with an instance on the same host.
 HAPROXY_PORT: Final = 80
+# HAProxy asks each gateway's /readyz every interval and takes it out after `fall`
+# failures; a stopping gateway fails /readyz at once and keeps serving for its drain
+# delay, one interval longer than HAProxy needs to notice (a check may be in flight).
+HAPROXY_CHECK_INTERVAL_MS: Final = 1000
+HAPROXY_CHECK_FALL: Final = 2
+HAPROXY_CHECK_RISE: Final = 2
+GATEWAY_DRAIN_DELAY_S: Final = (HAPROXY_CHECK_FALL + 1) * HAPROXY_CHECK_INTERVAL_MS / 1000
+# HAProxy's statistics (CSV), on the HAProxy host's loopback only: the rolling upgrade
+# reads whether a restarted gateway is back in the rotation.
+HAPROXY_STATS_PORT: Final = 8404
 # Ansible renders a variable's value as a template when it holds one of these.
 JINJA_MARKERS: Final = ("{{", "{%", "{#")
 COMPACT: Final = (",", ":")
@@ -144,12 +154,20 @@ def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
         "yardarm_haproxy": {
             "host": shared["haproxy"].address,
             "port": HAPROXY_PORT,
+            "stats_port": HAPROXY_STATS_PORT,
+            "check": {
+                "interval_ms": HAPROXY_CHECK_INTERVAL_MS,
+                "fall": HAPROXY_CHECK_FALL,
+                "rise": HAPROXY_CHECK_RISE,
+            },
             # Each gateway replica's public listener, checked on its admin port's /readyz.
             "backends": [
                 {
                     "name": inst.name,
+                    "host": target.host(inst).name,
                     "address": target.host(inst).netloc(target.port(inst)),
                     "check": target.host(inst).netloc(target.gateway_admin_port(inst)),
+                    "check_port": target.gateway_admin_port(inst),
                 }
                 for inst in gateways
             ],
@@ -158,6 +176,7 @@ def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
         "yardarm_datastore": {
             "urls": [target.url(inst, inst) for inst in planned.of("datastore")],
         },
+        "yardarm_rolling": _rolling(planned, target),
         "yardarm_controller": {
             "host": shared["controller"].address,
             "port": topology.rollouts_port,
@@ -194,12 +213,50 @@ def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
     return document
 
 
+def _rolling(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
+    """What the rolling upgrade needs to take a host out of service and back
+    (`yardarm.baremetal.rolling`): the endpoints the gateways route to, by host, and
+    the datastore's replicas with their Raft ids."""
+    from yardarm.baremetal.rolling import PlanEndpoint, Replica, RollingPlan
+    from yardarm.model.settings import replica_id
+
+    gateways = planned.of("gateway")
+    plan = RollingPlan(
+        datastore_urls=[target.url(inst, inst) for inst in planned.of("datastore")],
+        gateway_admin_urls=[
+            f"http://{target.host(inst).netloc(target.gateway_admin_port(inst))}"
+            for inst in gateways
+        ],
+        admin_token_file=target.credential_file("admin"),
+        endpoints={
+            upstream: [
+                PlanEndpoint(
+                    url=target.url(gateways[0], inst), track=inst.track, host=target.host(inst).name
+                )
+                for inst in planned.of(upstream)
+            ]
+            for upstream in ("orders", "datastore")
+        },
+        replicas=[
+            Replica(id=replica_id(inst), url=target.url(inst, inst), host=target.host(inst).name)
+            for inst in planned.of("datastore")
+        ],
+    )
+    return plan.model_dump(mode="json")
+
+
 def _probe_port(target: BareMetalTarget, inst: Instance) -> int:
     return target.gateway_admin_port(inst) if inst.service == "gateway" else target.port(inst)
 
 
 def _host_vars(planned: Deployment, target: BareMetalTarget, host: Host) -> dict[str, Any]:
     from yardarm.model import instance_settings
+
+    def env(inst: Instance) -> dict[str, str]:
+        settings = instance_settings(planned, inst, target)
+        if inst.service == "gateway":  # behind HAProxy (a version's own value wins)
+            settings.setdefault("YARDARM_GATEWAY_DRAIN_DELAY_S", str(GATEWAY_DRAIN_DELAY_S))
+        return settings
 
     return {
         "yardarm_instances": [
@@ -211,7 +268,7 @@ def _host_vars(planned: Deployment, target: BareMetalTarget, host: Host) -> dict
                 "port": target.port(inst),
                 # Where its process manager's health gate asks (gateways: the admin port).
                 "ready_url": f"http://{host.netloc(_probe_port(target, inst))}/readyz",
-                "env": instance_settings(planned, inst, target),
+                "env": env(inst),
             }
             for inst in planned.instances
             if target.host(inst) == host

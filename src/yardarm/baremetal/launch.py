@@ -28,7 +28,7 @@ def read_document(path: Path) -> tuple[str, dict[str, str]]:
         document: Any = json.loads(path.read_text())
     except OSError as exc:
         raise LaunchError(f"cannot read {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not UTF-8, or not JSON
         raise LaunchError(f"{path} is not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise LaunchError(f"{path} must hold an object with `service` and `env`")
@@ -39,6 +39,10 @@ def read_document(path: Path) -> tuple[str, dict[str, str]]:
         isinstance(key, str) and isinstance(value, str) for key, value in env.items()
     ):
         raise LaunchError(f"{path}: env must map names to strings")
+    for key, value in env.items():
+        # What execve cannot pass: it would fail after the document was accepted.
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise LaunchError(f"{path}: env {key!r}: names must be non-empty without '=' or NUL")
     return str(service), dict(env)
 
 

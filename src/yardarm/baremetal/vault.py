@@ -32,19 +32,36 @@ def _vault_lib(password: str) -> Any:
         raise VaultError(
             "ansible-core is not installed: `uv sync` installs it (the infra dependency group)"
         ) from exc
-    if not password:
+    if not password.strip():
         raise VaultError("the vault password is empty: put the password in its file")
     return VaultLib([("default", VaultSecret(password.encode()))])
 
 
 def read_password(path: Path) -> str:
-    """A vault password from its file (the first line, as ansible-vault reads it)."""
+    """A vault password from its file, read as ansible-vault reads it (the whole file,
+    stripped; an executable file is run and its output is the password), so a vault this
+    writes is one `--vault-password-file` opens."""
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError as exc:
         raise VaultError(f"cannot read the vault password file {path}: {exc.strerror}") from exc
-    password = text.splitlines()[0].strip() if text.strip() else ""
-    if not password:
+    if not os.access(path, os.X_OK) and not text.strip():
+        raise VaultError(f"the vault password file {path} is empty")
+    try:
+        from ansible.errors import AnsibleError  # type: ignore[import-untyped]
+        from ansible.parsing.dataloader import DataLoader  # type: ignore[import-untyped]
+        from ansible.parsing.vault import get_file_vault_secret
+    except ImportError as exc:  # pragma: no cover - the infra group ships ansible-core
+        raise VaultError(
+            "ansible-core is not installed: `uv sync` installs it (the infra dependency group)"
+        ) from exc
+    try:
+        secret = get_file_vault_secret(filename=str(path), loader=DataLoader())
+        secret.load()
+        password = str(secret.bytes.decode())
+    except (AnsibleError, UnicodeDecodeError) as exc:
+        raise VaultError(f"cannot read the vault password file {path}: {exc}") from exc
+    if not password.strip():
         raise VaultError(f"the vault password file {path} is empty")
     return password
 
@@ -66,7 +83,7 @@ def new_secrets() -> dict[str, Any]:
 
 def decrypt(path: Path, password: str) -> dict[str, Any]:
     """The vault file's variables."""
-    from ansible.errors import AnsibleError  # type: ignore[import-untyped]
+    from ansible.errors import AnsibleError
 
     try:
         plain = _vault_lib(password).decrypt(path.read_bytes())
@@ -78,7 +95,25 @@ def decrypt(path: Path, password: str) -> dict[str, Any]:
     document = yaml.safe_load(plain)
     if not isinstance(document, dict) or VARIABLE not in document:
         raise VaultError(f"{path} holds no {VARIABLE}: remove it to issue new secrets")
+    missing = _missing(document[VARIABLE])
+    if missing:
+        raise VaultError(
+            f"{path}: {VARIABLE} lacks {', '.join(missing)}: remove the file to issue new "
+            "secrets (every token changes), or add them with `ansible-vault edit`"
+        )
     return document
+
+
+def _missing(secrets: Any) -> list[str]:
+    """What the roles need and `secrets` does not hold (a principal added since, say)."""
+    from yardarm.credentials import PRINCIPALS
+
+    if not isinstance(secrets, dict):
+        return ["everything"]
+    found = secrets.get("tokens")
+    tokens: dict[str, Any] = found if isinstance(found, dict) else {}
+    wanted = [f"tokens.{name}" for name in PRINCIPALS if not tokens.get(name)]
+    return wanted + [key for key in ("peer_secret", "postgres_password") if not secrets.get(key)]
 
 
 def ensure_vault(inventory_dir: Path, password: str) -> tuple[Path, bool]:
@@ -98,7 +133,8 @@ def ensure_vault(inventory_dir: Path, password: str) -> tuple[Path, bool]:
     encrypted: bytes = lib.encrypt(plain)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover keeps its mode under O_TRUNC
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(encrypted)
     os.replace(tmp, path)
