@@ -11,6 +11,7 @@ reaches the others by container name, as machines on a LAN would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound  # type: igno
 from tests.integration.conftest import _unavailable, require_docker
 from yardarm.baremetal.hosts import HostList
 from yardarm.baremetal.inventory import INVENTORY_FILE, render_inventory
-from yardarm.baremetal.vault import ensure_vault
+from yardarm.baremetal.vault import VAULT_FILE, ensure_vault
 from yardarm.baremetal.wheelhouse import gather
 from yardarm.images.build import ImageResult
 from yardarm.images.specs import ImagesError
@@ -242,10 +243,25 @@ class StackInventory:
     vault_password_file: Path
     key: Path
     topology: Topology
+    hosts: HostList
 
     @property
     def path(self) -> Path:
         return self.directory / INVENTORY_FILE
+
+    def write(self, topology: Topology, folder: Path) -> None:
+        for relative, text in render_inventory(topology, self.hosts, PLACE).items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+    def rendered(self, topology: Topology, name: str) -> StackInventory:
+        """The same hosts and secrets for another model, in a folder of its own."""
+        folder = self.directory.parent / name
+        self.write(topology, folder)
+        vault = folder / VAULT_FILE
+        vault.write_bytes((self.directory / VAULT_FILE).read_bytes())
+        return dataclasses.replace(self, directory=folder, topology=topology)
 
     def settings(self) -> dict[str, str]:
         """The ANSIBLE_* variables that reach the test hosts."""
@@ -280,16 +296,14 @@ def inventory(hosts: list[SshHost], tmp_path_factory: pytest.TempPathFactory) ->
     """The test stack's inventory, rendered from the model as `yardarm ansible inventory`
     renders it, with its secrets in an ansible-vault file."""
     folder = tmp_path_factory.mktemp("inventory")
-    topology = Topology.model_validate(yaml.safe_load(STACK_CONFIG))
-    for relative, text in render_inventory(topology, host_list(hosts), PLACE).items():
-        path = folder / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
     password = folder.parent / "vault-password"
     password.write_text(VAULT_PASSWORD + "\n")
     password.chmod(0o600)
+    topology = Topology.model_validate(yaml.safe_load(STACK_CONFIG))
+    stack = StackInventory(folder, password, hosts[0].key, topology, host_list(hosts))
+    stack.write(topology, folder)
     ensure_vault(folder, VAULT_PASSWORD)
-    return StackInventory(folder, password, hosts[0].key, topology)
+    return stack
 
 
 class _Quiet:

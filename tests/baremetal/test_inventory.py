@@ -179,7 +179,7 @@ def test_instances_go_round_robin_over_the_hosts() -> None:
 
 
 def test_datastore_replicas_get_distinct_hosts_when_there_are_enough() -> None:
-    planned = deployment(_topology(datastore={"replicas": 5}))
+    planned = deployment(_topology(datastore={"replicas": 5}, gateway={"replicas": 2}))
     placement = place(planned, _hosts(5))
     hosts = [placement.instances[inst.name].name for inst in planned.of("datastore")]
     assert len(set(hosts)) == 5
@@ -188,6 +188,14 @@ def test_datastore_replicas_get_distinct_hosts_when_there_are_enough() -> None:
     hosts = [crowded.instances[inst.name].name for inst in planned.of("datastore")]
     assert hosts == ["node1", "node2", "node3", "node1", "node2"]
     assert any("5 datastore replicas on 3 host(s)" in note for note in crowded.notes)
+
+
+def test_a_single_gateway_is_noted() -> None:
+    """HAProxy in front of one gateway cannot keep serving while its host restarts."""
+    alone = place(deployment(_topology()), _hosts(3))
+    assert [note for note in alone.notes if "one gateway behind HAProxy" in note]
+    paired = place(deployment(_topology(gateway={"replicas": 2})), _hosts(3))
+    assert paired.notes == ()
 
 
 def test_roles_say_which_hosts_run_what() -> None:

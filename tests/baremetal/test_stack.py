@@ -20,6 +20,7 @@ import yaml
 from tests.baremetal.conftest import (
     ANSIBLE_DIR,
     PLACE,
+    STACK_CONFIG,
     AnsibleRun,
     SshHost,
     StackInventory,
@@ -29,6 +30,7 @@ from tests.baremetal.conftest import (
 from tests.order_checks import SERVICES, confirmed_order, poll, trace_roots, whole_trace
 from yardarm.baremetal.inventory import GROUP_VARS_FILE, HOST_VARS_DIR
 from yardarm.baremetal.vault import VAULT_FILE, decrypt
+from yardarm.model import Topology
 from yardarm.tracing_view import Span, iter_spans
 
 SITE = str(ANSIBLE_DIR / "site.yml")
@@ -233,6 +235,41 @@ def test_every_part_runs_under_supervisord_with_the_models_settings(
                 inventory, host.name, f"cat /etc/yardarm/instances/{inst['name']}.json"
             )[host.name]
             assert json.loads(document) == {"service": inst["service"], "env": inst["env"]}
+
+
+def _pids(inventory: StackInventory) -> dict[str, str]:
+    """Each supervisord program's pid, on every host (a restarted one has a new pid)."""
+    status = _command(inventory, "all", "supervisorctl status")
+    pids = {}
+    for output in status.values():
+        for line in output.splitlines():
+            name, state, *rest = line.split()
+            if state == "RUNNING":
+                pids[name] = rest[1].rstrip(",")
+    return pids
+
+
+@pytest.mark.timeout(1200)
+def test_a_converge_changes_only_what_the_model_changed(
+    hosts: list[SshHost], inventory: StackInventory, wheelhouse: Path, converged: AnsibleRun
+) -> None:
+    before = _pids(inventory)
+    config = yaml.safe_load(STACK_CONFIG)
+    config["services"]["orders"] = {"replicas": 1}
+    smaller = inventory.rendered(Topology.model_validate(config), "scaled")
+    try:
+        scaled = _converge(smaller, wheelhouse)
+        assert scaled.returncode == 0, _shown(scaled)
+        after = _pids(inventory)
+    finally:
+        restored = _converge(inventory, wheelhouse)
+    assert "orders-1" not in after
+    # The gateways route to orders by their settings: they restart (one at a time);
+    # nothing else does.
+    restarted = {name for name, pid in before.items() if after.get(name) != pid}
+    assert restarted == {"orders-1", "gateway-0", "gateway-1"}, (before, after)
+    assert restored.returncode == 0, _shown(restored)
+    assert "orders-1" in _pids(inventory)
 
 
 def _spans(hosts: list[SshHost], folder: Path) -> list[Span]:

@@ -81,6 +81,11 @@ def place(
                 f"(they share the public port {topology.gateway_port}), and {len(allowed)} "
                 "may: add hosts or lower services.gateway.replicas"
             )
+        if service == "gateway" and len(running) < 2:
+            notes.append(
+                "one gateway behind HAProxy: its host cannot restart (or upgrade) without "
+                "refusing requests; set services.gateway.replicas to 2 or more"
+            )
         if service == "datastore" and len(running) > len(allowed):
             notes.append(
                 f"{len(running)} datastore replicas on {len(allowed)} host(s): some hosts run "
