@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from yardarm.model.load import _describe
+from yardarm.model.load import describe, key_lines
 
 # What a host may run: a service's instances, or one of the stack's shared parts
 # (`yardarm.baremetal.target.SHARED_PARTS`).
@@ -118,31 +118,6 @@ class HostList(BaseModel):
         raise KeyError(f"no host {name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Each key path (list items by index) to its 1-based line, for error messages."""
-    lines: dict[tuple[str, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                child = (*path, str(key.value))
-                lines[child] = key.start_mark.line + 1
-                walk(value, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                child = (*path, str(index))
-                lines[child] = item.start_mark.line + 1
-                walk(item, child)
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
 def validation_reason(error: Any) -> str:
     """One pydantic error in the model loader's words, with the two kinds a host list
     meets that it does not phrase."""
@@ -150,7 +125,7 @@ def validation_reason(error: Any) -> str:
         return "missing: this key is required"
     if error["type"] == "too_short":
         return f"must list at least {error['ctx']['min_length']} (got none)"
-    return _describe(error)
+    return describe(error)
 
 
 def _placed(path: tuple[str, ...], why: str, lines: dict[tuple[str, ...], int]) -> str:
@@ -197,7 +172,7 @@ def parse_hosts(text: str) -> tuple[HostList | None, list[str]]:
     if not isinstance(data, dict):
         got = "nothing" if data is None else type(data).__name__
         return None, [f"(document): must be a mapping with a `hosts` list (got {got})"]
-    lines = _key_lines(text)
+    lines = key_lines(text)
     problems: list[str] = []
     parsed: HostList | None = None
     try:

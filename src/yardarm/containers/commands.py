@@ -20,6 +20,9 @@ init_app = typer.Typer(
     no_args_is_help=True,
 )
 
+DatastoreOption = Annotated[
+    list[str], typer.Option("--datastore", help="A datastore replica's URL (repeatable).")
+]
 HomeOption = Annotated[
     Path, typer.Option("--home", help="The stack's home: its credentials live here.")
 ]
@@ -106,9 +109,7 @@ def init_data(
     database: Annotated[
         list[str], typer.Option("--database", help="A database to create (repeatable).")
     ],
-    datastore: Annotated[
-        list[str], typer.Option("--datastore", help="A datastore replica's URL (repeatable).")
-    ],
+    datastore: DatastoreOption,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for Postgres and the datastore.")
     ] = 120.0,
@@ -139,9 +140,7 @@ def init_data(
 @init_app.command("catalog")
 def init_catalog(
     home: HomeOption,
-    datastore: Annotated[
-        list[str], typer.Option("--datastore", help="A datastore replica's URL (repeatable).")
-    ],
+    datastore: DatastoreOption,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the datastore's leader.")
     ] = 120.0,

@@ -44,8 +44,9 @@ def _is_yardarm_pyproject(path: Path) -> bool:
     return bool(data.get("project", {}).get("name") == "yardarm")
 
 
-def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path in the document to its 1-based line, for error messages."""
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in the document (list items by index) to its 1-based line, for
+    error messages."""
     lines: dict[tuple[str, ...], int] = {}
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
@@ -55,6 +56,11 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
                     child = (*path, str(key.value))
                     lines[child] = key.start_mark.line + 1
                     walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, str(index))
+                lines[child] = item.start_mark.line + 1
+                walk(item, child)
 
     try:
         root = yaml.compose(text)
@@ -65,7 +71,7 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _describe(error: Any) -> str:
+def describe(error: Any) -> str:
     """One pydantic error as 'must be >= 1 (got 0)' style text."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
@@ -89,7 +95,7 @@ def _messages(exc: ValidationError, lines: dict[tuple[str, ...], int]) -> list[s
     for error in exc.errors():
         # A bad mapping key is reported at the key itself, not at pydantic's "[key]".
         path = tuple(str(part) for part in error["loc"] if part != "[key]")
-        messages.append(_placed(path, _describe(error), lines))
+        messages.append(_placed(path, describe(error), lines))
     return messages
 
 
@@ -129,15 +135,15 @@ def _parse(text: str, base_dir: Path) -> tuple[Topology | None, list[str]]:
         return None, [f"the document must be a mapping of keys (got {type(data).__name__})"]
     problem = _with_flags_file(data, base_dir)
     if problem is not None:
-        line = _yaml_lines(text).get(("flags_file",))
+        line = key_lines(text).get(("flags_file",))
         return None, [f"flags_file: {problem}" + (f" (line {line})" if line else "")]
     try:
         topology = Topology.model_validate(data, context={"defer_cross_checks": True})
     except ValidationError as exc:
-        return None, _messages(exc, _yaml_lines(text))
+        return None, _messages(exc, key_lines(text))
     problems = cross_checks(topology)
     if problems:
-        lines = _yaml_lines(text)
+        lines = key_lines(text)
         return None, [_placed(path, why, lines) for path, why in problems]
     return topology, []
 
