@@ -19,9 +19,14 @@ import pulumi
 from pydantic import ValidationError
 
 from yardarm.baremetal.hosts import HostList, duplicates, validation_reason
-from yardarm.baremetal.inventory import HAPROXY_PORT, render_inventory
+from yardarm.baremetal.inventory import (
+    HAPROXY_PORT,
+    planned_deployment,
+    read_state,
+    render_inventory,
+)
 from yardarm.baremetal.target import SHARED_PARTS, PlacementError, place
-from yardarm.model import Topology, TopologyError, deployment, load_topology
+from yardarm.model import Topology, TopologyError, load_topology
 from yardarm_infra.config import NAMESPACE, ConfigError, config_file
 
 # Below the repository's root, one folder per stack (`.yardarm` is not committed).
@@ -273,8 +278,10 @@ def plan_inventory(settings: BaremetalConfig) -> InventoryPlan:
             raise ConfigError(f"yardarm:config: {exc}") from exc
     count = len(settings.hosts.hosts)
     try:
-        placement = place(deployment(topology), settings.hosts, settings.place)
-        files = render_inventory(topology, settings.hosts, settings.place)
+        # What `yardarm ansible controller` keeps beside the inventory: a rollout's tracks.
+        desired, ports = read_state(settings.inventory_dir)
+        placement = place(planned_deployment(topology, desired), settings.hosts, settings.place)
+        files = render_inventory(topology, settings.hosts, settings.place, desired, ports)
     except PlacementError as exc:
         raise ConfigError(
             f"yardarm:hosts: {exc}: {_ADD_HOST.format(i=count, n=count + 1)} adds a host; "

@@ -29,15 +29,17 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from docker.errors import DockerException, ImageNotFound, NotFound  # type: ignore[import-untyped]
+from requests.exceptions import RequestException
 
 from tests.integration.conftest import _unavailable, require_docker
 from yardarm.baremetal.hosts import HostList
 from yardarm.baremetal.inventory import INVENTORY_FILE, render_inventory
+from yardarm.baremetal.target import place
 from yardarm.baremetal.vault import VAULT_FILE, ensure_vault
 from yardarm.baremetal.wheelhouse import gather
 from yardarm.images.build import ImageResult
 from yardarm.images.specs import ImagesError
-from yardarm.model import Topology
+from yardarm.model import Topology, deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = ROOT / "ansible"
@@ -52,6 +54,7 @@ SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
 # sshd answers about a second after the container starts; a busy machine is slower.
 SSH_READY_TIMEOUT_S = 60.0
 DOCKER_TIMEOUT_S = 30
+DOCKER_RM_TIMEOUT_S = 120
 # A whole converge from scratch installs the yardarm venv (about 80 wheels) on each host.
 ANSIBLE_TIMEOUT_S = 600.0
 RECAP = re.compile(
@@ -183,6 +186,10 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
                     ports={
                         f"{SSH_PORT}/tcp": ("127.0.0.1", None),
                         f"{HTTP_PORT}/tcp": ("127.0.0.1", None),
+                        **{
+                            f"{port}/tcp": ("127.0.0.1", port)
+                            for port in control_ports().get(f"host{index}", [])
+                        },
                     },
                     labels={"org.yardarm.tests": "baremetal"},
                 )
@@ -204,9 +211,21 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
             _wait_for_ssh(host, container)
         yield found
     finally:
+        # Also one that was created but failed to start (a port taken, say).
+        with contextlib.suppress(DockerException, RequestException):
+            listed = client.containers.list(all=True, filters={"name": f"yardarm-host-{suffix}-"})
+            containers += [c for c in listed if c.id not in {k.id for k in containers}]
         for container in containers:
-            with contextlib.suppress(NotFound, DockerException):
+            try:
                 container.remove(force=True)
+            except NotFound:
+                pass
+            except (DockerException, RequestException):
+                # The API's 10 s read timeout on a busy machine: the CLI waits it out.
+                subprocess.run(
+                    ["docker", "rm", "-f", container.name],
+                    capture_output=True, timeout=DOCKER_RM_TIMEOUT_S, check=False,
+                )  # fmt: skip
         with contextlib.suppress(NotFound, DockerException):
             network.remove()
         client.close()
@@ -218,6 +237,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
 # rolling upgrade must drain instead).
 STACK_CONFIG = """\
 environment: baremetal
+base_port: 28000
 services:
   gateway:
     replicas: 2
@@ -232,6 +252,30 @@ services:
 # The shared parts spread over the hosts (the default puts them all on the first).
 PLACE = {"haproxy": "host3", "postgres": "host2", "prometheus": "host3"}
 VAULT_PASSWORD = "correct horse battery staple"
+
+
+def control_ports() -> dict[str, list[int]]:
+    """The ports the rollout controller reaches on each test host, by host name: the
+    datastore replicas', the gateways' admin ports and Prometheus'. Each is published
+    on 127.0.0.1 at the same number (the model gives every listener of the stack a port
+    of its own), so `control_address: 127.0.0.1` reaches all of them on loopback."""
+    topology = Topology.model_validate(yaml.safe_load(STACK_CONFIG))
+    names = HostList.model_validate(
+        {"hosts": [{"name": f"host{i}", "address": f"host{i}"} for i in range(1, HOST_COUNT + 1)]}
+    )
+    planned = deployment(topology)
+    placement = place(planned, names, PLACE)
+    found: dict[str, list[int]] = {}
+    for inst in planned.of("datastore"):
+        found.setdefault(placement.instances[inst.name].name, []).append(
+            topology.datastore_port(inst.ordinal)
+        )
+    for inst in planned.of("gateway"):
+        found.setdefault(placement.instances[inst.name].name, []).append(
+            topology.gateway_admin_port(inst.ordinal)
+        )
+    found.setdefault(placement.shared["prometheus"].name, []).append(topology.prometheus_port)
+    return found
 
 
 @dataclass(frozen=True)
@@ -274,7 +318,8 @@ class StackInventory:
 
 def host_list(hosts: list[SshHost]) -> HostList:
     """The test hosts as a host list: the stack dials each by its container name on
-    the hosts' network; Ansible connects through its published SSH port."""
+    the hosts' network; Ansible connects through its published SSH port, the rollout
+    controller through the published control ports (`control_ports`)."""
     return HostList.model_validate(
         {
             "hosts": [
@@ -282,6 +327,7 @@ def host_list(hosts: list[SshHost]) -> HostList:
                     "name": host.name,
                     "address": host.peer_address,
                     "ssh_address": host.address,
+                    "control_address": host.address,
                     "ssh_port": host.port,
                     "user": host.user,
                 }

@@ -29,7 +29,15 @@ from yardarm.baremetal.inventory import render_inventory
 from yardarm.baremetal.target import SHARED_PARTS, BareMetalTarget, PlacementError, place
 from yardarm.containers.target import HOME_MOUNT, PGPASS_FILE, ContainerTarget
 from yardarm.local.plan import port_plan
-from yardarm.model import SERVICE_NAMES, Deployment, Topology, deployment, instance_settings
+from yardarm.model import (
+    SERVICE_NAMES,
+    Deployment,
+    Topology,
+    deployment,
+    desired_from,
+    instance_settings,
+    scaled,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "ansible" / "hosts.example.yml"
@@ -64,6 +72,17 @@ def test_the_example_host_list_names_three_hosts() -> None:
 
 def test_a_host_may_be_given_every_part_of_the_stack_as_a_role() -> None:
     assert set(get_args(Role)) == {*SERVICE_NAMES, *SHARED_PARTS}
+
+
+def test_the_rollout_controller_is_no_role_a_host_may_have() -> None:
+    """It runs where Ansible does (`yardarm ansible controller`): a host list that still
+    gives a host the role is refused with the roles there are."""
+    text = "hosts:\n  - name: node1\n    address: 10.0.0.11\n    roles: [orders, controller]\n"
+    hosts, problems = parse_hosts(text)
+    assert hosts is None
+    roles = ["datastore", "orders", "fulfillment", "gateway", "nats", "postgres", "haproxy"]
+    listed = ", ".join(repr(role) for role in roles) + " or 'prometheus'"
+    assert problems == [f"hosts.0.roles.1: must be one of {listed} (got 'controller') (line 4)"]
 
 
 def test_a_bad_host_list_names_every_problem_with_its_line() -> None:
@@ -118,6 +137,7 @@ def test_a_host_list_without_hosts_is_refused(text: str, why: str) -> None:
     assert len(problems) == 1 and problems[0].startswith(why), problems
 
 
+@pytest.mark.parametrize("key", ["address", "ssh_address", "control_address"])
 @pytest.mark.parametrize(
     ("address", "valid"),
     [
@@ -133,11 +153,35 @@ def test_a_host_list_without_hosts_is_refused(text: str, why: str) -> None:
         ("", False),
     ],
 )
-def test_addresses_are_ip_addresses_or_host_names(address: str, valid: bool) -> None:
-    hosts, problems = parse_hosts(json.dumps({"hosts": [{"name": "n", "address": address}]}))
+def test_addresses_are_ip_addresses_or_host_names(key: str, address: str, valid: bool) -> None:
+    listed = {"name": "n", "address": "10.0.0.1", key: address}
+    hosts, problems = parse_hosts(json.dumps({"hosts": [listed]}))
     assert (hosts is not None) == valid, problems
     if not valid:
-        assert problems[0].startswith("hosts.0.address: must be an IP address or a host name")
+        assert len(problems) == 1, problems
+        assert problems[0].startswith(f"hosts.0.{key}: must be an IP address or a host name")
+
+
+def test_the_operators_machine_dials_the_control_address() -> None:
+    """`control_address` is where the machine running the rollout controller reaches a
+    host (a tunnel, a port forward); the stack itself keeps dialing `address`."""
+    hosts = HostList.model_validate(
+        {
+            "hosts": [
+                {"name": "n1", "address": "10.0.0.11", "control_address": "FD00:0::7"},
+                {"name": "n2", "address": "fd00::12"},
+                {"name": "n3", "address": "10.0.0.13", "control_address": "192.0.2.50"},
+            ]
+        }
+    )
+    first, second, third = hosts.hosts
+    assert first.control_address == "fd00::7"  # normalised, as `address` is
+    assert first.control_netloc(8080) == "[fd00::7]:8080"
+    assert first.netloc(8080) == "10.0.0.11:8080"
+    assert second.control_netloc(8080) == "[fd00::12]:8080"  # none: its address
+    assert third.control_netloc(9) == "192.0.2.50:9"
+    for path, text in render_inventory(Topology(), hosts).items():
+        assert "fd00::7" not in text and "192.0.2.50" not in text, path
 
 
 def test_loading_a_bad_file_names_the_file(tmp_path: Path) -> None:
@@ -153,29 +197,109 @@ def test_loading_a_bad_file_names_the_file(tmp_path: Path) -> None:
 
 
 def _expected_round_robin(planned: Deployment, hosts: HostList) -> dict[str, str]:
-    """Each service's instances in the deployment's order, host i mod n of those that may
-    run the service."""
+    """Each service's primary track in the deployment's order, host i mod n of those that
+    may run the service; an instance of another track at host (primaries + ordinal) mod n."""
     expected: dict[str, str] = {}
     for service in ("datastore", "orders", "fulfillment", "gateway"):
         allowed = [h.name for h in hosts.hosts if h.roles is None or service in h.roles]
-        for index, inst in enumerate(i for i in planned.instances if i.service == service):
+        running = [i for i in planned.instances if i.service == service]
+        primaries = [i for i in running if i.track == planned.topology.services.spec(service).track]
+        for index, inst in enumerate(primaries):
             expected[inst.name] = allowed[index % len(allowed)]
+        for inst in running:
+            if inst not in primaries:
+                expected[inst.name] = allowed[(len(primaries) + inst.ordinal) % len(allowed)]
     return expected
+
+
+def _expected_track_ports(planned: Deployment, recorded: dict[str, int]) -> dict[str, int]:
+    """Each instance off its primary track in the deployment's order: the port `recorded`
+    for it, else the lowest of the topology's track range no other instance holds."""
+    ports = dict(recorded)
+    for inst in planned.instances:
+        if inst.track == planned.topology.services.spec(inst.service).track:
+            continue
+        if inst.name not in ports:
+            free = [p for p in planned.topology.track_ports if p not in ports.values()]
+            ports[inst.name] = free[0]
+    return ports
 
 
 def test_instances_go_round_robin_over_the_hosts() -> None:
     topology = _topology(
-        orders={"replicas": 3, "tracks": {"canary": {"replicas": 2, "version": "0.2.0"}}},
+        orders={
+            "replicas": 3,
+            "tracks": {
+                "canary": {"replicas": 2, "version": "0.2.0"},
+                "baseline": {"replicas": 1, "version": "0.1.0"},
+            },
+        },
         gateway={"replicas": 2},
     )
     planned = deployment(topology)
-    hosts = _hosts(3)
+    hosts = _hosts(4)
     placed = {name: host.name for name, host in place(planned, hosts).instances.items()}
     assert placed == _expected_round_robin(planned, hosts)
-    # Spelled out once, so the helper above cannot be wrong the same way as the code.
+    # Spelled out once, so the helper above cannot be wrong the same way as the code:
+    # the other tracks start after the primary track's hosts, side by side by ordinal.
     assert [placed[f"orders-{i}"] for i in range(3)] == ["node1", "node2", "node3"]
-    assert [placed[f"orders-canary-{i}"] for i in range(2)] == ["node1", "node2"]
+    assert [placed[f"orders-canary-{i}"] for i in range(2)] == ["node4", "node1"]
+    assert placed["orders-baseline-0"] == "node4"
     assert [placed[f"gateway-{i}"] for i in range(2)] == ["node1", "node2"]
+
+
+def _running(files: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """Each instance the rendered host_vars list: its host and its port."""
+    found: dict[str, tuple[str, int]] = {}
+    for path, text in files.items():
+        if path.startswith("host_vars/"):
+            host = path.removeprefix("host_vars/").removesuffix(".yml")
+            for inst in yaml.safe_load(text)["yardarm_instances"]:
+                assert int(_env(inst, "PORT")) == inst["port"], inst["name"]
+                found[inst["name"]] = (host, inst["port"])
+    return found
+
+
+def test_a_canary_and_its_baseline_stay_put_while_either_scales() -> None:
+    """A rollout scales one track with the other running: an instance that runs keeps its
+    host and its port (the ports recorded at the last rendering), or the gateways would
+    route to where it no longer listens."""
+    topology = _topology(orders={"replicas": 2})
+    hosts = _hosts(4)
+    ports = topology.track_ports
+    canary = scaled(topology, desired_from(topology), "orders", 1, "canary", "0.2.0")
+    both = scaled(topology, canary, "orders", 1, "baseline", "0.1.0")
+    first = render_inventory(topology, hosts, desired=both)
+    before = _running(first)
+    # After the primary track's two hosts; ports from the bottom of the track range.
+    assert before["orders-canary-0"] == ("node3", ports[0])
+    assert before["orders-baseline-0"] == ("node3", ports[1])
+    recorded = json.loads(first["track-ports.json"])
+    assert recorded == {"orders-canary-0": ports[0], "orders-baseline-0": ports[1]}
+
+    grown = scaled(topology, both, "orders", 2, "canary")
+    second = render_inventory(topology, hosts, desired=grown, recorded_ports=recorded)
+    after = _running(second)
+    assert {name: after[name] for name in before} == before
+    assert after["orders-canary-1"] == ("node4", ports[2])  # the lowest port left
+    recorded = json.loads(second["track-ports.json"])
+    assert recorded == {
+        "orders-canary-0": ports[0],
+        "orders-baseline-0": ports[1],
+        "orders-canary-1": ports[2],
+    }
+
+    # The baseline scales too, then the canary goes: the rest stays where it was.
+    wider = scaled(topology, grown, "orders", 2, "baseline")
+    files = render_inventory(topology, hosts, desired=wider, recorded_ports=recorded)
+    third = _running(files)
+    assert {name: third[name] for name in after} == after
+    assert third["orders-baseline-1"] == ("node4", ports[3])
+    recorded = json.loads(files["track-ports.json"])
+    gone = scaled(topology, wider, "orders", 0, "canary")
+    fourth = _running(render_inventory(topology, hosts, desired=gone, recorded_ports=recorded))
+    assert sorted(fourth) == sorted(n for n in third if not n.startswith("orders-canary-"))
+    assert {name: third[name] for name in fourth} == fourth
 
 
 def test_datastore_replicas_get_distinct_hosts_when_there_are_enough() -> None:
@@ -199,7 +323,7 @@ def test_a_single_gateway_is_noted() -> None:
 
 
 def test_roles_say_which_hosts_run_what() -> None:
-    edge = ["gateway", "haproxy", "nats", "postgres", "prometheus", "controller"]
+    edge = ["gateway", "haproxy", "nats", "postgres", "prometheus"]
     work = ["datastore", "orders", "fulfillment"]
     hosts = _hosts(4, {0: edge, 1: work, 2: work, 3: work})
     planned = deployment(_topology(orders={"replicas": 4}))
@@ -211,7 +335,7 @@ def test_roles_say_which_hosts_run_what() -> None:
         planned, hosts
     )
     assert {part: host.name for part, host in placement.shared.items()} == dict.fromkeys(
-        ["nats", "postgres", "haproxy", "prometheus", "controller"], "node1"
+        ["nats", "postgres", "haproxy", "prometheus"], "node1"
     )
 
 
@@ -237,6 +361,12 @@ def test_a_shared_part_goes_where_it_is_told() -> None:
         (_hosts(2), {"nats": "node9"}, "nats: no host 'node9'"),
         (_hosts(3, {1: ["orders"]}), {"postgres": "node2"}, "may not run it"),
         (_hosts(2), {"redis": "node1"}, "no shared part 'redis'"),
+        # The rollout controller runs off the hosts: no --place for it.
+        (
+            _hosts(2),
+            {"controller": "node1"},
+            r"no shared part 'controller' \(parts: nats, postgres, haproxy, prometheus\)",
+        ),
     ],
 )
 def test_a_deployment_the_hosts_cannot_run_is_refused(
@@ -395,7 +525,6 @@ def _listeners(view: View) -> dict[tuple[str, int], str]:
     add(view.shared("nats"), stack["yardarm_nats"]["monitor_port"], "nats monitor")
     add(view.shared("postgres"), stack["yardarm_postgres"]["port"], "postgres")
     add(view.shared("haproxy"), stack["yardarm_haproxy"]["port"], "haproxy")
-    add(view.shared("controller"), stack["yardarm_controller"]["port"], "controller")
     if stack["yardarm_prometheus"]["enabled"]:
         add(view.shared("prometheus"), stack["yardarm_prometheus"]["port"], "prometheus")
     return listening
@@ -452,6 +581,7 @@ def test_no_two_listeners_on_a_host_share_a_port(case: tuple[Topology, View]) ->
 def test_ports_follow_the_local_targets_port_plan(case: tuple[Topology, View]) -> None:
     topology, view = case
     plan = port_plan(topology)
+    tracks = _expected_track_ports(deployment(topology), {})
     for name, (_host, inst) in _instances(view).items():
         if inst["service"] == "gateway":
             ordinal = int(name.rpartition("-")[2])
@@ -459,13 +589,31 @@ def test_ports_follow_the_local_targets_port_plan(case: tuple[Topology, View]) -
             assert inst["port"] == plan["gateway-0"]
             assert int(_env(inst, "ADMIN_PORT")) == plan[admin]
             continue
-        assert inst["port"] == plan[name], name
+        assert inst["port"] == tracks.get(name, plan[name]), name
         if inst["service"] == "datastore":
             assert int(_env(inst, "RAFT_PORT")) == plan[f"{name}-raft"]
     stack = next(iter(view.hostvars.values()))
     assert stack["yardarm_nats"]["port"] == plan["nats"]
     assert stack["yardarm_postgres"]["port"] == plan["postgres"]
-    assert stack["yardarm_controller"]["port"] == plan["rollouts"]
+    # The rollout controller runs where Ansible does, on no host of the inventory.
+    assert "yardarm_controller" not in stack and "controller" not in view.groups
+
+
+def test_a_fresh_stacks_track_ports_are_the_bottom_of_the_track_range() -> None:
+    """Spelled out once, so `_expected_track_ports` cannot be wrong the same way as the
+    code: in the deployment's order, from the first port of the range."""
+    topology, _view = CASES["tracks"]
+    files = render_inventory(topology, _hosts(3))
+    first = topology.track_ports[0]
+    expected = {
+        "orders-canary-0": first,
+        "orders-canary-1": first + 1,
+        "orders-baseline-0": first + 2,
+        "fulfillment-canary-0": first + 3,
+    }
+    assert json.loads(files["track-ports.json"]) == expected
+    running = _running(files)
+    assert {name: running[name][1] for name in expected} == expected
 
 
 def test_every_address_an_instance_dials_is_one_that_listens(
@@ -530,9 +678,11 @@ def test_haproxy_and_prometheus_reach_what_listens(case: tuple[Topology, View]) 
         for group in groups
     }
     for name, what in scraped.items():
-        # A gateway replica's metrics are on its admin port; the controller's its own.
-        assert what in (name, f"{name} admin", "controller"), (name, what)
-    assert set(scraped) >= set(_instances(view))
+        # A gateway replica's metrics are on its admin port.
+        assert what in (name, f"{name} admin"), (name, what)
+    assert set(scraped) == set(_instances(view))
+    # The rollout controller runs off the hosts, where Prometheus does not reach.
+    assert prometheus["targets"]["rollouts"] == []
 
 
 def test_files_are_where_the_roles_put_them(case: tuple[Topology, View]) -> None:
@@ -670,7 +820,11 @@ def test_the_instances_a_host_runs_follow_the_placement() -> None:
 
 
 def test_every_file_says_what_generates_it() -> None:
-    for path, text in render_inventory(Topology(), _hosts(3)).items():
+    files = render_inventory(Topology(), _hosts(3))
+    # The track ports are JSON, which has no comments: the one file without a header.
+    assert [path for path in files if not path.endswith(".yml")] == ["track-ports.json"]
+    assert json.loads(files.pop("track-ports.json")) == {}
+    for path, text in files.items():
         assert text.startswith("# Generated from the deployment model"), path
         assert "`yardarm ansible inventory`" in text.splitlines()[0], path
 

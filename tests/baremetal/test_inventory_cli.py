@@ -2,7 +2,9 @@
 vault and kept after, a note when they are not issued yet, and the rendered files read
 back: Ansible connects to `ssh_address` while the stack uses `address`, each process
 manager's health gate asks the instance's own listener, and the stack-wide variables
-name every datastore replica and scrape every instance.
+name every datastore replica and scrape every instance. A rollout's state kept beside the
+inventory (`desired.json`, `track-ports.json`) is rendered with it, or refused when it
+cannot be read.
 
 Expectations come from the model (its port functions) and the host list, not from the
 bare-metal target.
@@ -10,15 +12,25 @@ bare-metal target.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
 from yardarm.baremetal.vault import decrypt
 from yardarm.cli import app
-from yardarm.model import SERVICE_NAMES, Topology, deployment
+from yardarm.model import (
+    SERVICE_NAMES,
+    Topology,
+    deployment,
+    deployment_of,
+    desired_from,
+    fingerprint,
+    scaled,
+)
 
 runner = CliRunner()
 PASSWORD = "correct horse battery staple"
@@ -243,3 +255,138 @@ def test_the_stack_wide_variables_name_every_replica_and_scrape_every_instance(
             )
             expected[inst.name] = [netloc(inst.name, port)]
         assert scraped == expected, service
+
+
+# --- the state a rollout keeps ------------------------------------------------------------
+
+DESIRED = "desired.json"
+TRACK_PORTS = "track-ports.json"
+
+
+def test_a_rollouts_desired_state_beside_the_inventory_is_rendered(tmp_path: Path) -> None:
+    """The rollout controller keeps the desired state and the track ports beside the
+    inventory; rendering again runs its tracks, each instance at the port it was given."""
+    hosts, config, _password = _files(tmp_path)
+    topology = Topology.model_validate(CONFIG)
+    out = tmp_path / "inventory"
+    out.mkdir()
+    desired = scaled(topology, desired_from(topology), "orders", 2, "canary")
+    (out / DESIRED).write_text(desired.model_dump_json())
+    ports = topology.track_ports
+    (out / TRACK_PORTS).write_text(json.dumps({"orders-canary-0": ports[5]}))
+    result = _inventory(hosts, config, out)
+    assert result.exit_code == 0, result.output
+    found = _instances(out)
+    assert set(found) == {inst.name for inst in deployment_of(topology, desired).instances}
+    # After the two primaries' hosts (edge, node2), by ordinal; the port kept, else the
+    # lowest of the track range left.
+    assert found["orders-canary-0"][0] == "node3"
+    assert found["orders-canary-0"][1]["port"] == ports[5]
+    assert found["orders-canary-1"][0] == "edge"
+    assert found["orders-canary-1"][1]["port"] == ports[0]
+    for name in ("orders-canary-0", "orders-canary-1"):
+        assert found[name][1]["env"]["YARDARM_ORDERS_PORT"] == str(found[name][1]["port"])
+    assert json.loads((out / TRACK_PORTS).read_text()) == {
+        "orders-canary-0": ports[5],
+        "orders-canary-1": ports[0],
+    }
+    assert json.loads((out / DESIRED).read_text()) == json.loads(desired.model_dump_json())
+    scraped = _read(out / "group_vars" / "all" / "main.yml")["yardarm_prometheus"]["targets"]
+    assert {group["labels"]["instance"] for group in scraped["orders"]} >= {
+        "orders-canary-0",
+        "orders-canary-1",
+    }
+    # Rendered again from the same state, nothing changes.
+    assert _inventory(hosts, config, out, "--check").exit_code == 0
+
+
+def test_a_desired_state_from_another_model_is_ignored(tmp_path: Path) -> None:
+    """A desired state left from before yardarm.yaml changed describes other services:
+    the model's own instances run instead, as `yardarm up` does with one."""
+    hosts, config, _password = _files(tmp_path)
+    topology = Topology.model_validate(CONFIG)
+    out = tmp_path / "inventory"
+    out.mkdir()
+    desired = scaled(topology, desired_from(topology), "orders", 3, "canary")
+    other = desired.model_copy(update={"source": fingerprint(Topology())})
+    assert other.source != desired.source
+    (out / DESIRED).write_text(other.model_dump_json())
+    result = _inventory(hosts, config, out)
+    assert result.exit_code == 0, result.output
+    assert set(_instances(out)) == {inst.name for inst in deployment(topology).instances}
+    # The same state from this model is rendered: only its source made the difference.
+    (out / DESIRED).write_text(desired.model_dump_json())
+    result = _inventory(hosts, config, out)
+    assert result.exit_code == 0, result.output
+    assert {"orders-canary-1", "orders-canary-2"} <= set(_instances(out))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        (DESIRED, b'{"source": "abc", "services": {'),
+        (DESIRED, b'{"source": 1, "services": []}'),
+        (DESIRED, b"\xff\xfe not text"),
+        (TRACK_PORTS, b"{not json"),
+        (TRACK_PORTS, b"[4000, 4001]"),
+        (TRACK_PORTS, b'{"orders-canary-0": "4000"}'),
+        (TRACK_PORTS, b"\xff\xfe not text"),
+    ],
+)
+def test_a_kept_state_that_cannot_be_read_fails_the_command(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    """Rendering without it would stop a rollout's instances or move their ports: the
+    command stops, names the file's folder, and writes nothing."""
+    out = _rendered(tmp_path)
+    hosts, config = tmp_path / "hosts.yml", tmp_path / "yardarm.yaml"
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    (out / name).write_bytes(content)
+    for args in ((), ("--check",)):
+        result = _inventory(hosts, config, out, *args)
+        assert result.exit_code == 1, result.output
+        text = _text(result)
+        assert "cannot read the state kept in" in text and "fix or remove the file" in text
+        assert str(out) in _squeezed(result)
+    after = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert after == {**before, out / name: content}
+
+
+def _controller(hosts: Path, config: Path, out: Path, password: Path) -> Result:
+    return runner.invoke(
+        app,
+        ["ansible", "controller", "--hosts", str(hosts), "-c", str(config), "-i", str(out),
+         "--vault-password-file", str(password)],
+        env={"ANSIBLE_VAULT_PASSWORD_FILE": None},
+    )  # fmt: skip
+
+
+def test_the_controller_refuses_an_inventory_that_differs_from_the_model(
+    tmp_path: Path,
+) -> None:
+    """It would change the hosts by an inventory the operator never converged."""
+    hosts, config, password = _files(tmp_path)
+    out = tmp_path / "inventory"
+    assert _inventory(hosts, config, out, "--vault-password-file", str(password)).exit_code == 0
+    changed = {**CONFIG, "services": {**CONFIG["services"], "orders": {"replicas": 3}}}
+    config.write_text(yaml.safe_dump(changed))
+    result = _controller(hosts, config, out, password)
+    assert result.exit_code == 1, result.output
+    assert "differs from the model" in _text(result) and "host_vars/" in _squeezed(result)
+    assert "run `yardarm ansible inventory` with the same options" in _text(result)
+    assert not (out / ".controller").exists()  # nothing issued, nothing served
+
+
+def test_the_controller_needs_the_vault_and_its_password(tmp_path: Path) -> None:
+    hosts, config, password = _files(tmp_path)
+    out = tmp_path / "inventory"
+    assert _inventory(hosts, config, out).exit_code == 0  # no vault issued
+    missing = _controller(hosts, config, out, password)
+    assert missing.exit_code == 1 and "vault.yml" in _squeezed(missing), missing.output
+    assert _inventory(hosts, config, out, "--vault-password-file", str(password)).exit_code == 0
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password\n")
+    refused = _controller(hosts, config, out, wrong)
+    assert refused.exit_code == 1, refused.output
+    assert "does not open with this vault password" in _text(refused)
+    assert not (out / ".controller").exists()

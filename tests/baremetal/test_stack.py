@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -21,9 +22,11 @@ from tests.baremetal.conftest import (
     ANSIBLE_DIR,
     PLACE,
     STACK_CONFIG,
+    VAULT_PASSWORD,
     AnsibleRun,
     SshHost,
     StackInventory,
+    host_list,
     run_ansible,
     ssh_command,
 )
@@ -35,6 +38,7 @@ from yardarm.tracing_view import Span, iter_spans
 
 SITE = str(ANSIBLE_DIR / "site.yml")
 UPGRADE = str(ANSIBLE_DIR / "upgrade.yml")
+TRACKS = str(ANSIBLE_DIR / "tracks.yml")
 # The load during the rolling upgrade: steady (open loop), bounded in time and count;
 # it is stopped (SIGINT, which prints the summary) once the upgrade is over.
 LOAD_RATE = 20
@@ -43,6 +47,17 @@ LOAD_MAX_REQUESTS = 18_000
 # Load before and after the upgrade, so the summary covers the whole of it.
 LOAD_MARGIN_S = 3.0
 VENV_PYTHON = "/opt/yardarm/venv/bin/python"
+# The canary: one step of 50%, short, so the judge's minimum samples are lowered (as
+# the local rollout tests lower them), scaled back up by YARDARM_TEST_SCALE.
+SCALE = max(1, int(os.environ.get("YARDARM_TEST_SCALE", "1")))
+CANARY_STEP_S = 20.0 * SCALE
+CANARY_ENV = {
+    "YARDARM_ROLLOUTS_MIN_REQUESTS": str(25 * SCALE),
+    "YARDARM_ROLLOUTS_MIN_LATENCY_POINTS": str(6 * SCALE),
+    "YARDARM_ROLLOUTS_MAX_INCONCLUSIVE": "6",
+}
+CANARY_BOUND_S = 900.0  # four playbook runs (start, handover, promote, stop) and the step
+RUNNING = ("progressing", "paused")
 # Each task's time in a playbook's output (after the recap).
 TASK_TIMES = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"}
 # Ad-hoc commands' results as one JSON document.
@@ -253,6 +268,10 @@ def _pids(inventory: StackInventory) -> dict[str, str]:
 def test_a_converge_changes_only_what_the_model_changed(
     hosts: list[SshHost], inventory: StackInventory, wheelhouse: Path, converged: AnsibleRun
 ) -> None:
+    # Two converges (about 2.5 min); the canary test below proves the same of the
+    # rollout controller's runs on every scale.
+    if SCALE < 2:
+        pytest.skip("a scale-down and back converges twice: YARDARM_TEST_SCALE=2 runs it")
     before = _pids(inventory)
     config = yaml.safe_load(STACK_CONFIG)
     config["services"]["orders"] = {"replicas": 1}
@@ -372,9 +391,147 @@ def test_prometheus_scrapes_every_instance(
     assert poll("every instance scraped and up", all_up, bound_s=60.0)
 
 
-def test_site_passes_the_syntax_check() -> None:
-    run = run_ansible("ansible-playbook", "--syntax-check", "-i", "localhost,", SITE, timeout=120)
+def _start_controller(
+    hosts: list[SshHost], inventory: StackInventory, folder: Path
+) -> subprocess.Popen[str]:
+    """`yardarm ansible controller` for the test stack, as an operator runs it."""
+    hosts_file, config = folder / "hosts.yml", folder / "yardarm.yaml"
+    hosts_file.write_text(yaml.safe_dump(host_list(hosts).model_dump(exclude_none=True)))
+    config.write_text(STACK_CONFIG)
+    place = [arg for part, host in PLACE.items() for arg in ("--place", f"{part}={host}")]
+    return subprocess.Popen(
+        ["uv", "run", "--frozen", "yardarm", "ansible", "controller", "--hosts", str(hosts_file),
+         "-c", str(config), "-i", str(inventory.directory), *place,
+         "--vault-password-file", str(inventory.vault_password_file)],
+        env={**os.environ, **inventory.settings(), **CANARY_ENV},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _placed_tracks(inventory: StackInventory) -> set[tuple[str, str]]:
+    """(host, instance) of every orders instance off the stable track the inventory places."""
+    return {
+        (path.stem, inst["name"])
+        for path in (inventory.directory / HOST_VARS_DIR).glob("*.yml")
+        for inst in yaml.safe_load(path.read_text())["yardarm_instances"]
+        if inst["service"] == "orders" and inst["track"] != "stable"
+    }
+
+
+@pytest.mark.timeout(1800)
+def test_a_canary_through_the_bare_metal_controller_completes(
+    hosts: list[SshHost], inventory: StackInventory, converged: AnsibleRun, tmp_path: Path
+) -> None:
+    """orders 0.2.0 as a canary under load: the canary and its baseline start on the
+    host that runs no stable orders, take half the traffic through the gateways'
+    weights, are judged on Prometheus' numbers, and the promotion replaces the stable
+    instances; no request fails."""
+    topology = inventory.topology
+    api = f"http://127.0.0.1:{topology.rollouts_port}"
+    entry = next(host for host in hosts if host.name == PLACE["haproxy"])
+    url = f"http://127.0.0.1:{entry.http_port}"
+    secrets = decrypt(inventory.directory / VAULT_FILE, VAULT_PASSWORD)
+    headers = {"Authorization": f"Bearer {secrets['yardarm_secrets']['tokens']['admin']}"}
+    before = _pids(inventory)
+    controller = _start_controller(hosts, inventory, tmp_path)
+    load: subprocess.Popen[str] | None = None
+    seen: set[tuple[str, str]] = set()
+    try:
+        with httpx.Client(base_url=api, headers=headers, timeout=30.0) as http:
+            poll("the controller", lambda: _answer(http, "/readyz"), bound_s=120.0)
+            load = subprocess.Popen(
+                ["uv", "run", "--frozen", "yardarm", "load", "--url", url, "--rate",
+                 str(LOAD_RATE), "--connections", "8", "--duration", LOAD_BOUND,
+                 "--max-requests", str(LOAD_MAX_REQUESTS), "--timeout", "10s", "--seed", "23",
+                 "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            time.sleep(LOAD_MARGIN_S)
+            started = http.post(
+                "/rollouts",
+                json={"service": "orders", "version": "0.2.0", "steps": [50, 100],
+                      "step_duration_s": CANARY_STEP_S, "analysis_interval_s": 5.0},
+            )  # fmt: skip
+            assert started.status_code == 201, started.text
+            deadline = time.monotonic() + CANARY_BOUND_S
+            while (ended := http.get("/rollouts/orders").json())["phase"] in RUNNING:
+                seen |= _placed_tracks(inventory)
+                assert time.monotonic() < deadline, ended
+                time.sleep(1.0)
+            assert load.poll() is None, "the load ended before the rollout did"
+            time.sleep(LOAD_MARGIN_S)
+    finally:
+        if load is not None and load.poll() is None:
+            load.send_signal(signal.SIGINT)
+        controller.send_signal(signal.SIGINT)
+        try:
+            log, _ = controller.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            controller.kill()
+            log, _ = controller.communicate()
+    events = [event["message"] for event in ended["events"]]
+    assert ended["phase"] == "completed", (events, log[-6000:])
+    # The canary and its baseline ran side by side on the host without stable orders;
+    # for the handover the canary ran at stable's size, its second instance on host1.
+    assert seen == {
+        ("host3", "orders-canary-0"),
+        ("host3", "orders-baseline-0"),
+        ("host1", "orders-canary-1"),
+    }, seen
+    assert _placed_tracks(inventory) == set()
+    orders = [
+        inst
+        for host in hosts
+        for inst in _host_vars(inventory, host.name)["yardarm_instances"]
+        if inst["service"] == "orders"
+    ]
+    assert {(inst["name"], inst["version"]) for inst in orders} == {
+        ("orders-0", "0.2.0"),
+        ("orders-1", "0.2.0"),
+    }
+    # Only the promoted instances restarted: no gateway, replica or consumer did.
+    after = _pids(inventory)
+    restarted = {name for name, pid in before.items() if after.get(name) != pid}
+    assert restarted == {"orders-0", "orders-1"}, (before, after)
+    programs = _command(inventory, "all", "supervisorctl status")
+    running = {line.split()[0] for text in programs.values() for line in text.splitlines()}
+    assert not {name for name in running if "canary" in name or "baseline" in name}, programs
+    assert load is not None
+    out, err = load.communicate(timeout=120)
+    summary = json.loads(out)
+    failed = {key: summary[key] for key in ("server_errors", "transport_errors", "dropped")}
+    took = ended["events"][-1]["at"] - ended["events"][0]["at"]
+    print(
+        f"canary: {took:.0f} s from start to completed, {len(events)} events; load:"
+        f" {summary['requests']} requests, {failed}, latency {summary['latency_ms']}"
+    )
+    assert failed == dict.fromkeys(failed, 0), (summary, err[-2000:])
+
+
+def _answer(http: httpx.Client, path: str) -> bool:
+    try:
+        return http.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.parametrize("playbook", [SITE, UPGRADE, TRACKS])
+def test_the_playbooks_pass_the_syntax_check(playbook: str) -> None:
+    run = run_ansible(
+        "ansible-playbook", "--syntax-check", "-i", "localhost,", playbook, timeout=120
+    )
     assert run.returncode == 0, _shown(run)
+
+
+def test_tracks_refuses_a_run_without_its_service(tmp_path: Path) -> None:
+    """Run without `-e yardarm_tracks_service` (or with the datastore), the playbook
+    stops before it touches a host."""
+    for extra in ([], ["-e", "yardarm_tracks_service=datastore"]):
+        run = run_ansible(
+            "ansible-playbook", "-i", "localhost,", *extra, TRACKS, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2, _shown(run)
+        assert "give -e yardarm_tracks_service=orders, fulfillment or gateway" in run.output
 
 
 def test_the_playbooks_pass_ansible_lint_production() -> None:

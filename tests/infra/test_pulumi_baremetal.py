@@ -313,8 +313,8 @@ def test_hosts_that_cannot_run_the_gateways_replicas_are_refused(
         r"pulumi config set --path 'yardarm:hosts\[2\]\.name' node3 && ",
     ):
         run(monkeypatch, work_root, two, recorder)
-    roles = ["datastore", "orders", "fulfillment", "nats", "postgres", "haproxy", "controller"]
-    no_gateway = [{**host, "roles": [*roles, "prometheus"]} for host in HOSTS]
+    roles = ["datastore", "orders", "fulfillment", "nats", "postgres", "haproxy", "prometheus"]
+    no_gateway = [{**host, "roles": roles} for host in HOSTS]
     with pytest.raises(ConfigError, match=r"no host may run gateway.*roles\[<j>\]' <role>"):
         run(monkeypatch, work_root, settings_of(wheelhouse, hosts=no_gateway), recorder)
     assert recorder.resources == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from yardarm.local.plan import port_plan, track_ports
+from yardarm.local.plan import port_plan
 from yardarm.local.render import instances
 from yardarm.model import (
     Deployment,
@@ -24,6 +24,7 @@ from yardarm.model import (
     instance_settings,
     load_topology,
     scaled,
+    track_ports,
     validate_file,
 )
 

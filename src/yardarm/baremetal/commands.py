@@ -68,8 +68,8 @@ def inventory(
         typer.Option(
             "--place",
             metavar="PART=HOST",
-            help="PART=HOST: run a shared part (nats, postgres, haproxy, prometheus, "
-            "controller) on that host (default: the first host whose roles allow it).",
+            help="PART=HOST: run a shared part (nats, postgres, haproxy, prometheus) on "
+            "that host (default: the first host whose roles allow it).",
         ),
     ] = None,
     check: Annotated[
@@ -88,18 +88,25 @@ def inventory(
     """Render the Ansible inventory (inventory.yml, group_vars, host_vars) of the stack
     that `-c yardarm.yaml` describes on the hosts `--hosts` lists."""
     from yardarm.baremetal.hosts import HostsError, load_hosts
-    from yardarm.baremetal.inventory import HOST_VARS_DIR, render_inventory
+    from yardarm.baremetal.inventory import (
+        HOST_VARS_DIR,
+        planned_deployment,
+        read_state,
+        render_inventory,
+    )
     from yardarm.baremetal.target import PlacementError, place
     from yardarm.images.specs import ImagesError, source_root
-    from yardarm.model import Topology, TopologyError, deployment, load_topology
+    from yardarm.model import Topology, TopologyError, load_topology
 
     shared = _shared(place_on or [])
     try:
         hosts = load_hosts(hosts_file)
         topology = Topology() if config is None else load_topology(config)
-        notes = place(deployment(topology), hosts, shared).notes
-        files = render_inventory(topology, hosts, shared)
         directory = output or source_root() / INVENTORIES_DIR / topology.environment
+        # What the rollout controller keeps: a rollout's tracks, their ports.
+        desired, ports = read_state(directory)
+        notes = place(planned_deployment(topology, desired), hosts, shared).notes
+        files = render_inventory(topology, hosts, shared, desired, ports)
     except HostsError as exc:
         raise fail(
             str(exc), "fix the host list (ansible/hosts.example.yml shows its keys)"
@@ -191,3 +198,116 @@ def wheelhouse(
         raise fail(exc.message, exc.hint) from exc
     size = sum(wheel.stat().st_size for wheel in wheels) / 1e6
     console.print(f"[green]{len(wheels)} wheels ({size:.0f} MB) in {escape(str(output))}[/]")
+
+
+CONTROLLER_DIR = ".controller"  # in the inventory directory: the controller's own files
+
+
+@app.command("controller")
+def controller(
+    hosts_file: Annotated[
+        Path, typer.Option("--hosts", help="The host list the inventory was rendered from.")
+    ],
+    vault_password_file: Annotated[
+        Path,
+        typer.Option(
+            "--vault-password-file",
+            envvar="ANSIBLE_VAULT_PASSWORD_FILE",
+            help="The inventory's ansible-vault password (the admin token is in the vault).",
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="yardarm.yaml (default: the defaults)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--inventory",
+            "-i",
+            help="Inventory directory (default: ansible/inventories/<environment>).",
+        ),
+    ] = None,
+    place_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--place", metavar="PART=HOST", help="As given to `yardarm ansible inventory`."
+        ),
+    ] = None,
+) -> None:
+    """Run the stack's rollout controller here, until Ctrl-C: `yardarm rollout` then
+    reaches it with YARDARM_ROLLOUTS_URL and YARDARM_ADMIN_TOKEN_FILE (printed at start).
+    It changes the hosts with ansible/tracks.yml, so run it where `ansible-playbook`
+    reaches them (the same ANSIBLE_* settings, SSH key and all)."""
+    import os
+
+    from pydantic import ValidationError
+
+    from yardarm.baremetal.controller import LISTEN, serve
+    from yardarm.baremetal.hosts import HostsError, load_hosts
+    from yardarm.baremetal.inventory import read_state, render_inventory
+    from yardarm.baremetal.rollout_effects import BareMetalStack
+    from yardarm.baremetal.target import PlacementError
+    from yardarm.baremetal.vault import VAULT_FILE, VaultError, decrypt, read_password
+    from yardarm.images.specs import ImagesError, source_root
+    from yardarm.model import Topology, TopologyError, load_topology
+    from yardarm.rollout.settings import ControllerSettings
+
+    shared = _shared(place_on or [])
+    try:
+        hosts = load_hosts(hosts_file)
+        topology = Topology() if config is None else load_topology(config)
+        root = source_root()
+        directory = output or root / INVENTORIES_DIR / topology.environment
+        desired, ports = read_state(directory)
+        files = render_inventory(topology, hosts, shared, desired, ports)
+        if not (directory / VAULT_FILE).is_file():
+            raise VaultError(
+                f"no {directory / VAULT_FILE}: issue the stack's secrets with `yardarm ansible "
+                "inventory --vault-password-file F` and converge with site.yml first"
+            )
+        password = read_password(vault_password_file)
+        secrets = decrypt(directory / VAULT_FILE, password)
+        tuning = ControllerSettings()
+    except HostsError as exc:
+        raise fail(str(exc), "fix the host list") from exc
+    except TopologyError as exc:
+        raise fail(str(exc), "fix the file, or check it with `yardarm validate`") from exc
+    except ImagesError as exc:
+        raise fail(exc.message, "run it inside the yardarm repository") from exc
+    except ValidationError as exc:
+        raise fail(f"YARDARM_ROLLOUTS_*: {exc.errors()[0]['msg']}") from exc
+    except (PlacementError, VaultError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    stale = [
+        relative
+        for relative, text in files.items()
+        if not (directory / relative).is_file() or (directory / relative).read_text() != text
+    ]
+    if stale:
+        raise fail(
+            f"the inventory in {directory} differs from the model ({', '.join(stale)})",
+            "run `yardarm ansible inventory` with the same options and converge with site.yml",
+        )
+    state_dir = directory / CONTROLLER_DIR
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    token_file = state_dir / "admin-token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets["yardarm_secrets"]["tokens"]["admin"] + "\n")
+    stack = BareMetalStack(
+        topology=topology,
+        hosts=hosts,
+        inventory=directory.resolve(),
+        ansible=root / "ansible",
+        shared=shared,
+        settings={"ANSIBLE_VAULT_PASSWORD_FILE": str(vault_password_file.resolve())},
+    )
+    console.print(
+        f"rollout controller on http://{LISTEN}:{topology.rollouts_port}; in another shell:\n"
+        f"  export YARDARM_ROLLOUTS_URL=http://{LISTEN}:{topology.rollouts_port}"
+        f" YARDARM_ADMIN_TOKEN_FILE={escape(str(token_file.resolve()))}"
+    )
+    code = serve(stack, secrets["yardarm_secrets"]["tokens"]["admin"], tuning, state_dir)
+    if code:
+        raise typer.Exit(code)

@@ -28,7 +28,6 @@ Role = Literal[
     "postgres",
     "haproxy",
     "prometheus",
-    "controller",
 ]
 # An inventory host name is also the name of its host_vars file.
 HOST_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -67,11 +66,16 @@ class Host(BaseModel):
     # Where Ansible connects when it is not `address` (a NAT or a port forward in front
     # of the host's SSH); the stack itself always uses `address`.
     ssh_address: str | None = None
+    # Where the operator's machine reaches the host's service ports when it is not
+    # `address` (a port forward or tunnel): the rollout controller that
+    # `yardarm ansible controller` runs there talks to the datastore, the gateways'
+    # admin ports and Prometheus through it.
+    control_address: str | None = None
     ssh_port: int = Field(default=22, ge=1, le=65535)
     user: str = "root"
     roles: list[Role] | None = Field(default=None, min_length=1)
 
-    @field_validator("address", "ssh_address")
+    @field_validator("address", "ssh_address", "control_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         return None if value is None else check_address(value)
@@ -100,8 +104,16 @@ class Host(BaseModel):
 
     def netloc(self, port: int) -> str:
         """`address:port`, an IPv6 address in brackets (as URLs and NATS want it)."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{port}"
+        return _netloc(self.address, port)
+
+    def control_netloc(self, port: int) -> str:
+        """`netloc` as the operator's machine reaches it (`control_address`)."""
+        return _netloc(self.control_address or self.address, port)
+
+
+def _netloc(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}"
 
 
 class HostList(BaseModel):

@@ -3,18 +3,24 @@ host list.
 
 `inventory.yml` says how Ansible reaches each host and which groups it is in (one per
 service it runs an instance of, and one per shared part: `nats`, `postgres`, `haproxy`,
-`prometheus`, `controller`); `group_vars/all/main.yml` holds what the whole stack shares
+`prometheus`); `group_vars/all/main.yml` holds what the whole stack shares
 (flag files, databases, where the shared parts listen, where the credentials go: paths
 only, never a secret); `host_vars/<host>.yml` lists the instances a host runs, each with
 every setting `instance_settings` gives it through `BareMetalTarget`. The roles only
 copy these into place, so a bare-metal stack runs with the settings every other target
 gives the same model.
+
+The instances are those of the desired state (`desired.json` beside the inventory, which
+the rollout controller keeps: a rollout's tracks, a promoted version), else the model's
+own; a desired state left from another model is ignored, as `yardarm up` ignores one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 from yardarm.baremetal.hosts import Host, HostList
@@ -31,7 +37,16 @@ from yardarm.baremetal.target import (
     version_flags_file,
 )
 from yardarm.databases import SERVICE_DATABASES
-from yardarm.model import SERVICE_NAMES, Deployment, Instance, Topology, deployment, pinned
+from yardarm.model import (
+    SERVICE_NAMES,
+    Deployment,
+    DesiredState,
+    Instance,
+    Topology,
+    current_for,
+    deployment_of,
+    pinned,
+)
 from yardarm.observability.scrape import (
     duration,
     prometheus_config,
@@ -43,6 +58,10 @@ from yardarm.observability.scrape import (
 COMMAND: Final = "yardarm ansible inventory"
 SOURCE: Final = "the deployment model (yardarm.yaml) and the host list"
 INVENTORY_FILE: Final = "inventory.yml"
+DESIRED_FILE: Final = "desired.json"  # the desired state, beside the inventory
+# Each instance off its primary track and the port it was given (kept, as the local
+# target keeps its own, so a running instance never changes port).
+TRACK_PORTS_FILE: Final = "track-ports.json"
 GROUP_VARS_FILE: Final = "group_vars/all/main.yml"
 HOST_VARS_DIR: Final = "host_vars"
 PROMETHEUS_DIR: Final = "/etc/yardarm/prometheus"  # its config and rule files
@@ -177,10 +196,6 @@ def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
             "urls": [target.url(inst, inst) for inst in planned.of("datastore")],
         },
         "yardarm_rolling": _rolling(planned, target),
-        "yardarm_controller": {
-            "host": shared["controller"].address,
-            "port": topology.rollouts_port,
-        },
     }
     prometheus = topology.prometheus
     document["yardarm_prometheus"] = {"enabled": prometheus.enabled}
@@ -189,10 +204,10 @@ def _group_vars(planned: Deployment, target: BareMetalTarget) -> dict[str, Any]:
         def metrics(inst: Instance) -> str:
             return target.host(inst).netloc(_probe_port(target, inst))
 
-        controller = shared["controller"].netloc(topology.rollouts_port)
+        # The rollout controller runs off the hosts (where Ansible is): not scraped.
         targets = {
             job: target_groups(found, topology.environment)
-            for job, found in scrape_targets(planned, metrics, controller).items()
+            for job, found in scrape_targets(planned, metrics).items()
         }
         interval = duration(prometheus.scrape_interval_s)
         document["yardarm_prometheus"] |= {
@@ -294,16 +309,27 @@ def _templated(value: Any, path: str) -> str | None:
     return None
 
 
+def planned_deployment(topology: Topology, desired: DesiredState | None = None) -> Deployment:
+    """What the hosts run: the desired state's instances when it derives from this
+    topology, else the topology's own."""
+    return deployment_of(topology, current_for(topology, desired))
+
+
 def render_inventory(
-    topology: Topology, hosts: HostList, shared: Mapping[str, str] | None = None
+    topology: Topology,
+    hosts: HostList,
+    shared: Mapping[str, str] | None = None,
+    desired: DesiredState | None = None,
+    recorded_ports: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """The inventory's files by path relative to the inventory directory, for the
-    topology's initial deployment on `hosts` (`shared`: part -> host name, see `place`)."""
+    deployment `desired` gives (see `planned_deployment`) on `hosts` (`shared`: part ->
+    host name, see `place`), the track ports `recorded_ports` kept."""
     from yardarm.observability.yamltext import dump
 
-    planned = deployment(topology)
+    planned = planned_deployment(topology, desired)
     placement = place(planned, hosts, shared)
-    target = BareMetalTarget(planned, placement)
+    target = BareMetalTarget(planned, placement, recorded_ports)
     documents = {
         INVENTORY_FILE: _inventory(hosts, placement, planned),
         GROUP_VARS_FILE: _group_vars(planned, target),
@@ -316,4 +342,31 @@ def render_inventory(
                 f"{where}: Ansible would read this value as a template ({', '.join(JINJA_MARKERS)}"
                 "); change it in yardarm.yaml"
             )
-    return {path: dump(document, SOURCE, COMMAND) for path, document in documents.items()}
+    files = {path: dump(document, SOURCE, COMMAND) for path, document in documents.items()}
+    files[TRACK_PORTS_FILE] = json.dumps(target.track_ports, indent=2, sort_keys=True) + "\n"
+    return files
+
+
+def read_state(directory: Path) -> tuple[DesiredState | None, dict[str, int]]:
+    """The desired state and the track ports kept beside an inventory (None and {} when
+    there are none yet); a file that cannot be read is an error, never skipped, since
+    rendering without it would move or stop running instances."""
+    desired: DesiredState | None = None
+    ports: dict[str, int] = {}
+    try:
+        # lexists: a directory or a dangling link there is an error too, not "none".
+        if os.path.lexists(directory / DESIRED_FILE):
+            desired = DesiredState.model_validate_json((directory / DESIRED_FILE).read_text())
+        if os.path.lexists(directory / TRACK_PORTS_FILE):
+            found = json.loads((directory / TRACK_PORTS_FILE).read_text())
+            if not isinstance(found, dict) or not all(
+                isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535
+                for port in found.values()
+            ):
+                raise ValueError("expected an object of instance names and ports")
+            ports = found
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot read the state kept in {directory}: {exc}; fix or remove the file"
+        ) from exc
+    return desired, ports

@@ -92,7 +92,7 @@ async def _publish(plan: RollingPlan, keep: dict[str, list[PlanEndpoint]]) -> di
         version = max(version, await writer.publish(upstream, listed))
     late = await writer.wait_applied(version, APPLY_TIMEOUT_S)
     # A gateway that is down routes nothing; one that is up but late is an error.
-    stuck = [url for url in late if await _answers(url)]
+    stuck = [url for url in late if await answers(url)]
     if stuck:
         raise RollingError(
             f"gateways {', '.join(stuck)} did not apply routing version {version} within "
@@ -101,7 +101,8 @@ async def _publish(plan: RollingPlan, keep: dict[str, list[PlanEndpoint]]) -> di
     return {"version": version, "endpoints": {u: len(e) for u, e in keep.items()}}
 
 
-async def _answers(admin_url: str) -> bool:
+async def answers(admin_url: str) -> bool:
+    """Whether a gateway's admin port answers at all (one that is down routes nothing)."""
     try:
         async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
             await client.get(f"{admin_url}/readyz")

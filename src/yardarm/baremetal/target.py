@@ -21,14 +21,17 @@ from typing import Final
 from yardarm.baremetal.hosts import Host, HostList
 from yardarm.credentials import CredentialFiles, StackCredentials
 from yardarm.model import SERVICE_NAMES, Deployment, Instance, TlsFiles, release_pins
+from yardarm.model import track_ports as assign_track_ports
 
 CONFIG_DIR: Final = "/etc/yardarm"  # the stack home's layout: tokens, access document
 FLAGS_DIR: Final = "/etc/yardarm/flags"
 FLAGS_FILE: Final = "flags.json"
 STATE_ROOT: Final = "/var/lib/yardarm"  # one directory per instance below it
 POSTGRES_USER: Final = "yardarm"
-# The stack's parts besides the services' instances, one host each.
-SHARED_PARTS: Final = ("nats", "postgres", "haproxy", "prometheus", "controller")
+# The stack's parts besides the services' instances, one host each. The rollout
+# controller is not one: it runs where Ansible and the SSH keys are (`yardarm ansible
+# controller`), since it changes the hosts through site.yml's roles.
+SHARED_PARTS: Final = ("nats", "postgres", "haproxy", "prometheus")
 
 
 class PlacementError(ValueError):
@@ -59,9 +62,11 @@ def _allowed(hosts: HostList, role: str) -> list[Host]:
 def place(
     deployment: Deployment, hosts: HostList, shared: Mapping[str, str] | None = None
 ) -> Placement:
-    """Each service's instances round-robin over the hosts that may run it, in the
-    deployment's order (the primary track's first), each from the first such host; each
-    shared part on the host `shared` names for it, else the first host that may run it.
+    """Each service's primary track round-robin over the hosts that may run it, from
+    the first such host, and each other track's instances over the hosts after those,
+    by ordinal (so a canary and its baseline sit side by side, and neither moves when
+    the other scales); each shared part on the host `shared` names for it, else the
+    first host that may run it.
 
     The datastore's replicas land on distinct hosts when there are as many hosts for it
     as replicas; with fewer they wrap around (their ports differ, so they still run, but
@@ -91,8 +96,12 @@ def place(
                 f"{len(running)} datastore replicas on {len(allowed)} host(s): some hosts run "
                 "two, so losing one of them loses more than one Raft vote"
             )
+        primaries = sum(1 for inst in running if inst.primary)
         for index, inst in enumerate(running):
-            instances[inst.name] = allowed[index % len(allowed)]
+            # A track's instance keeps its host while other tracks come and go: the
+            # hosts after the primary track's, by its ordinal.
+            at = index if inst.primary else primaries + inst.ordinal
+            instances[inst.name] = allowed[at % len(allowed)]
     chosen = dict(shared or {})
     unknown = sorted(set(chosen) - set(SHARED_PARTS))
     if unknown:
@@ -115,16 +124,14 @@ def place(
     return Placement(instances, parts, tuple(notes))
 
 
-def track_ports(deployment: Deployment) -> dict[str, int]:
-    """The port of each instance off its service's primary track: the topology's track
-    range in deployment order, as the local plan hands them out to a new stack."""
-    wanted = [inst.name for inst in deployment.instances if not inst.primary]
-    ports = deployment.topology.track_ports
-    if len(wanted) > len(ports):
-        raise PlacementError(
-            f"{len(wanted)} instances off their primary track; at most {len(ports)} have a port"
-        )
-    return dict(zip(wanted, ports, strict=False))
+def track_ports(deployment: Deployment, recorded: Mapping[str, int]) -> dict[str, int]:
+    """The port of each instance off its service's primary track, handed out as the local
+    plan does: the one it had (`recorded`), else the lowest free one of the topology's
+    track range (so a running instance never changes port while a rollout scales)."""
+    try:
+        return assign_track_ports(deployment, recorded)
+    except ValueError as exc:
+        raise PlacementError(str(exc)) from exc
 
 
 def version_flags_file(instance: Instance) -> str:
@@ -135,7 +142,12 @@ def version_flags_file(instance: Instance) -> str:
 class BareMetalTarget(CredentialFiles):
     """Host addresses and the model's ports; files at the fixed paths the roles install."""
 
-    def __init__(self, deployment: Deployment, placement: Placement) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        placement: Placement,
+        recorded_ports: Mapping[str, int] | None = None,
+    ) -> None:
         self.deployment = deployment
         self.topology = deployment.topology
         self.placement = placement
@@ -150,7 +162,7 @@ class BareMetalTarget(CredentialFiles):
         ]
         if missing:
             raise PlacementError(f"no host for {', '.join(missing)}")
-        self.track_ports = track_ports(deployment)
+        self.track_ports = track_ports(deployment, recorded_ports or {})
 
     def host(self, instance: Instance) -> Host:
         return self.placement.instances[instance.name]

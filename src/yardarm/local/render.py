@@ -28,7 +28,6 @@ from yardarm.local.plan import (
     chaos_links,
     dependency_links,
     instance_port,
-    track_ports,
 )
 from yardarm.model import (
     Deployment,
@@ -40,6 +39,7 @@ from yardarm.model import (
     instance_settings,
     pinned,
     release_pins,
+    track_ports,
 )
 
 if TYPE_CHECKING:

@@ -51,6 +51,7 @@ from yardarm.model.specs import (
     TrackSpec,
     VersionSpec,
 )
+from yardarm.model.track_ports import track_ports
 
 __all__ = [
     "CONFIG_FILE",
@@ -92,5 +93,6 @@ __all__ = [
     "project_dir",
     "release_pins",
     "scaled",
+    "track_ports",
     "validate_file",
 ]

@@ -1,0 +1,97 @@
+"""`yardarm ansible controller`: a bare-metal stack's rollout controller, run where
+Ansible and the SSH keys are (the operator's machine, a bastion), until Ctrl-C/SIGTERM.
+
+It serves the rollout API (`yardarm.rollout.api`) on loopback at the model's rollouts
+port behind the stack's admin token, so `yardarm rollout` reaches it with
+`YARDARM_ROLLOUTS_URL` and `YARDARM_ADMIN_TOKEN_FILE`; it keeps the rollouts in the
+stack's datastore (a restarted controller resumes them) and changes the hosts through
+the bare-metal effects (`yardarm.baremetal.rollout_effects`).
+
+Why not on a host of the stack: the controller changes every host with Ansible, so it
+holds the SSH key and the vault password; a stack host holding them would let whoever
+takes that host take all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Final
+
+from yardarm.baremetal.rollout_effects import BareMetalEffects, BareMetalStack
+from yardarm.rollout.settings import ControllerSettings
+
+INSTANCE: Final = "rollouts"
+LISTEN: Final = "127.0.0.1"
+
+
+def serve(stack: BareMetalStack, token: str, tuning: ControllerSettings, state_dir: Path) -> int:
+    """Serve until SIGTERM; the exit status."""
+    from yardarm_kit import Service, ServiceSettings
+
+    from yardarm.control_kv import ControlKv
+    from yardarm.rollout.serving import serve_rollouts
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    topology = stack.topology
+    state_dir.mkdir(parents=True, exist_ok=True)
+    service = Service(
+        ServiceSettings(
+            service=INSTANCE,
+            instance=INSTANCE,
+            environment=topology.environment,
+            host=LISTEN,
+            port=topology.rollouts_port,
+            state_dir=state_dir,
+            flags_file=None,
+        )
+    )
+    effects = BareMetalEffects(
+        stack, token, sub_window_s=tuning.sub_window_s, smoke_rate=tuning.smoke_rate
+    )
+    _, target = stack.planned(stack.desired())
+    datastores = [
+        f"http://{target.host(inst).control_netloc(target.port(inst))}"
+        for inst in target.deployment.of("datastore")
+    ]
+    controller, telemetry = serve_rollouts(
+        service, ControlKv(datastores, token), effects, tuning,
+        token=token, environment=topology.environment,
+    )  # fmt: skip
+    resuming: list[asyncio.Task[None]] = []
+
+    async def resume() -> None:
+        """Resume the stored rollouts once the datastore answers (it may be restarting)."""
+        while True:
+            try:
+                await controller.resume()
+                return
+            except Exception as exc:  # the datastore not reachable yet
+                service.log.warning(
+                    "cannot read the stored rollouts yet: %s", exc, extra={"event": "resume_wait"}
+                )
+                await asyncio.sleep(5.0)
+
+    async def start_resume() -> None:
+        resuming.append(asyncio.create_task(resume(), name="resume rollouts"))
+
+    async def stop_resume() -> None:
+        for task in resuming:
+            task.cancel()
+
+    service.on_startup(start_resume)
+    service.on_shutdown(stop_resume)
+    service.on_shutdown(controller.stop)
+    service.on_shutdown(effects.close)
+    service.on_shutdown(telemetry.close)
+    service.log.info(
+        "controlling the %s stack from %s on http://%s:%d", topology.environment,
+        stack.inventory, LISTEN, topology.rollouts_port, extra={"event": "controller_start"},
+    )  # fmt: skip
+    try:
+        service.run()
+    except OSError as exc:
+        service.log.error("cannot start: %s", exc, extra={"event": "start_failed"})
+        return 1
+    return 0
