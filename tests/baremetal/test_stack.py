@@ -447,12 +447,18 @@ def test_a_canary_through_the_bare_metal_controller_completes(
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             time.sleep(LOAD_MARGIN_S)
-            started = http.post(
-                "/rollouts",
-                json={"service": "orders", "version": "0.2.0", "steps": [50, 100],
-                      "step_duration_s": CANARY_STEP_S, "analysis_interval_s": 5.0},
+            # As an operator starts it: `yardarm rollout` with the two variables the
+            # controller printed.
+            token_file = inventory.directory / ".controller" / "admin-token"
+            started = subprocess.run(
+                ["uv", "run", "--frozen", "yardarm", "rollout", "start", "orders",
+                 "--version", "0.2.0", "--steps", "50,100",
+                 "--step-duration", f"{CANARY_STEP_S:.0f}s", "--analysis-interval", "5s"],
+                env={**os.environ, "YARDARM_ROLLOUTS_URL": api,
+                     "YARDARM_ADMIN_TOKEN_FILE": str(token_file)},
+                capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
-            assert started.status_code == 201, started.text
+            assert started.returncode == 0, started.stdout + started.stderr
             deadline = time.monotonic() + CANARY_BOUND_S
             while (ended := http.get("/rollouts/orders").json())["phase"] in RUNNING:
                 seen |= _placed_tracks(inventory)

@@ -18,6 +18,9 @@ app = typer.Typer(
 )
 console = Console()
 INVENTORIES_DIR = "ansible/inventories"
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="yardarm.yaml (default: the defaults).")
+]
 
 
 @app.callback()
@@ -51,10 +54,7 @@ def inventory(
     hosts_file: Annotated[
         Path, typer.Option("--hosts", help="The host list (see ansible/hosts.example.yml).")
     ],
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="yardarm.yaml (default: the defaults)."),
-    ] = None,
+    config: ConfigOption = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -216,10 +216,7 @@ def controller(
             help="The inventory's ansible-vault password (the admin token is in the vault).",
         ),
     ],
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="yardarm.yaml (default: the defaults)."),
-    ] = None,
+    config: ConfigOption = None,
     output: Annotated[
         Path | None,
         typer.Option(

@@ -14,7 +14,6 @@ takes that host take all of them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Final
@@ -31,7 +30,7 @@ def serve(stack: BareMetalStack, token: str, tuning: ControllerSettings, state_d
     from yardarm_kit import Service, ServiceSettings
 
     from yardarm.control_kv import ControlKv
-    from yardarm.rollout.serving import serve_rollouts
+    from yardarm.rollout.serving import resume_when_reachable, serve_rollouts
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     topology = stack.topology
@@ -59,29 +58,7 @@ def serve(stack: BareMetalStack, token: str, tuning: ControllerSettings, state_d
         service, ControlKv(datastores, token), effects, tuning,
         token=token, environment=topology.environment,
     )  # fmt: skip
-    resuming: list[asyncio.Task[None]] = []
-
-    async def resume() -> None:
-        """Resume the stored rollouts once the datastore answers (it may be restarting)."""
-        while True:
-            try:
-                await controller.resume()
-                return
-            except Exception as exc:  # the datastore not reachable yet
-                service.log.warning(
-                    "cannot read the stored rollouts yet: %s", exc, extra={"event": "resume_wait"}
-                )
-                await asyncio.sleep(5.0)
-
-    async def start_resume() -> None:
-        resuming.append(asyncio.create_task(resume(), name="resume rollouts"))
-
-    async def stop_resume() -> None:
-        for task in resuming:
-            task.cancel()
-
-    service.on_startup(start_resume)
-    service.on_shutdown(stop_resume)
+    resume_when_reachable(service, controller)
     service.on_shutdown(controller.stop)
     service.on_shutdown(effects.close)
     service.on_shutdown(telemetry.close)

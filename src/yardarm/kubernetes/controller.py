@@ -151,7 +151,7 @@ def run(prepared: Prepared) -> int:
     from yardarm.kubernetes.endpoints import EndpointPublisher, SliceWatch, label_selector
     from yardarm.kubernetes.target import KubernetesTarget
     from yardarm.model import deployment
-    from yardarm.rollout.serving import serve_rollouts
+    from yardarm.rollout.serving import resume_when_reachable, serve_rollouts
     from yardarm.routing_writer import RoutingWriter
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -217,22 +217,6 @@ def run(prepared: Prepared) -> int:
         watch.start()
         tasks.append(asyncio.create_task(publisher.run(), name="publish endpoints"))
 
-    async def resume() -> None:
-        """Resume the stored rollouts once the datastore answers: the controller may
-        start before the release's datastore has a leader, and must not crash-loop."""
-        while True:
-            try:
-                await controller.resume()
-                return
-            except Exception as exc:  # the datastore not up yet
-                service.log.warning(
-                    "cannot read the stored rollouts yet: %s", exc, extra={"event": "resume_wait"}
-                )
-                await asyncio.sleep(5.0)
-
-    async def start_resume() -> None:
-        tasks.append(asyncio.create_task(resume(), name="resume rollouts"))
-
     async def stop_watch() -> None:
         if watch is not None:
             watch.stop()
@@ -247,7 +231,7 @@ def run(prepared: Prepared) -> int:
 
     service.add_readiness_check("endpointslices", listed)
     service.on_startup(start_watch)
-    service.on_startup(start_resume)
+    resume_when_reachable(service, controller)
     service.on_shutdown(controller.stop)
     service.on_shutdown(stop_watch)
     service.on_shutdown(effects.close)

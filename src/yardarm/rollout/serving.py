@@ -9,6 +9,9 @@ controller) stays the target's: `yardarm.local.rollout_controller`,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from aiohttp import web
 from yardarm_kit import Service
 from yardarm_kit.access import admin_only
@@ -54,3 +57,36 @@ def serve_rollouts(
 
     add_routes(service, controller, guard, secured=True)
     return controller, telemetry
+
+
+RESUME_RETRY_S = 5.0
+
+
+def resume_when_reachable(service: Service, controller: RolloutController) -> None:
+    """Resume the stored rollouts once the datastore answers, in the background: the
+    controller may start before the datastore has a leader (or while it restarts) and
+    must neither crash-loop nor hold its own startup."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def resume() -> None:
+        while True:
+            try:
+                await controller.resume()
+                return
+            except Exception as exc:  # the datastore not up yet
+                service.log.warning(
+                    "cannot read the stored rollouts yet: %s", exc, extra={"event": "resume_wait"}
+                )
+                await asyncio.sleep(RESUME_RETRY_S)
+
+    async def start() -> None:
+        tasks.append(asyncio.create_task(resume(), name="resume rollouts"))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    service.on_startup(start)
+    service.on_shutdown(stop)
