@@ -73,7 +73,7 @@ from tests.e2e.saga_workload import (
     plan_orders,
     seed,
 )
-from tests.harness.adapter import Recovery, StackTarget
+from tests.harness.adapter import Instance, Recovery, StackTarget
 from tests.harness.local import LocalStackTarget, Stack, pick_base_port, stop_stack
 from yardarm.model import default_flags
 
@@ -270,6 +270,20 @@ async def _wait(
     return bound_s
 
 
+def _brought_back(instance: Instance | None, kills: list[Kill]) -> bool:
+    """Whether the target brought this instance back from every kill of it: ready, in a
+    process other than those killed, restarted at least once per kill. Ready alone is not
+    enough: just after a kill the target may still list the killed process as ready (the
+    supervisor has not yet seen it exit)."""
+    if instance is None or instance.state != "ready":
+        return False
+    mine = [kill for kill in kills if kill.target == instance.name]
+    killed_pids = {kill.pid for kill in mine if kill.pid is not None}
+    return instance.restarts >= len(mine) and (
+        instance.pid is None or instance.pid not in killed_pids
+    )
+
+
 async def _pause_fulfillment(
     stack: StackTarget,
     bounds: Bounds,
@@ -356,8 +370,8 @@ async def _scenario(stack: StackTarget) -> Run:
         settle_s = await _wait("every saga terminal", settled, bounds.settle_s, notes)
 
         async def restarted() -> bool:
-            states = {s.name: s.state for s in stack.instances()}
-            return all(states.get(target) == "ready" for target in KILL_TARGETS)
+            now = {inst.name: inst for inst in await asyncio.to_thread(stack.instances)}
+            return all(_brought_back(now.get(target), killer.kills) for target in KILL_TARGETS)
 
         await _wait("every killed replica ready again", restarted, bounds.restart_s, notes)
 
@@ -500,7 +514,7 @@ def test_faults_really_happened(run: Run) -> None:
     for target in KILL_TARGETS:
         state, restarts = run.instances[target]
         killed = sum(1 for kill in run.kills if kill.target == target)
-        assert state == "ready" and restarts >= killed, (target, state, restarts, killed)
+        assert state == "ready" and restarts >= killed, (target, state, restarts, killed, run.notes)
     # Every copy JetStream acknowledged as new is in the stream beside its original.
     assert run.duplicates_stored, f"nothing republished out of {run.observed} observed"
     missing = set(run.duplicates_stored) - set(run.stream_duplicates)

@@ -147,8 +147,9 @@ class RaftNode:
         self._progress: dict[int, Progress] = {}
         self._transferee = 0
         self._campaign_forced = False  # the running campaign was asked for by a transfer
-        # Commands forwarded to this leader while it handed over, never appended: passed
-        # to the next leader it hears from (or appended, if the transfer lapses).
+        # Forwarded commands, never appended, that wait for a leader: those that reached
+        # this leader while it handed over (appended if the transfer lapses) or this node
+        # while it knew no leader; passed to the next leader it hears from.
         self._held: list[bytes] = []
         self._held_at = 0
         self.elected_by_transfer = False  # this leadership began with a transfer
@@ -305,6 +306,8 @@ class RaftNode:
         self._last_heard = {}
 
     def _become_follower(self, term: int, leader: int) -> None:
+        if self.role is Role.LEADER and self._held:
+            self._held_at = self._now  # handed over: the successor is awaited from now on
         self._reset(term)
         self.role = Role.FOLLOWER
         self.leader = leader
@@ -362,6 +365,11 @@ class RaftNode:
             else:
                 self._become_follower(msg.term, 0)
         elif msg.term < self.term:
+            if msg.type is MsgType.PROPOSE:
+                # Commands, not a claim to lead: sent to a leader that has stepped down
+                # since (a hand-over), they are passed on rather than lost.
+                self._on_propose(msg)
+                return
             self._step_stale(msg)
             return
         handler = _HANDLERS.get(msg.type)
@@ -490,8 +498,9 @@ class RaftNode:
 
     def forward_proposal(self, data: bytes) -> None:
         """A follower's way to propose: hand the command to the leader, which appends it
-        if it still leads. Nothing reports back: the caller recognizes its command when
-        it is applied, or gives up after a timeout (the outcome is then unknown)."""
+        (or, no longer leading, passes it on: `_on_propose`). Nothing reports back: the
+        caller recognizes its command when it is applied, or gives up after a timeout
+        (the outcome is then unknown)."""
         if self.role is Role.LEADER:
             self.propose(data)
             return
@@ -508,16 +517,20 @@ class RaftNode:
         )
 
     def _on_propose(self, msg: Message) -> None:
-        if self.role is not Role.LEADER:
-            return  # dropped: the follower's caller times out and may retry
-        if self._transferee:
-            # Handing over: hold them for the successor. They were never appended here,
-            # so passing them on (or appending them if the transfer lapses) adds each once.
+        """Forwarded commands, in whatever term they were sent: a leader appends them, a
+        follower passes them to its leader, and a leader handing over (or a node that
+        knows no leader) holds them for the next leader it hears from (at most an election
+        timeout without one). Never appended anywhere yet, so each is added once."""
+        if self.role is Role.LEADER and not self._transferee:
+            self._append_local([(EntryKind.NORMAL, e.data) for e in msg.entries])
+        elif self.role is not Role.LEADER and self.leader:
+            self._send(
+                Message(MsgType.PROPOSE, self.id, self.leader, self.term, entries=msg.entries)
+            )
+        else:
             if not self._held:
                 self._held_at = self._now
             self._held.extend(e.data for e in msg.entries)
-            return
-        self._append_local([(EntryKind.NORMAL, e.data) for e in msg.entries])
 
     def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
         """Add or remove one voter. Refused while another change is uncommitted, or until
