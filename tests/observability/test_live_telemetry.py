@@ -61,9 +61,18 @@ def _consumer_errors(variant: str) -> dict[str, Any]:
     return {"state": "ENABLED", "variants": variants, "defaultVariant": variant}
 
 
+# The canary that fails half its requests must trip its breakers for the breaker panels
+# to have data: over the default window of 100 calls (at a tenth of 15 requests/s) its
+# failure rate sits right at the 50% threshold and may never reach it in the run; over
+# 20 calls it does within seconds.
 TOPOLOGY = f"""
 environment: {ENVIRONMENT}
 services:
+  gateway:
+    upstreams:
+      orders:
+        breaker: {{window_size: 20}}
+        track_breaker: {{window_size: 20}}
   orders:
     replicas: 2
 flags: {{"{CONSUMER_ERRORS}": {json.dumps(_consumer_errors("off"))}}}
