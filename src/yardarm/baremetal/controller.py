@@ -49,13 +49,8 @@ def serve(stack: BareMetalStack, token: str, tuning: ControllerSettings, state_d
     effects = BareMetalEffects(
         stack, token, sub_window_s=tuning.sub_window_s, smoke_rate=tuning.smoke_rate
     )
-    _, target = stack.planned(stack.desired())
-    datastores = [
-        f"http://{target.host(inst).control_netloc(target.port(inst))}"
-        for inst in target.deployment.of("datastore")
-    ]
     controller, telemetry = serve_rollouts(
-        service, ControlKv(datastores, token), effects, tuning,
+        service, ControlKv(effects.datastore_urls(), token), effects, tuning,
         token=token, environment=topology.environment,
     )  # fmt: skip
     resume_when_reachable(service, controller)

@@ -156,12 +156,19 @@ class BareMetalEffects(TrafficObservation):
 
     # The control plane as the controller reaches it.
 
-    def _writer(self, target: BareMetalTarget) -> RoutingWriter:
-        datastores = [
+    def datastore_urls(self, target: BareMetalTarget | None = None) -> list[str]:
+        """Every datastore replica as the controller reaches it."""
+        if target is None:
+            _, target = self.stack.planned(self.stack.desired())
+        return [
             f"http://{target.host(inst).control_netloc(target.port(inst))}"
             for inst in target.deployment.of("datastore")
         ]
-        return RoutingWriter(datastores, self._gateway_admin_urls(target), self._token)
+
+    def _writer(self, target: BareMetalTarget) -> RoutingWriter:
+        return RoutingWriter(
+            self.datastore_urls(target), self._gateway_admin_urls(target), self._token
+        )
 
     def _gateway_admin_urls(self, target: BareMetalTarget) -> list[str]:
         return [

@@ -31,7 +31,9 @@ def _hand_over_without(c: Cluster, done: Callable[[], bool], *, appends: bool = 
     raise AssertionError("hand-over did not reach the wanted point")
 
 
-def test_a_command_reaching_a_leader_that_already_handed_over_reaches_the_successor() -> None:
+def _forwarded_during_hand_over() -> tuple[Cluster, int]:
+    """Leader 1 with one command applied hands over to 3 while follower 2 forwards
+    `during` to 1 (not yet delivered); the cluster and 1's term before the hand-over."""
     c = make(3)
     elect(c, 1)
     c.propose(1, b"before")
@@ -39,6 +41,11 @@ def test_a_command_reaching_a_leader_that_already_handed_over_reaches_the_succes
     term = c.core(1).term
     assert c.transfer(1, 3)
     assert c.forward(2, b"during")  # sent in the old term, to the old leader
+    return c, term
+
+
+def test_a_command_reaching_a_leader_that_already_handed_over_reaches_the_successor() -> None:
+    c, term = _forwarded_during_hand_over()
     _hand_over_without(c, lambda: c.core(1).leader == 3)
     assert c.core(1).role is Role.FOLLOWER and c.core(1).term == term + 1
     assert c.deliver_where(_to_old_leader) == 1  # arrives stale, at a follower of 3
@@ -48,12 +55,7 @@ def test_a_command_reaching_a_leader_that_already_handed_over_reaches_the_succes
 
 
 def test_a_command_reaching_a_leader_between_stepping_down_and_its_successor() -> None:
-    c = make(3)
-    elect(c, 1)
-    c.propose(1, b"before")
-    rounds(c, 2)
-    assert c.transfer(1, 3)
-    assert c.forward(2, b"during")
+    c, _ = _forwarded_during_hand_over()
     _hand_over_without(c, lambda: c.core(1).role is Role.FOLLOWER, appends=False)
     assert c.core(1).leader == 0
     assert c.deliver_where(_to_old_leader) == 1  # held: no leader known yet
@@ -63,34 +65,27 @@ def test_a_command_reaching_a_leader_between_stepping_down_and_its_successor() -
 
 
 def test_a_slow_hand_over_keeps_what_it_held_until_the_successor_is_heard() -> None:
-    c = make(3)
-    elect(c, 1)
-    c.propose(1, b"before")
-    rounds(c, 2)
-    assert c.transfer(1, 3)
-    assert c.forward(2, b"during")
+    c, _ = _forwarded_during_hand_over()
     c.flush_writes()
     assert c.deliver_where(_to_old_leader) == 1  # held by the leader handing over
     # The hand-over is slow: most of its window passes before the successor campaigns.
-    slow = lambda m: m.type is MsgType.TIMEOUT_NOW  # noqa: E731
     for _ in range(ELECTION - 2):
         c.tick(1)
         c.flush_writes()
-        c.deliver_where(lambda m: not slow(m) and m.src == 1)
+        c.deliver_where(lambda m: m.type is not MsgType.TIMEOUT_NOW and m.src == 1)
         c.deliver_where(lambda m: m.dst == 1)
     assert c.core(1).transferring
-    c.deliver_where(slow)
-    late = _successors_append
+    c.deliver_where(lambda m: m.type is MsgType.TIMEOUT_NOW)
     for _ in range(20):
         c.flush_writes()
-        c.deliver_where(lambda m: not late(m))
+        c.deliver_where(lambda m: not _successors_append(m))
         if c.core(1).role is Role.FOLLOWER and c.leader() == 3:
             break
     assert c.core(1).leader == 0
     for _ in range(4):  # the successor's first append reaches 1 a few ticks later
         c.tick(1)
         c.flush_writes()
-        c.deliver_where(lambda m: not late(m))
+        c.deliver_where(lambda m: not _successors_append(m))
     rounds(c, ELECTION // 2)
     assert c.leader() == 3
     assert all(c.values(n) == [b"before", b"during"] for n in c.ids)
